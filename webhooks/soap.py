@@ -1,0 +1,118 @@
+"""Salesforce Outbound Messages in and out: hostile-safe parsing, the Ack, SOAP faults.
+
+Parsing refuses DTDs outright (defusedxml with `forbid_dtd`): an Outbound Message never has
+one, and refusing them closes entity expansion and external entities in one rule. Only IDs
+and the sObject type are kept; `SessionId` (a live credential) is never even read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from xml.etree.ElementTree import Element, ParseError
+from xml.sax.saxutils import escape
+
+import defusedxml
+from defusedxml.ElementTree import fromstring
+
+from worker.errors import MalformedRequest
+from worker.notifications import Notification
+
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+OUTBOUND = "http://soap.sforce.com/2005/09/outbound"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+CONTENT_TYPE = "text/xml; charset=utf-8"
+_ID_SHAPED = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+
+ACK = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}">'
+    f'<soapenv:Body><notificationsResponse xmlns="{OUTBOUND}">'
+    "<Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"
+)
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    organization_id: str
+    action_id: str
+    notifications: list[Notification]
+
+
+def parse_outbound(body: bytes, event_id_field: str) -> OutboundMessage:
+    """The Outbound Message in `body`, or MalformedRequest saying what is wrong with it."""
+    if not body.strip():
+        raise MalformedRequest("empty body: expected a SOAP Outbound Message")
+    try:
+        root = fromstring(body, forbid_dtd=True)
+    except defusedxml.DefusedXmlException as exc:
+        raise MalformedRequest(
+            f"XML refused ({type(exc).__name__}): DTDs, entities and external references are "
+            "not allowed"
+        ) from None
+    except ParseError as exc:
+        raise MalformedRequest(f"body is not well-formed XML ({exc})") from None
+    if root.tag != f"{{{SOAP_ENV}}}Envelope":
+        raise MalformedRequest(f"not a SOAP 1.1 envelope (root element {_local(root.tag)!r})")
+    notifications = root.find(f"{{{SOAP_ENV}}}Body/{{{OUTBOUND}}}notifications")
+    if notifications is None:
+        raise MalformedRequest(
+            "the SOAP body holds no Outbound Message (<notifications> in namespace "
+            f"{OUTBOUND})"
+        )
+    organization_id = _child_text(notifications, "OrganizationId")
+    if not organization_id:
+        raise MalformedRequest("the Outbound Message has no OrganizationId")
+    return OutboundMessage(
+        organization_id=organization_id,
+        action_id=_child_text(notifications, "ActionId") or "",
+        notifications=[
+            _notification(element, event_id_field)
+            for element in notifications.findall(f"{{{OUTBOUND}}}Notification")
+        ],
+    )
+
+
+def _notification(element: Element, event_id_field: str) -> Notification:
+    notification_id = _child_text(element, "Id") or ""
+    sobject = element.find(f"{{{OUTBOUND}}}sObject")
+    if sobject is None or _is_nil(sobject):
+        return Notification(notification_id, None, deleted=True)
+    fields = {
+        _local(child.tag): (child.text or "").strip()
+        for child in sobject
+        if len(child) == 0 and not _is_nil(child)
+    }
+    sobject_type = sobject.get(f"{{{XSI}}}type")
+    return Notification(
+        notification_id=notification_id,
+        event_id=fields.get(event_id_field),
+        sobject_type=sobject_type.split(":")[-1] if sobject_type else None,
+        id_fields={name: value for name, value in fields.items() if _ID_SHAPED.fullmatch(value)},
+    )
+
+
+def fault(message: str, *, server: bool = False) -> str:
+    """A SOAP 1.1 fault. `server` marks our side's trouble (retry later), else the sender's."""
+    code = "soapenv:Server" if server else "soapenv:Client"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}"><soapenv:Body><soapenv:Fault>'
+        f"<faultcode>{code}</faultcode><faultstring>{escape(message)}</faultstring>"
+        "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def _child_text(element: Element, name: str) -> str | None:
+    child = element.find(f"{{{OUTBOUND}}}{name}")
+    if child is None or _is_nil(child):
+        return None
+    return (child.text or "").strip()
+
+
+def _is_nil(element: Element) -> bool:
+    return element.get(f"{{{XSI}}}nil") in ("true", "1")
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]

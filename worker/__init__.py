@@ -1,0 +1,31 @@
+"""The worker: Celery tasks and the core they call (IDs, idempotency store, ChiliPiper gateway).
+
+`celery --app worker worker` finds `worker.app`, built from the environment on first access,
+so importing the package for its functions needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from typing import Any
+
+
+@cache
+def _app() -> Any:
+    from worker.celery_app import make_celery
+    from worker.errors import ConfigError
+    from worker.settings import load_settings
+
+    try:
+        settings = load_settings().require_worker()
+    except ConfigError as exc:
+        print(f"crmhook worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return make_celery(settings)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

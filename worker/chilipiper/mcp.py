@@ -1,0 +1,252 @@
+"""ChiliPiper's tools over MCP streamable HTTP, with plain httpx.
+
+JSON-RPC over POST; answers come as JSON or as an SSE stream. The session is opened once
+(`initialize`, then `notifications/initialized`) and shared by the worker's threads; its
+`Mcp-Session-Id` and negotiated `MCP-Protocol-Version` are echoed on every request, and a 404
+for a known session means it expired: open a new one and send again (the server refused the
+request, so nothing happened).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import Retrying
+
+from worker.chilipiper.errors import (
+    error_for_exception,
+    error_for_rpc,
+    error_for_status,
+    retry_after_seconds,
+    tool_failure,
+)
+from worker.chilipiper.result import ToolResult
+from worker.chilipiper.retries import transient_retries
+from worker.errors import PermanentError
+
+PROTOCOL_VERSION = "2025-11-25"
+KNOWN_PROTOCOL_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+IRREVERSIBLE_TOOLS = frozenset({"crm-cancel", "crm-noshow"})
+CLIENT_INFO = {"name": "crmhook", "version": "0.1.0"}
+
+
+@dataclass(frozen=True)
+class _Session:
+    session_id: str | None
+    protocol_version: str
+
+
+class _SessionExpired(Exception):
+    """The server no longer knows our session (HTTP 404): re-initialize and send again."""
+
+
+class McpGateway:
+    """`call(tool, crm_event_id)` against one MCP server. Safe to share between threads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: httpx.Client,
+        token: str | None = None,
+        retrying: Callable[[], Retrying] = transient_retries,
+    ) -> None:
+        self.url = url
+        self._client = client
+        self._token = token
+        self._retrying = retrying
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._ids = itertools.count(1)
+
+    def call(self, tool: str, crm_event_id: str) -> ToolResult:
+        """Call `tool` for one event; raises a GatewayError subclass when it does not succeed."""
+        params = {"name": tool, "arguments": {"crmEventId": crm_event_id}}
+        for attempt in self._retrying():
+            with attempt:
+                result = self._request("tools/call", params, tool=tool)
+                return self._tool_result(tool, crm_event_id, result)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        """Every tool the server offers (following `nextCursor` pages)."""
+        tools: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self._request("tools/list", {"cursor": cursor} if cursor else {}, tool="")
+            tools.extend(page.get("tools", []))
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return tools
+
+    # --- one request, within a session ------------------------------------------------------
+
+    def _request(self, method: str, params: dict[str, Any], *, tool: str) -> dict[str, Any]:
+        session = self._open_session()
+        try:
+            return self._rpc(method, params, session, tool=tool)
+        except _SessionExpired:
+            self._forget(session)
+            return self._rpc(method, params, self._open_session(), tool=tool)
+
+    def _open_session(self) -> _Session:
+        with self._lock:
+            if self._session is None:
+                self._session = self._initialize()
+            return self._session
+
+    def _forget(self, session: _Session) -> None:
+        with self._lock:
+            if self._session is session:
+                self._session = None
+
+    def _initialize(self) -> _Session:
+        params = {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": CLIENT_INFO,
+        }
+        message_id = next(self._ids)
+        with self._post({"jsonrpc": "2.0", "id": message_id, "method": "initialize",
+                         "params": params}, None, tool="") as response:
+            result = self._result(response, message_id, tool="")
+            session_id = response.headers.get("mcp-session-id")
+        version = result.get("protocolVersion", "")
+        if version not in KNOWN_PROTOCOL_VERSIONS:
+            raise PermanentError(f"MCP server speaks protocol {version!r}, which we do not")
+        session = _Session(session_id, version)
+        with self._post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session,
+                        tool="") as response:
+            if response.status_code >= 400:
+                raise error_for_status(response.status_code, tool="", irreversible=False)
+        return session
+
+    def _rpc(
+        self, method: str, params: dict[str, Any], session: _Session, *, tool: str
+    ) -> dict[str, Any]:
+        message_id = next(self._ids)
+        body = {"jsonrpc": "2.0", "id": message_id, "method": method, "params": params}
+        with self._post(body, session, tool=tool) as response:
+            if response.status_code == 404 and session.session_id:
+                raise _SessionExpired
+            return self._result(response, message_id, tool=tool)
+
+    def _post(self, body: dict[str, Any], session: _Session | None,
+              *, tool: str) -> _Response:
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if session is not None:
+            headers["MCP-Protocol-Version"] = session.protocol_version
+            if session.session_id:
+                headers["Mcp-Session-Id"] = session.session_id
+        request = self._client.build_request("POST", self.url, json=body, headers=headers)
+        return _Response(self._client, request, tool=tool)
+
+    def _result(self, response: httpx.Response, message_id: int, *, tool: str) -> dict[str, Any]:
+        irreversible = tool in IRREVERSIBLE_TOOLS
+        if response.status_code != 200:
+            detail = _short(response.read().decode("utf-8", "replace"))
+            raise error_for_status(
+                response.status_code, tool=tool, irreversible=irreversible, detail=detail,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            )
+        try:
+            message = _find_response(response, message_id)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc, tool=tool, irreversible=irreversible) from exc
+        if message is None:
+            # A 200 without a readable answer to our request: the call may have run.
+            raise error_for_exception(
+                httpx.RemoteProtocolError("no JSON-RPC response in the answer"),
+                tool=tool, irreversible=irreversible,
+            )
+        if "error" in message:
+            raise error_for_rpc(message["error"], tool=tool, irreversible=irreversible)
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise PermanentError(f"{tool or 'MCP request'}: malformed JSON-RPC result")
+        return result
+
+    @staticmethod
+    def _tool_result(tool: str, crm_event_id: str, result: dict[str, Any]) -> ToolResult:
+        parsed = ToolResult.from_mcp(tool, crm_event_id, result)
+        if result.get("isError"):
+            raise tool_failure(tool, parsed.text)
+        return parsed
+
+
+class _Response:
+    """Context manager that sends a request as a stream and maps transport errors."""
+
+    def __init__(self, client: httpx.Client, request: httpx.Request, *, tool: str) -> None:
+        self._client = client
+        self._request = request
+        self._tool = tool
+        self._response: httpx.Response | None = None
+
+    def __enter__(self) -> httpx.Response:
+        try:
+            self._response = self._client.send(self._request, stream=True)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(
+                exc, tool=self._tool, irreversible=self._tool in IRREVERSIBLE_TOOLS
+            ) from exc
+        return self._response
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.close()
+
+
+def _find_response(response: httpx.Response, message_id: int) -> dict[str, Any] | None:
+    """The JSON-RPC response with our id, from a JSON body or an SSE stream."""
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "text/event-stream":
+        for data in _sse_data(response.iter_lines()):
+            message = _decode(data)
+            if isinstance(message, dict) and message.get("id") == message_id:
+                return message
+        return None
+    body = response.read()
+    message = _decode(body.decode("utf-8", "replace"))
+    if isinstance(message, list):  # a batch answer: pick ours
+        message = next((m for m in message if isinstance(m, dict)
+                        and m.get("id") == message_id), None)
+    return message if isinstance(message, dict) else None
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The `data` of each server-sent event (multi-line data joined with newlines)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield "\n".join(data)
+
+
+def _decode(text: str) -> Any:
+    """Parsed JSON, or None: an unreadable answer counts as no answer at all."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"

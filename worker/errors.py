@@ -1,0 +1,103 @@
+"""Every error this service raises, in one tree.
+
+    CrmhookError
+    ├── ConfigError                  a setting is missing or malformed (names the variable)
+    ├── IngressError                 a request the edge refuses; carries its HTTP status
+    │   ├── Unauthorized             401: no or unknown shared secret
+    │   ├── Forbidden                403: Organization ID not on the allow-list
+    │   ├── PayloadTooLarge          413: body over the configured bound
+    │   └── MalformedRequest         400: not XML, hostile XML, not an Outbound Message, bad JSON
+    ├── InvalidSalesforceId          an ID that is not one, or not one we accept (also ValueError)
+    ├── QueueUnavailable             Redis or the broker did not take the work: answer 503
+    └── GatewayError                 a ChiliPiper call did not succeed
+        ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
+        ├── PermanentError           will not succeed by retrying: 400/401/403/404, tool errors
+        └── InDoubtError             an irreversible call may have happened without an answer
+
+Whether to retry is a property of the type, decided once where a third-party error is
+translated (`raise … from exc`), never re-derived by callers from messages or status codes.
+"""
+
+from __future__ import annotations
+
+
+class CrmhookError(Exception):
+    """Base of every error raised on purpose by this service."""
+
+
+class ConfigError(CrmhookError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class IngressError(CrmhookError):
+    """A request the edge refuses; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(IngressError):
+    status = 401
+
+
+class Forbidden(IngressError):
+    status = 403
+
+
+class PayloadTooLarge(IngressError):
+    status = 413
+
+
+class MalformedRequest(IngressError):
+    status = 400
+
+
+class InvalidSalesforceId(CrmhookError, ValueError):
+    """An ID that fails the Salesforce rules or the configured key prefixes."""
+
+    def __init__(self, message: str, *, value: str) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class QueueUnavailable(CrmhookError):
+    """The broker or the store is unreachable: nothing was acknowledged, the sender retries."""
+
+
+class GatewayError(CrmhookError):
+    """A call to ChiliPiper failed. `tool` and `status` say which call and how, when known."""
+
+    def __init__(self, message: str, *, tool: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.status = status
+
+
+class RetryableError(GatewayError):
+    """Transient: the same call may succeed later. `retry_after` is the server's hint, seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, tool=tool, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentError(GatewayError):
+    """Retrying cannot help: bad credentials, no such meeting, a tool that said no."""
+
+
+class InDoubtError(GatewayError):
+    """The request may have reached ChiliPiper and taken effect, but no answer came back.
+
+    Calling an irreversible tool again could repeat its effect (a second email to a customer),
+    so the caller must find out what happened (`crm-get`) before trying again.
+    """

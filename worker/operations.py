@@ -1,0 +1,81 @@
+"""What the service does to a meeting, and the idempotency key that makes it happen once.
+
+An `Operation` is one requested effect: an action on one canonical CRM event ID, with the
+notification (or API request) that asked for it. Its `key` is the unit of exactly-once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+KEY_PREFIX = "crmhook"
+
+
+class Action(StrEnum):
+    GET = "get"
+    NOSHOW = "noshow"
+    CANCEL = "cancel"
+
+    @property
+    def tool(self) -> str:
+        """The ChiliPiper MCP tool that performs this action."""
+        return f"crm-{self.value}"
+
+    @property
+    def irreversible(self) -> bool:
+        """Cancel and no-show email real customers: they must never happen twice."""
+        return self is not Action.GET
+
+    @property
+    def final_status(self) -> str | None:
+        """The meeting status `crm-get` reports once this action has taken effect."""
+        return {Action.CANCEL: "CANCELLED", Action.NOSHOW: "NO_SHOW"}.get(self)
+
+
+def parse_action(raw: str) -> Action:
+    """`raw` as an Action, or ValueError listing the valid ones."""
+    try:
+        return Action(raw.strip().lower())
+    except ValueError:
+        valid = ", ".join(action.value for action in Action)
+        raise ValueError(f"unknown action {raw!r}; expected one of: {valid}") from None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One requested effect. `source_id` is the notification ID or API idempotency key."""
+
+    action: Action
+    crm_event_id: str
+    source_id: str
+
+    @property
+    def identity(self) -> str:
+        """What makes two operations the same effect.
+
+        Irreversible actions: one success per event, ever, whoever asked. `get` has no effect
+        to protect, so each notification (or API request) gets its own answer.
+        """
+        if self.action.irreversible:
+            return f"{self.action}:{self.crm_event_id}"
+        return f"{self.action}:{self.crm_event_id}:{self.source_id}"
+
+    @property
+    def key(self) -> str:
+        """Redis key of the operation's record. The braces are a Redis Cluster hash tag, so
+        every key of one operation lands in one slot and one Lua script may touch them all."""
+        return f"{KEY_PREFIX}:op:{{{self.identity}}}"
+
+    @property
+    def sources_key(self) -> str:
+        return f"{self.key}:sources"
+
+    def to_message(self) -> dict[str, str]:
+        """Task arguments: IDs only, never payloads (broker messages are stored in Redis)."""
+        return {"action": self.action.value, "crm_event_id": self.crm_event_id,
+                "source_id": self.source_id}
+
+    @classmethod
+    def from_message(cls, message: dict[str, str]) -> Operation:
+        return cls(Action(message["action"]), message["crm_event_id"], message["source_id"])

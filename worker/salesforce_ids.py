@@ -1,0 +1,97 @@
+"""Salesforce record IDs: 15→18 conversion, checksum validation and repair, key-prefix checks.
+
+Every key, log line and stored record uses the canonical 18-character form produced here.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable
+
+from worker.errors import InvalidSalesforceId
+
+_CHECKSUM_ALPHABET = string.ascii_uppercase + "012345"
+_ID_15 = re.compile(r"[A-Za-z0-9]{15}")
+_ID_18 = re.compile(r"[A-Za-z0-9]{18}")
+
+
+def checksum(id15: str) -> str:
+    """The 3-character suffix that makes a 15-character ID case-insensitively unique.
+
+    Each 5-character chunk becomes a 5-bit number whose bit i says "character i is an
+    upper-case letter"; the number indexes A-Z then 0-5.
+    """
+    suffix = []
+    for start in (0, 5, 10):
+        chunk = id15[start : start + 5]
+        bits = sum(1 << i for i, char in enumerate(chunk) if "A" <= char <= "Z")
+        suffix.append(_CHECKSUM_ALPHABET[bits])
+    return "".join(suffix)
+
+
+def canonical_id(raw: str) -> str:
+    """The 18-character form of `raw`, or `InvalidSalesforceId` saying what is wrong.
+
+    A 15-character ID gains its checksum. An 18-character ID must carry the checksum of its
+    first 15 characters; one whose letters were all upper- or all lower-cased in transit (a
+    spreadsheet or a case-insensitive system did it) is repaired from the checksum, since the
+    checksum records exactly which letters were upper-case.
+    """
+    value = raw.strip()
+    if _ID_15.fullmatch(value):
+        return value + checksum(value)
+    if not _ID_18.fullmatch(value):
+        raise InvalidSalesforceId(
+            f"{_describe(value)} is not a Salesforce ID (15 or 18 letters and digits)",
+            value=value,
+        )
+    body, suffix = value[:15], value[15:]
+    if checksum(body) == suffix:
+        return value
+    repaired = _repair_case(body, suffix.upper())
+    if repaired is not None and (value == value.upper() or value == value.lower()):
+        return repaired + suffix.upper()
+    raise InvalidSalesforceId(
+        f"{_describe(value)} fails its checksum (expected suffix {checksum(body)!r})",
+        value=value,
+    )
+
+
+def require_prefix(canonical: str, prefixes: Iterable[str]) -> str:
+    """`canonical` itself when its 3-character key prefix is one of `prefixes`."""
+    allowed = tuple(prefixes)
+    if canonical[:3] not in allowed:
+        raise InvalidSalesforceId(
+            f"{canonical} has key prefix {canonical[:3]!r}; accepted: {', '.join(allowed)}",
+            value=canonical,
+        )
+    return canonical
+
+
+def same_org(org_id: str, allowed: Iterable[str]) -> bool:
+    """Whether `org_id` names one of `allowed`: Organization IDs compare on their first 15
+    characters, so the 15- and 18-character forms of one org match."""
+    head = org_id.strip()[:15]
+    return len(head) == 15 and any(head == other[:15] for other in allowed)
+
+
+def _repair_case(body: str, suffix: str) -> str | None:
+    """The 15 characters with each letter's case set as the checksum says, if it decodes."""
+    if len(suffix) != 3 or any(char not in _CHECKSUM_ALPHABET for char in suffix):
+        return None
+    chars = []
+    for chunk_index, code in enumerate(suffix):
+        bits = _CHECKSUM_ALPHABET.index(code)
+        chunk = body[chunk_index * 5 : chunk_index * 5 + 5]
+        for i, char in enumerate(chunk):
+            upper = bool(bits & (1 << i))
+            if upper and not char.isalpha():
+                return None  # the checksum marks a digit as upper-case: not this ID's checksum
+            chars.append(char.upper() if upper else char.lower())
+    return "".join(chars)
+
+
+def _describe(value: str) -> str:
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    return repr(shown)

@@ -1,0 +1,152 @@
+"""The one settings object: environment variables (and `.env`), validated once at start-up.
+
+A missing or malformed value raises `ConfigError` naming the variable, so `web` and `worker`
+stop with one clear line instead of crash-looping on a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import ConfigError, InvalidSalesforceId
+from worker.salesforce_ids import canonical_id
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+SecretList = Annotated[tuple[SecretStr, ...], NoDecode]
+
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9]{3}")
+MIN_SECRET_LENGTH = 16
+DEFAULT_MCP_URL = "https://fire.chilipiper.com/api/fire-edge/v1/org/mcp"
+DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765/mcp"
+
+
+def _split(value: object) -> object:
+    """`a, b,,c` → ("a", "b", "c"): comma-separated variables, blanks ignored."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Typed view of the environment. Field names are the variables' names in lower case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    redis_url: str
+    celery_broker_url: str | None = None
+
+    # Required by the web process only (see `require_web`).
+    webhook_tokens: SecretList = ()
+    salesforce_org_ids: CommaList = ()
+    salesforce_id_prefixes: CommaList = ("00U",)
+    salesforce_event_id_field: str = "Id"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    chilipiper_transport: Literal["mcp", "sandbox"] = "mcp"
+    chilipiper_mcp_url: str = DEFAULT_MCP_URL
+    chilipiper_api_token: SecretStr | None = None
+    chilipiper_sandbox_url: str = DEFAULT_SANDBOX_URL
+    chilipiper_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+
+    action_key_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=24 * 3600)
+    get_key_ttl_seconds: int = Field(default=72 * 3600, ge=72 * 3600)
+    notification_ttl_seconds: int = Field(default=72 * 3600, ge=24 * 3600)
+    quarantine_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=3600)
+    claim_lease_seconds: int = Field(default=60, ge=5)
+    broker_visibility_timeout_seconds: int = Field(default=90, ge=10)
+    task_max_retries: int = Field(default=8, ge=0)
+
+    _split_lists = field_validator(
+        "webhook_tokens", "salesforce_org_ids", "salesforce_id_prefixes", mode="before"
+    )(_split)
+
+    @field_validator("webhook_tokens")
+    @classmethod
+    def _tokens_are_strong(cls, tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(token.get_secret_value()) < MIN_SECRET_LENGTH for token in tokens):
+            raise ValueError(f"every token must be at least {MIN_SECRET_LENGTH} characters")
+        return tokens
+
+    @field_validator("salesforce_org_ids")
+    @classmethod
+    def _org_ids_are_ids(cls, org_ids: tuple[str, ...]) -> tuple[str, ...]:
+        canonical = []
+        for org_id in org_ids:
+            try:
+                value = canonical_id(org_id)
+            except InvalidSalesforceId as exc:
+                raise ValueError(str(exc)) from None
+            if not value.startswith("00D"):
+                raise ValueError(f"{org_id!r} is not an Organization ID (they start with 00D)")
+            canonical.append(value)
+        return tuple(canonical)
+
+    @field_validator("salesforce_id_prefixes")
+    @classmethod
+    def _prefixes_are_three_chars(cls, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+        if not prefixes or any(not _KEY_PREFIX.fullmatch(prefix) for prefix in prefixes):
+            raise ValueError("give 3-character key prefixes such as 00U, comma-separated")
+        return prefixes
+
+    @field_validator("salesforce_event_id_field")
+    @classmethod
+    def _field_is_a_name(cls, name: str) -> str:
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an sObject field name")
+        return name
+
+    def require_web(self) -> Settings:
+        """The web process authenticates senders: it needs tokens and an org allow-list."""
+        missing = [name for name, value in (("WEBHOOK_TOKENS", self.webhook_tokens),
+                                            ("SALESFORCE_ORG_IDS", self.salesforce_org_ids))
+                   if not value]
+        if missing:
+            raise ConfigError("invalid configuration: " + "; ".join(
+                f"{name}: is not set (comma-separated list)" for name in missing))
+        return self
+
+    def require_worker(self) -> Settings:
+        """The worker calls ChiliPiper: the MCP transport needs its token."""
+        if self.chilipiper_transport == "mcp" and self.chilipiper_api_token is None:
+            raise ConfigError(
+                "invalid configuration: CHILIPIPER_API_TOKEN: is not set (required when "
+                "CHILIPIPER_TRANSPORT=mcp; CHILIPIPER_TRANSPORT=sandbox uses the local stand-in)"
+            )
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def chilipiper_url(self) -> str:
+        if self.chilipiper_transport == "sandbox":
+            return self.chilipiper_sandbox_url
+        return self.chilipiper_mcp_url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and `.env`), with `overrides` on top (tests, `dev`)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per problem, each naming the environment variable, never echoing secrets."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        variable = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is not set"
+        lines.append(f"{variable}: {message}")
+    return "invalid configuration: " + "; ".join(lines)

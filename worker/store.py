@@ -1,0 +1,271 @@
+"""The idempotency store: one Redis hash per operation, claimed and settled by Lua scripts.
+
+The queue is at-least-once; this is what makes the effect exactly-once. A worker claims an
+operation atomically (state, owner, fencing token, lease expiry) and records the outcome only
+while its token is still the current one, so a worker that lost its lease cannot overwrite
+the work of the one that took over.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from worker.notifications import Rejection
+from worker.operations import KEY_PREFIX, Action, Operation
+
+QUARANTINE_KEY = f"{KEY_PREFIX}:quarantine"
+MAX_SOURCES = 50
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    IN_DOUBT = "in_doubt"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+# KEYS: record. ARGV: owner, lease ms, ttl s, action, event id.
+# Returns {verdict, previous state, token}; verdict is claimed | done | busy.
+_CLAIM = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HGET', key, 'state') or 'new'
+if state == 'succeeded' then
+  return {'done', state, redis.call('HGET', key, 'token') or '0'}
+end
+if state == 'running' then
+  local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
+  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then
+    return {'busy', state, redis.call('HGET', key, 'token') or '0'}
+  end
+end
+local token = redis.call('HINCRBY', key, 'token', 1)
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HSETNX', key, 'created_at', now)
+redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1],
+           'lease_until', now + tonumber(ARGV[2]), 'updated_at', now,
+           'action', ARGV[4], 'crm_event_id', ARGV[5], 'previous_state', state)
+redis.call('EXPIRE', key, tonumber(ARGV[3]))
+return {'claimed', state, tostring(token)}
+"""
+
+# KEYS: record. ARGV: token, new state, ttl s, last error, result JSON ('' = keep).
+# Returns 1 when recorded, 0 when the caller no longer owns the claim.
+_SETTLE = """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', key, 'state', ARGV[2], 'updated_at', now, 'last_error', ARGV[4])
+redis.call('HDEL', key, 'lease_until')
+if ARGV[5] ~= '' then redis.call('HSET', key, 'result', ARGV[5]) end
+if ARGV[2] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
+redis.call('EXPIRE', key, tonumber(ARGV[3]))
+return 1
+"""
+
+
+class Verdict(StrEnum):
+    CLAIMED = "claimed"
+    DONE = "done"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class Claim:
+    verdict: Verdict
+    previous_state: str
+    token: str
+
+    @property
+    def after_interruption(self) -> bool:
+        """The last holder started the call and never settled it: it may have taken effect."""
+        return self.previous_state in (State.RUNNING, State.IN_DOUBT)
+
+
+@dataclass(frozen=True)
+class Retention:
+    action_seconds: int
+    get_seconds: int
+    notification_seconds: int
+    quarantine_seconds: int
+
+    def for_operation(self, operation: Operation) -> int:
+        return self.action_seconds if operation.action.irreversible else self.get_seconds
+
+
+class Store:
+    """Operation records, notification markers and the quarantine, in one Redis."""
+
+    def __init__(self, client: redis.Redis, retention: Retention) -> None:
+        self._redis = client
+        self._retention = retention
+        self._claim = client.register_script(_CLAIM)
+        self._settle = client.register_script(_SETTLE)
+
+    # --- the edge dedupe, run by the fan-out task -------------------------------------------
+
+    def first_sightings(
+        self, operations: Iterable[Operation], ingest_id: str
+    ) -> list[Operation]:
+        """The operations whose notification this ingest is the first to queue.
+
+        Each notification gets a marker naming the ingest that queues it. A marker naming
+        *this* ingest means we are its redelivery after a crash mid-fan-out, so the
+        operation is queued again (over-enqueue is safe, the claim guards; under-enqueue
+        would lose it). One pipelined round trip for the whole batch.
+        """
+        operations = list(operations)
+        pipe = self._redis.pipeline(transaction=False)
+        for operation in operations:
+            marker = self._marker(operation)
+            pipe.set(marker, ingest_id, nx=True, ex=self._retention.notification_seconds)
+            pipe.get(marker)
+        replies = pipe.execute()
+        fresh = []
+        for index, operation in enumerate(operations):
+            created, holder = replies[2 * index], replies[2 * index + 1]
+            if created or holder == ingest_id:
+                fresh.append(operation)
+        return fresh
+
+    def mark_queued(self, operations: Iterable[Operation]) -> None:
+        """Create (or touch) each operation's record as queued and remember its source."""
+        pipe = self._redis.pipeline(transaction=False)
+        now = _now_ms()
+        for operation in operations:
+            ttl = self._retention.for_operation(operation)
+            pipe.hsetnx(operation.key, "state", State.QUEUED)
+            pipe.hsetnx(operation.key, "created_at", now)
+            pipe.hset(operation.key, mapping={"action": operation.action.value,
+                                              "crm_event_id": operation.crm_event_id})
+            pipe.expire(operation.key, ttl)
+            pipe.sadd(operation.sources_key, operation.source_id)
+            pipe.expire(operation.sources_key, ttl)
+        pipe.execute()
+
+    def _marker(self, operation: Operation) -> str:
+        # Per operation, not per notification: one API request may carry many events.
+        return (f"{KEY_PREFIX}:seen:{{{operation.source_id}}}:"
+                f"{operation.action}:{operation.crm_event_id}")
+
+    # --- claims -----------------------------------------------------------------------------
+
+    def claim(self, operation: Operation, owner: str, lease_seconds: int) -> Claim:
+        verdict, previous, token = self._claim(
+            keys=[operation.key],
+            args=[owner, lease_seconds * 1000, self._retention.for_operation(operation),
+                  operation.action.value, operation.crm_event_id],
+        )
+        return Claim(Verdict(_text(verdict)), _text(previous), _text(token))
+
+    def settle(
+        self,
+        operation: Operation,
+        claim: Claim,
+        state: State,
+        *,
+        error: str = "",
+        result: Any = None,
+    ) -> bool:
+        """Record the outcome if `claim` is still the current one; False means it was lost."""
+        recorded = self._settle(
+            keys=[operation.key],
+            args=[claim.token, state.value, self._retention.for_operation(operation),
+                  error[:2000], "" if result is None else json.dumps(result)],
+        )
+        return bool(recorded)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The stored record of one operation key, decoded, or None."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(key)
+        pipe.smembers(f"{key}:sources")
+        fields, sources = pipe.execute()
+        if not fields:
+            return None
+        record: dict[str, Any] = {_text(k): _text(v) for k, v in fields.items()}
+        record["key"] = key
+        record["sources"] = sorted(_text(s) for s in sources)
+        if "result" in record:
+            record["result"] = json.loads(record["result"])
+        return record
+
+    def records_for_event(self, crm_event_id: str) -> list[dict[str, Any]]:
+        """Every operation record of one canonical event ID (all actions)."""
+        found = []
+        for action in Action:
+            pattern = f"{KEY_PREFIX}:op:{{{action}:{crm_event_id}*}}"
+            for key in self._redis.scan_iter(match=pattern, count=500):
+                record = self.record(_text(key))
+                if record is not None:
+                    found.append(record)
+        return sorted(found, key=lambda record: record.get("created_at", ""))
+
+    # --- quarantine -------------------------------------------------------------------------
+
+    def quarantine(self, action: Action, organization_id: str,
+                   rejections: Iterable[Rejection], *, at: float) -> None:
+        """Keep rejected notifications (redacted) for operators, bounded in time.
+
+        Entries are their own members, scored by `at` (when the edge received them), so
+        storing the same rejection twice keeps one entry.
+        """
+        rejections = list(rejections)
+        if not rejections:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for rejection in rejections:
+            entry = {"action": action.value, "organization_id": organization_id,
+                     "received_at": at, **rejection.to_message()}
+            pipe.zadd(QUARANTINE_KEY, {json.dumps(entry, sort_keys=True): at})
+        pipe.zremrangebyscore(QUARANTINE_KEY, 0, time.time() - self._retention.quarantine_seconds)
+        pipe.execute()
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        entries = self._redis.zrevrange(QUARANTINE_KEY, 0, limit - 1)
+        return [json.loads(_text(entry)) for entry in entries]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def durability_warnings(client: redis.Redis) -> list[str]:
+    """What about this Redis could lose queued work or idempotency keys.
+
+    The store needs persistence (AOF) and no eviction: an evicted key is a forgotten claim,
+    which is a second cancellation email. Managed Redis may refuse CONFIG: say so, do not fail.
+    """
+    try:
+        config = client.config_get("appendonly") | client.config_get("maxmemory-policy")
+    except redis.RedisError:
+        return ["cannot read the Redis configuration (CONFIG GET refused); make sure it "
+                "persists (appendonly yes) and does not evict (maxmemory-policy noeviction)"]
+    warnings = []
+    if _text(config.get("appendonly", "")) != "yes":
+        warnings.append("Redis has appendonly=no: queued tasks and idempotency keys are lost "
+                        "on restart; set appendonly yes")
+    policy = _text(config.get("maxmemory-policy", ""))
+    if policy != "noeviction":
+        warnings.append(f"Redis maxmemory-policy is {policy}: keys may be evicted; set "
+                        "noeviction")
+    return warnings
