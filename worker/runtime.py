@@ -6,6 +6,7 @@ connections; guarded by a lock because the thread pool's first tasks arrive toge
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ def retention(settings: Settings) -> Retention:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    # One line per ChiliPiper request at INFO drowns the task log; our own lines say enough.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     client = redis_client(settings.redis_url)
     return Runtime(
         settings=settings,

@@ -22,7 +22,8 @@ _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9]{3}")
 MIN_SECRET_LENGTH = 16
 DEFAULT_MCP_URL = "https://fire.chilipiper.com/api/fire-edge/v1/org/mcp"
-DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765/mcp"
+SANDBOX_PORT = 8765
+DEFAULT_SANDBOX_URL = f"http://127.0.0.1:{SANDBOX_PORT}/mcp"
 
 
 def _split(value: object) -> object:

@@ -74,7 +74,7 @@ class Sandbox:
                 ok, answer = True, {"crmEventId": crm_event_id, "status": status}
             self.calls.append({"tool": tool, "crmEventId": crm_event_id, "ok": ok,
                                "before": before, "after": status, "at": time.time()})
-        log.warning("sandbox: %s %s %s → %s", tool, crm_event_id, before, status if ok else answer)
+        log.info("%s %s: %s → %s", tool, crm_event_id, before, status if ok else answer)
         return ok, answer
 
     def take_fault(self) -> Faults | None:

@@ -1,0 +1,254 @@
+"""Real parts for the tests: a private redis-server, the sandbox ChiliPiper on loopback, the
+web app, and (for end-to-end tests) a real Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from webhooks import create_app
+from worker.chilipiper.sandbox import Faults, Sandbox, create_sandbox_app
+from worker.redis_server import RedisServer
+from worker.salesforce_ids import checksum
+from worker.settings import Settings, load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SALESFORCE = FIXTURES / "salesforce"
+TOKEN = "test-token-0123456789abcdef"
+OTHER_TOKEN = "rotated-token-abcdefghijklmnop"
+ORG_ID = "00D5g000004XyZqEAK"  # the synthetic Event message's org
+WORKER_DB = 0  # the Celery worker consumes this database
+IDLE_DB = 1  # no worker listens here: what the edge publishes stays visible
+
+
+def random_event_id(prefix: str = "00U") -> str:
+    body = prefix + "".join(random.choices(string.ascii_letters + string.digits, k=12))
+    return body + checksum(body)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def outbound_message(notifications: list[tuple[str, str | None]], *,
+                     org_id: str = ORG_ID, session_id: str | None = None,
+                     sobject_type: str = "Event") -> bytes:
+    """A SOAP Outbound Message with (notification Id, sObject Id) pairs; None = deleted."""
+    parts = []
+    for notification_id, event_id in notifications:
+        sobject = "" if event_id is None else (
+            f'<sObject xsi:type="sf:{sobject_type}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
+            f"<sf:Id>{event_id}</sf:Id><sf:Subject>Intro</sf:Subject></sObject>"
+        )
+        parts.append(f"<Notification><Id>{notification_id}</Id>{sobject}</Notification>")
+    session = (f"<SessionId>{session_id}</SessionId>" if session_id
+               else '<SessionId xsi:nil="true"/>')
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
+        '<notifications xmlns="http://soap.sforce.com/2005/09/outbound">'
+        f"<OrganizationId>{org_id}</OrganizationId><ActionId>04k5g000000AbCdAAK</ActionId>"
+        f"{session}<EnterpriseUrl>https://example.my.salesforce.com</EnterpriseUrl>"
+        f"{''.join(parts)}</notifications></soapenv:Body></soapenv:Envelope>"
+    ).encode()
+
+
+def notification_id() -> str:
+    return random_event_id("04l")
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@dataclass
+class SandboxServer:
+    state: Sandbox
+    server: BaseWSGIServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/mcp"
+
+    def calls(self, crm_event_id: str | None = None, tool: str | None = None) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [call for call in self.state.calls
+                    if (crm_event_id is None or call["crmEventId"] == crm_event_id)
+                    and (tool is None or call["tool"] == tool)]
+
+    def set_faults(self, **faults: Any) -> None:
+        with self.state.lock:
+            self.state.faults = Faults(**faults)
+
+
+def serve(app: Flask) -> BaseWSGIServer:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    state = Sandbox()
+    server = serve(create_sandbox_app(state))
+    yield SandboxServer(state, server)
+    server.shutdown()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
+    """The shared sandbox, with its faults switched off again after the test."""
+    sandbox_server.set_faults()
+    yield sandbox_server
+    sandbox_server.set_faults()
+
+
+def make_settings(redis_url: str, sandbox_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "webhook_tokens": f"{TOKEN},{OTHER_TOKEN}",
+        "salesforce_org_ids": ORG_ID,
+        "chilipiper_transport": "sandbox",
+        "chilipiper_sandbox_url": sandbox_url,
+        "chilipiper_timeout_seconds": 2.0,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def db_url(server: RedisServer, db: int) -> str:
+    return server.url.rsplit("/", 1)[0] + f"/{db}"
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, sandbox_server: SandboxServer) -> Settings:
+    """Settings whose broker no worker consumes: published messages stay inspectable."""
+    return make_settings(db_url(redis_server, IDLE_DB), sandbox_server.url)
+
+
+@pytest.fixture
+def idle_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(db_url(redis_server, IDLE_DB), decode_responses=True)
+    client.flushdb()  # our own server's database: nothing else uses it
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def app(settings: Settings, idle_redis: redis.Redis) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+# --- a real worker --------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    settings: Settings
+    log: Path
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "REDIS_URL": settings.redis_url,
+        "CHILIPIPER_TRANSPORT": "sandbox",
+        "CHILIPIPER_SANDBOX_URL": settings.chilipiper_sandbox_url,
+        "CHILIPIPER_TIMEOUT_SECONDS": str(settings.chilipiper_timeout_seconds),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def start_worker(settings: Settings, log: Path, concurrency: int = 16) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "celery", "--app", "worker", "worker", "--pool", "threads",
+               "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
+               "--without-mingle", "--without-heartbeat"]
+    handle = log.open("ab")
+    process = subprocess.Popen(command, env=worker_environment(settings), stdout=handle,
+                               stderr=subprocess.STDOUT, cwd=log.parent)
+    wait_for(lambda: b"ready." in log.read_bytes() or process.poll() is not None, timeout=60)
+    if process.poll() is not None:
+        pytest.fail(f"worker exited: {log.read_text()[-2000:]}")
+    return process
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_settings(redis_server: RedisServer, sandbox_server: SandboxServer) -> Settings:
+    return make_settings(db_url(redis_server, WORKER_DB), sandbox_server.url)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(worker_settings: Settings,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = start_worker(worker_settings, log)
+    yield WorkerProcess(process, worker_settings, log)
+    stop_process(process)
+
+
+@pytest.fixture
+def live_app(celery_worker: WorkerProcess) -> Flask:
+    """The web app wired to the running worker."""
+    return create_app(celery_worker.settings)
+
+
+@pytest.fixture
+def live_server(live_app: Flask) -> Iterator[str]:
+    """The web app on a loopback port (threaded), for concurrent senders."""
+    server = serve(live_app)
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as client:
+        yield client

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import load_settings
+
+BASE = {"redis_url": "redis://127.0.0.1:1/0", "_env_file": None}
+
+
+def test_missing_redis_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ConfigError, match="REDIS_URL: is not set"):
+        load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"webhook_tokens": "short"}, "WEBHOOK_TOKENS: every token must be at least 16"),
+    ({"salesforce_org_ids": "00D5g000004XyZqEAB"}, "SALESFORCE_ORG_IDS: .*checksum"),
+    ({"salesforce_org_ids": "0031I0000081tbP"}, "SALESFORCE_ORG_IDS: .*start with 00D"),
+    ({"salesforce_id_prefixes": "00U,toolong"}, "SALESFORCE_ID_PREFIXES"),
+    ({"salesforce_event_id_field": "Id; drop"}, "SALESFORCE_EVENT_ID_FIELD"),
+    ({"chilipiper_transport": "carrier-pigeon"}, "CHILIPIPER_TRANSPORT"),
+    ({"max_body_bytes": "-1"}, "MAX_BODY_BYTES"),
+])
+def test_malformed_value_names_the_variable(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(**BASE, **overrides)
+
+
+def test_secrets_never_appear_in_errors_or_repr() -> None:
+    secret = "short-secret"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**BASE, webhook_tokens=secret)
+    assert secret not in str(caught.value)
+    settings = load_settings(**BASE, webhook_tokens="x" * 20, chilipiper_api_token="y" * 20)
+    assert "x" * 20 not in repr(settings)
+    assert "y" * 20 not in repr(settings)
+
+
+def test_comma_separated_lists_are_split_and_trimmed() -> None:
+    settings = load_settings(**BASE, webhook_tokens=" a" * 10 + " , ," + "b" * 16,
+                             salesforce_org_ids="00D5g000004XyZq, 00De0000000pmu1EAA",
+                             salesforce_id_prefixes="00U, a0X")
+    assert len(settings.webhook_tokens) == 2
+    assert settings.salesforce_org_ids == ("00D5g000004XyZqEAK", "00De0000000pmu1EAA")
+    assert settings.salesforce_id_prefixes == ("00U", "a0X")
+
+
+def test_web_needs_tokens_and_org_ids() -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_TOKENS.*SALESFORCE_ORG_IDS"):
+        load_settings(**BASE).require_web()
+
+
+def test_worker_needs_a_chilipiper_token_for_mcp() -> None:
+    with pytest.raises(ConfigError, match="CHILIPIPER_API_TOKEN"):
+        load_settings(**BASE, chilipiper_transport="mcp").require_worker()
+    load_settings(**BASE, chilipiper_transport="sandbox").require_worker()
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("REDIS_URL=redis://from-dotenv:6379/0\n"
+                        "SALESFORCE_ID_PREFIXES=a0X\n")
+    monkeypatch.setenv("SALESFORCE_ID_PREFIXES", "00U,a0Y")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    settings = load_settings(_env_file=env_file)
+    assert settings.redis_url == "redis://from-dotenv:6379/0"
+    assert settings.salesforce_id_prefixes == ("00U", "a0Y")
+
+
+def test_broker_defaults_to_redis() -> None:
+    assert load_settings(**BASE).broker_url == BASE["redis_url"]
+    other = load_settings(**BASE, celery_broker_url="amqp://guest@127.0.0.1//")
+    assert other.broker_url == "amqp://guest@127.0.0.1//"
