@@ -61,7 +61,8 @@ def outbound_message(notifications: list[tuple[str, str | None]], *,
     parts = []
     for notification_id, event_id in notifications:
         sobject = "" if event_id is None else (
-            f'<sObject xsi:type="sf:{sobject_type}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
+            f'<sObject xsi:type="sf:{sobject_type}" '
+            'xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
             f"<sf:Id>{event_id}</sf:Id><sf:Subject>Intro</sf:Subject></sObject>"
         )
         parts.append(f"<Notification><Id>{notification_id}</Id>{sobject}</Notification>")
@@ -100,7 +101,8 @@ class SandboxServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}/mcp"
 
-    def calls(self, crm_event_id: str | None = None, tool: str | None = None) -> list[dict[str, Any]]:
+    def calls(self, crm_event_id: str | None = None,
+              tool: str | None = None) -> list[dict[str, Any]]:
         with self.state.lock:
             return [call for call in self.state.calls
                     if (crm_event_id is None or call["crmEventId"] == crm_event_id)

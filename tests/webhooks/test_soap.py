@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from xml.etree import ElementTree
-
 import pytest
+from defusedxml import ElementTree
 
 from tests.conftest import SALESFORCE
 from webhooks.soap import ACK, OUTBOUND, SOAP_ENV, OutboundMessage, fault, parse_outbound
 from worker.errors import MalformedRequest
 
-SECRET_SESSION = "00D1I000003qqqE!AQsAQOjGFnFJzGPA12yhUGL9Aii0N6lADjH2bNUBHRer5QjjTq3_RbIzlAqHBkfjp3vlHhlwByFY9MJQJlgz_7YaGJZzRF3t"
+SECRET_SESSION = "00D1I000003qqqE!AQsAQOjGFnFJzGPA12yhUGL9Aii0N6lADjH2bNUBHRer5QjjTq3"
 
 
 def parse(name: str, field: str = "Id") -> OutboundMessage:

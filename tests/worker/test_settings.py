@@ -18,8 +18,8 @@ def test_missing_redis_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"webhook_tokens": "short"}, "WEBHOOK_TOKENS: every token must be at least 16"),
-    ({"salesforce_org_ids": "00D5g000004XyZqEAB"}, "SALESFORCE_ORG_IDS: .*checksum"),
-    ({"salesforce_org_ids": "0031I0000081tbP"}, "SALESFORCE_ORG_IDS: .*start with 00D"),
+    ({"salesforce_org_ids": "00D5g000004XyZqEAB"}, r"SALESFORCE_ORG_IDS: .*checksum"),
+    ({"salesforce_org_ids": "0031I0000081tbP"}, r"SALESFORCE_ORG_IDS: .*start with 00D"),
     ({"salesforce_id_prefixes": "00U,toolong"}, "SALESFORCE_ID_PREFIXES"),
     ({"salesforce_event_id_field": "Id; drop"}, "SALESFORCE_EVENT_ID_FIELD"),
     ({"chilipiper_transport": "carrier-pigeon"}, "CHILIPIPER_TRANSPORT"),
@@ -50,7 +50,7 @@ def test_comma_separated_lists_are_split_and_trimmed() -> None:
 
 
 def test_web_needs_tokens_and_org_ids() -> None:
-    with pytest.raises(ConfigError, match="WEBHOOK_TOKENS.*SALESFORCE_ORG_IDS"):
+    with pytest.raises(ConfigError, match=r"WEBHOOK_TOKENS.*SALESFORCE_ORG_IDS"):
         load_settings(**BASE).require_web()
 
 

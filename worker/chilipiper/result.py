@@ -25,9 +25,7 @@ class ToolResult:
             block.get("text", "") for block in blocks
             if isinstance(block, dict) and block.get("type") == "text"
         )
-        data = result.get("structuredContent")
-        if not isinstance(data, dict):
-            data = _json_object(text)
+        data = _unwrap(result.get("structuredContent")) or _json_object(text)
         return cls(tool=tool, crm_event_id=crm_event_id, text=text, data=data)
 
     @property
@@ -40,6 +38,16 @@ class ToolResult:
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _unwrap(structured: object) -> dict[str, Any]:
+    """Structured content as an object. Servers built with the official SDK wrap a plain
+    return value as `{"result": value}`, where the value may itself be JSON text."""
+    if isinstance(structured, dict) and set(structured) == {"result"}:
+        structured = structured["result"]
+    if isinstance(structured, str):
+        structured = _json_object(structured)
+    return structured if isinstance(structured, dict) else {}
 
 
 def _json_object(text: str) -> dict[str, Any]:
