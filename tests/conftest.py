@@ -25,8 +25,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from webhooks import create_app
 from worker.chilipiper.sandbox import Faults, Sandbox, create_sandbox_app
 from worker.redis_server import RedisServer
+from worker.runtime import redis_client, retention
 from worker.salesforce_ids import checksum
 from worker.settings import Settings, load_settings
+from worker.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SALESFORCE = FIXTURES / "salesforce"
@@ -203,9 +205,9 @@ def start_worker(settings: Settings, log: Path, concurrency: int = 16) -> subpro
     command = [sys.executable, "-m", "celery", "--app", "worker", "worker", "--pool", "threads",
                "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]
-    handle = log.open("ab")
-    process = subprocess.Popen(command, env=worker_environment(settings), stdout=handle,
-                               stderr=subprocess.STDOUT, cwd=log.parent)
+    with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, env=worker_environment(settings), stdout=handle,
+                                   stderr=subprocess.STDOUT, cwd=log.parent)
     wait_for(lambda: b"ready." in log.read_bytes() or process.poll() is not None, timeout=60)
     if process.poll() is not None:
         pytest.fail(f"worker exited: {log.read_text()[-2000:]}")
@@ -234,6 +236,19 @@ def celery_worker(worker_settings: Settings,
     process = start_worker(worker_settings, log)
     yield WorkerProcess(process, worker_settings, log)
     stop_process(process)
+
+
+@pytest.fixture
+def worker_redis(celery_worker: WorkerProcess) -> Iterator[redis.Redis]:
+    """The Redis (broker and store) the running worker uses."""
+    client = redis_client(celery_worker.settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def worker_store(celery_worker: WorkerProcess, worker_redis: redis.Redis) -> Store:
+    return Store(worker_redis, retention(celery_worker.settings))
 
 
 @pytest.fixture
