@@ -56,20 +56,29 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         time.sleep(interval)
 
 
-def outbound_message(notifications: list[tuple[str, str | None]], *,
-                     org_id: str = ORG_ID, session_id: str | None = None,
-                     sobject_type: str = "Event") -> bytes:
+def outbound_message(
+    notifications: list[tuple[str, str | None]],
+    *,
+    org_id: str = ORG_ID,
+    session_id: str | None = None,
+    sobject_type: str = "Event",
+) -> bytes:
     """A SOAP Outbound Message with (notification Id, sObject Id) pairs; None = deleted."""
     parts = []
     for notification_id, event_id in notifications:
-        sobject = "" if event_id is None else (
-            f'<sObject xsi:type="sf:{sobject_type}" '
-            'xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
-            f"<sf:Id>{event_id}</sf:Id><sf:Subject>Intro</sf:Subject></sObject>"
+        sobject = (
+            ""
+            if event_id is None
+            else (
+                f'<sObject xsi:type="sf:{sobject_type}" '
+                'xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
+                f"<sf:Id>{event_id}</sf:Id><sf:Subject>Intro</sf:Subject></sObject>"
+            )
         )
         parts.append(f"<Notification><Id>{notification_id}</Id>{sobject}</Notification>")
-    session = (f"<SessionId>{session_id}</SessionId>" if session_id
-               else '<SessionId xsi:nil="true"/>')
+    session = (
+        f"<SessionId>{session_id}</SessionId>" if session_id else '<SessionId xsi:nil="true"/>'
+    )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
@@ -103,12 +112,16 @@ class SandboxServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}/mcp"
 
-    def calls(self, crm_event_id: str | None = None,
-              tool: str | None = None) -> list[dict[str, Any]]:
+    def calls(
+        self, crm_event_id: str | None = None, tool: str | None = None
+    ) -> list[dict[str, Any]]:
         with self.state.lock:
-            return [call for call in self.state.calls
-                    if (crm_event_id is None or call["crmEventId"] == crm_event_id)
-                    and (tool is None or call["tool"] == tool)]
+            return [
+                call
+                for call in self.state.calls
+                if (crm_event_id is None or call["crmEventId"] == crm_event_id)
+                and (tool is None or call["tool"] == tool)
+            ]
 
     def set_faults(self, **faults: Any) -> None:
         with self.state.lock:
@@ -191,23 +204,44 @@ class WorkerProcess:
 
 def worker_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "REDIS_URL": settings.redis_url,
-        "CHILIPIPER_TRANSPORT": "sandbox",
-        "CHILIPIPER_SANDBOX_URL": settings.chilipiper_sandbox_url,
-        "CHILIPIPER_TIMEOUT_SECONDS": str(settings.chilipiper_timeout_seconds),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "CHILIPIPER_TRANSPORT": "sandbox",
+            "CHILIPIPER_SANDBOX_URL": settings.chilipiper_sandbox_url,
+            "CHILIPIPER_TIMEOUT_SECONDS": str(settings.chilipiper_timeout_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
 def start_worker(settings: Settings, log: Path, concurrency: int = 16) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "celery", "--app", "worker", "worker", "--pool", "threads",
-               "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
-               "--without-mingle", "--without-heartbeat"]
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "worker",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(command, env=worker_environment(settings), stdout=handle,
-                                   stderr=subprocess.STDOUT, cwd=log.parent)
+        process = subprocess.Popen(
+            command,
+            env=worker_environment(settings),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+        )
     wait_for(lambda: b"ready." in log.read_bytes() or process.poll() is not None, timeout=60)
     if process.poll() is not None:
         pytest.fail(f"worker exited: {log.read_text()[-2000:]}")
@@ -230,8 +264,9 @@ def worker_settings(redis_server: RedisServer, sandbox_server: SandboxServer) ->
 
 
 @pytest.fixture(scope="session")
-def celery_worker(worker_settings: Settings,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def celery_worker(
+    worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     process = start_worker(worker_settings, log)
     yield WorkerProcess(process, worker_settings, log)

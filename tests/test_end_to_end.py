@@ -27,23 +27,29 @@ pytestmark = pytest.mark.slow
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'}
 
 
-def test_sample_message_cancels_both_meetings(live_app: Flask, sandbox: SandboxServer,
-                                              worker_store: Store) -> None:
+def test_sample_message_cancels_both_meetings(
+    live_app: Flask, sandbox: SandboxServer, worker_store: Store
+) -> None:
     body = (SALESFORCE / "synthetic_2x_event.xml").read_bytes()
     events = ["00U5g00000MnOpQEAV", "00U5g00000MnOpREAV"]
-    response = live_app.test_client().post(f"/salesforce/outbound/cancel?token={TOKEN}",
-                                           data=body, headers=SOAP_HEADERS)
+    response = live_app.test_client().post(
+        f"/salesforce/outbound/cancel?token={TOKEN}", data=body, headers=SOAP_HEADERS
+    )
     assert response.status_code == 200
     wait_for(lambda: all(sandbox.calls(event, "crm-cancel") for event in events))
     for event in events:
-        [record] = wait_for(lambda event=event: [r for r in worker_store.records_for_event(event)
-                                                 if r["state"] == "succeeded"])
+        [record] = wait_for(
+            lambda event=event: [
+                r for r in worker_store.records_for_event(event) if r["state"] == "succeeded"
+            ]
+        )
         assert record["sources"]
         assert len(sandbox.calls(event, "crm-cancel")) == 1
 
 
 def test_same_message_posted_three_times_concurrently_cancels_each_event_once(
-        live_server: str, sandbox: SandboxServer, worker_redis: redis.Redis) -> None:
+    live_server: str, sandbox: SandboxServer, worker_redis: redis.Redis
+) -> None:
     pairs = [(notification_id(), random_event_id()) for _ in range(20)]
     body = outbound_message(pairs)
     url = f"{live_server}/salesforce/outbound/cancel?token={TOKEN}"
@@ -62,29 +68,45 @@ def test_same_message_posted_three_times_concurrently_cancels_each_event_once(
 
 
 def test_hundred_notifications_with_ten_bad_ids_end_to_end(
-        live_app: Flask, sandbox: SandboxServer, worker_store: Store) -> None:
+    live_app: Flask, sandbox: SandboxServer, worker_store: Store
+) -> None:
     good = [(notification_id(), random_event_id()) for _ in range(90)]
     bad = [(notification_id(), random_event_id("a0X")) for _ in range(10)]
-    response = live_app.test_client().post(f"/salesforce/outbound/noshow?token={TOKEN}",
-                                           data=outbound_message(bad[:5] + good + bad[5:]),
-                                           headers=SOAP_HEADERS)
+    response = live_app.test_client().post(
+        f"/salesforce/outbound/noshow?token={TOKEN}",
+        data=outbound_message(bad[:5] + good + bad[5:]),
+        headers=SOAP_HEADERS,
+    )
     assert response.status_code == 200
     wait_for(lambda: all(sandbox.calls(event, "crm-noshow") for _, event in good))
-    wait_for(lambda: {entry["notification_id"] for entry in worker_store.quarantined(1000)}
-             >= {note for note, _ in bad})
+    wait_for(
+        lambda: (
+            {entry["notification_id"] for entry in worker_store.quarantined(1000)}
+            >= {note for note, _ in bad}
+        )
+    )
     assert all(not sandbox.calls(event) for _, event in bad)
 
 
-def test_redelivered_notification_is_not_queued_again(live_app: Flask, sandbox: SandboxServer,
-                                                      celery_worker: WorkerProcess) -> None:
+def test_redelivered_notification_is_not_queued_again(
+    live_app: Flask, sandbox: SandboxServer, celery_worker: WorkerProcess
+) -> None:
     event = random_event_id()
     body = outbound_message([(notification_id(), event)])
     client = live_app.test_client()
-    assert client.post(f"/salesforce/outbound/get?token={TOKEN}", data=body,
-                       headers=SOAP_HEADERS).status_code == 200
+    assert (
+        client.post(
+            f"/salesforce/outbound/get?token={TOKEN}", data=body, headers=SOAP_HEADERS
+        ).status_code
+        == 200
+    )
     wait_for(lambda: sandbox.calls(event, "crm-get"))
-    assert client.post(f"/salesforce/outbound/get?token={TOKEN}", data=body,
-                       headers=SOAP_HEADERS).status_code == 200
+    assert (
+        client.post(
+            f"/salesforce/outbound/get?token={TOKEN}", data=body, headers=SOAP_HEADERS
+        ).status_code
+        == 200
+    )
     wait_for(lambda: b"'skipped': 1" in celery_worker.log.read_bytes())
     assert len(sandbox.calls(event, "crm-get")) == 1
 
@@ -92,20 +114,29 @@ def test_redelivered_notification_is_not_queued_again(live_app: Flask, sandbox: 
 def test_json_events_reach_chilipiper(live_app: Flask, sandbox: SandboxServer) -> None:
     cancel, noshow = random_event_id(), random_event_id()
     response = live_app.test_client().post(
-        "/v1/events", headers={"Authorization": f"Bearer {TOKEN}"},
-        json={"events": [{"action": "cancel", "crmEventId": cancel},
-                         {"action": "noshow", "crmEventId": noshow[:15]}]})
+        "/v1/events",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={
+            "events": [
+                {"action": "cancel", "crmEventId": cancel},
+                {"action": "noshow", "crmEventId": noshow[:15]},
+            ]
+        },
+    )
     assert response.status_code == 202
     wait_for(lambda: sandbox.calls(cancel, "crm-cancel") and sandbox.calls(noshow, "crm-noshow"))
 
 
 def test_failed_call_is_retried_by_the_worker_until_it_succeeds(
-        live_app: Flask, sandbox: SandboxServer) -> None:
+    live_app: Flask, sandbox: SandboxServer
+) -> None:
     event = random_event_id()
     sandbox.set_faults(fail_next=4, status=503)  # more than one task run's in-call retries
     response = live_app.test_client().post(
-        "/v1/events", headers={"Authorization": f"Bearer {TOKEN}"},
-        json={"action": "cancel", "crmEventId": event})
+        "/v1/events",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={"action": "cancel", "crmEventId": event},
+    )
     assert response.status_code == 202
     wait_for(lambda: sandbox.calls(event, "crm-cancel"), timeout=60)
     assert len(sandbox.calls(event, "crm-cancel")) == 1

@@ -49,8 +49,9 @@ def receive() -> tuple[Response, int]:
         outcome: dict[str, Any] = {"index": index}
         try:
             action = parse_action(_string(item, "action"))
-            event_id = require_prefix(canonical_id(_string(item, "crmEventId")),
-                                      settings.salesforce_id_prefixes)
+            event_id = require_prefix(
+                canonical_id(_string(item, "crmEventId")), settings.salesforce_id_prefixes
+            )
         except ValueError as exc:  # InvalidSalesforceId is a ValueError too
             outcome.update(outcome="rejected", reason=str(exc))
             results.append(outcome)
@@ -78,10 +79,13 @@ def receive() -> tuple[Response, int]:
             _forget(idempotency_key)
         raise
     for outcome in results:
-        current.metrics.notifications.labels(outcome.get("action", "unknown"),
-                                             outcome["outcome"]).inc()
-    counts = {name: sum(1 for r in results if r["outcome"] == name)
-              for name in ("queued", "duplicate", "rejected")}
+        current.metrics.notifications.labels(
+            outcome.get("action", "unknown"), outcome["outcome"]
+        ).inc()
+    counts = {
+        name: sum(1 for r in results if r["outcome"] == name)
+        for name in ("queued", "duplicate", "rejected")
+    }
     log.info("events: %(queued)d queued, %(duplicate)d duplicate, %(rejected)d rejected", counts)
     return _json({"results": results, **counts}, 202)
 
@@ -111,8 +115,9 @@ def _string(item: Any, name: str) -> str:
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key", "").strip()
     if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise MalformedRequest(f"Idempotency-Key must be printable and at most "
-                               f"{MAX_IDEMPOTENCY_KEY} characters")
+        raise MalformedRequest(
+            f"Idempotency-Key must be printable and at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
     return key or None
 
 
@@ -124,8 +129,9 @@ def _first_use(key: str) -> bool:
     """Record `key` for the retention window; False if a request already used it."""
     current = edge()
     try:
-        return bool(current.redis.set(_marker(key), "1", nx=True,
-                                      ex=current.settings.get_key_ttl_seconds))
+        return bool(
+            current.redis.set(_marker(key), "1", nx=True, ex=current.settings.get_key_ttl_seconds)
+        )
     except redis.RedisError as exc:
         raise QueueUnavailable(f"Redis did not answer: {exc}") from exc
 

@@ -37,8 +37,7 @@ def readyz() -> tuple[Response, int]:
     except Exception as exc:  # kombu raises transport-specific errors; any means not ready
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks,
-            "warnings": warnings}
+    body = {"status": "ready" if ready else "unavailable", "checks": checks, "warnings": warnings}
     return jsonify(body), 200 if ready else 503
 
 

@@ -32,13 +32,23 @@ def edge_metrics() -> EdgeMetrics:
     registry = CollectorRegistry()
     return EdgeMetrics(
         registry=registry,
-        requests=Counter("crmhook_requests", "Requests answered, by route and status",
-                         ["route", "status"], registry=registry),
-        notifications=Counter("crmhook_notifications", "Notifications and events received, "
-                              "by action and outcome (queued, duplicate, rejected)",
-                              ["action", "outcome"], registry=registry),
-        enqueue_seconds=Histogram("crmhook_enqueue_seconds", "Time to hand a message to the "
-                                  "broker", registry=registry,
-                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                           0.5, 1.0, 2.5, 5.0)),
+        requests=Counter(
+            "crmhook_requests",
+            "Requests answered, by route and status",
+            ["route", "status"],
+            registry=registry,
+        ),
+        notifications=Counter(
+            "crmhook_notifications",
+            "Notifications and events received, "
+            "by action and outcome (queued, duplicate, rejected)",
+            ["action", "outcome"],
+            registry=registry,
+        ),
+        enqueue_seconds=Histogram(
+            "crmhook_enqueue_seconds",
+            "Time to hand a message to the broker",
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        ),
     )

@@ -36,18 +36,33 @@ def receive(action: str) -> Response:
     message = parse_outbound(read_body(), settings.salesforce_event_id_field)
     verify_org(message.organization_id, settings.salesforce_org_ids)
 
-    result = triage(message.notifications, chosen, settings.salesforce_id_prefixes,
-                    settings.salesforce_event_id_field)
+    result = triage(
+        message.notifications,
+        chosen,
+        settings.salesforce_id_prefixes,
+        settings.salesforce_event_id_field,
+    )
     with current.metrics.enqueue_seconds.time():
-        submit(current.celery, Batch(message.organization_id, result.operations,
-                                     result.rejections, action=chosen))
+        submit(
+            current.celery,
+            Batch(message.organization_id, result.operations, result.rejections, action=chosen),
+        )
     current.metrics.notifications.labels(chosen.value, "queued").inc(len(result.operations))
     current.metrics.notifications.labels(chosen.value, "rejected").inc(len(result.rejections))
     for rejection in result.rejections:
-        log.warning("quarantined notification %s (%s): %s", rejection.notification_id,
-                    chosen.value, rejection.reason)
-    log.info("outbound %s from %s: %d queued, %d quarantined", chosen.value,
-             message.organization_id[:15], len(result.operations), len(result.rejections))
+        log.warning(
+            "quarantined notification %s (%s): %s",
+            rejection.notification_id,
+            chosen.value,
+            rejection.reason,
+        )
+    log.info(
+        "outbound %s from %s: %d queued, %d quarantined",
+        chosen.value,
+        message.organization_id[:15],
+        len(result.operations),
+        len(result.rejections),
+    )
     return _soap(ACK, 200)
 
 
@@ -60,8 +75,9 @@ def refuse(error: IngressError) -> Response:
 @blueprint.errorhandler(QueueUnavailable)
 def unavailable(error: QueueUnavailable) -> Response:
     log.error("no ack, Salesforce will retry: %s", error)
-    return _soap(fault("temporarily unable to queue the notifications; retry later",
-                       server=True), 503)
+    return _soap(
+        fault("temporarily unable to queue the notifications; retry later", server=True), 503
+    )
 
 
 def _soap(body: str, status: int) -> Response:

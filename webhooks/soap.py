@@ -57,8 +57,7 @@ def parse_outbound(body: bytes, event_id_field: str) -> OutboundMessage:
     notifications = root.find(f"{{{SOAP_ENV}}}Body/{{{OUTBOUND}}}notifications")
     if notifications is None:
         raise MalformedRequest(
-            "the SOAP body holds no Outbound Message (<notifications> in namespace "
-            f"{OUTBOUND})"
+            f"the SOAP body holds no Outbound Message (<notifications> in namespace {OUTBOUND})"
         )
     organization_id = _child_text(notifications, "OrganizationId")
     if not organization_id:

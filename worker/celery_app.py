@@ -17,8 +17,12 @@ from celery import Celery
 from worker.settings import Settings
 
 QUEUE = "crmhook"
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25,
-                        "interval_max": 0.5}
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.25,
+    "interval_max": 0.5,
+}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +25,8 @@ from worker.operations import KEY_PREFIX, Operation, parse_action
 from worker.salesforce_ids import canonical_id, require_prefix
 from worker.settings import SANDBOX_PORT, Settings, load_settings
 
-console = Console()
+# Piped output is read by scripts and grep: wide enough that nothing is cut.
+console = Console(width=None if sys.stdout.isatty() else 240)
 
 
 def _settings() -> Settings:
@@ -34,18 +36,43 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Turns an unreachable Redis into one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis did not answer ({exc}); check REDIS_URL") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Salesforce Event notifications to ChiliPiper meeting actions, exactly once."""
 
 
 @main.command()
-@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")),
-              show_default="$PORT or 8000", help="Port of the web app.")
-@click.option("--sandbox-port", type=int, default=8765, show_default=True,
-              help="Port of the sandbox ChiliPiper.")
-@click.option("--concurrency", type=int, default=16, show_default=True,
-              help="Worker threads (calls in flight).")
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("PORT", "8000")),
+    show_default="$PORT or 8000",
+    help="Port of the web app.",
+)
+@click.option(
+    "--sandbox-port",
+    type=int,
+    default=8765,
+    show_default=True,
+    help="Port of the sandbox ChiliPiper.",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Worker threads (calls in flight).",
+)
 def dev(port: int, sandbox_port: int, concurrency: int) -> None:
     """Run the whole system here: Redis, sandbox ChiliPiper, web and worker.
 
@@ -145,19 +172,38 @@ def quarantine(limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
-    table = Table("received", "action", "org", "notification", "value as sent", "reason",
-                  title=f"{len(entries)} quarantined notification(s)")
+    table = Table(title=f"{len(entries)} quarantined notification(s)")
+    for column in ("received", "action", "org", "notification", "value as sent"):
+        table.add_column(column, no_wrap=True, min_width=18 if column != "action" else 6)
+    table.add_column("reason", ratio=1)  # IDs are copied from here: only the reason wraps
     for entry in entries:
-        table.add_row(_when(entry["received_at"] * 1000), entry["action"],
-                      entry["organization_id"], entry["notification_id"],
-                      entry.get("value") or "", entry["reason"])
+        table.add_row(
+            _when(entry["received_at"] * 1000),
+            entry["action"],
+            entry["organization_id"],
+            entry["notification_id"],
+            entry.get("value") or "",
+            entry["reason"],
+        )
     console.print(table)
 
 
 def _record_table(record: dict[str, Any]) -> Table:
     table = Table(show_header=False, title=record["key"], title_justify="left")
-    for name in ("action", "crm_event_id", "state", "attempts", "created_at", "updated_at",
-                 "succeeded_at", "last_error", "sources", "result"):
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for name in (
+        "action",
+        "crm_event_id",
+        "state",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "succeeded_at",
+        "last_error",
+        "sources",
+        "result",
+    ):
         value = record.get(name)
         if value in (None, ""):
             continue

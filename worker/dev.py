@@ -64,12 +64,36 @@ class DevStack:
         python = sys.executable
         commands = {
             "sandbox": [python, "-m", "worker.cli", "sandbox", "--port", str(self.sandbox_port)],
-            "worker": [python, "-m", "celery", "--app", "worker", "worker", "--pool", "threads",
-                       "--concurrency", str(self.concurrency), "--loglevel", "INFO",
-                       "--without-gossip", "--without-mingle"],
-            "web": [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                    "--workers", "2", "--threads", "4", "--preload", "--no-control-socket",
-                    "webhooks:create_app()"],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "--app",
+                "worker",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            "web": [
+                python,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--preload",
+                "--no-control-socket",
+                "webhooks:create_app()",
+            ],
         }
         if env.get("CHILIPIPER_TRANSPORT") != "sandbox":
             del commands["sandbox"]
@@ -95,18 +119,20 @@ class DevStack:
     def banner(self, env: Mapping[str, str]) -> str:
         token = env["WEBHOOK_TOKENS"].split(",")[0].strip()
         url = f"http://127.0.0.1:{self.port}/salesforce/outbound/cancel?token={token}"
-        return "\n".join([
-            "",
-            f"crmhook is up: web http://127.0.0.1:{self.port}  "
-            f"(ChiliPiper: {env['CHILIPIPER_TRANSPORT']})",
-            "Post the bundled sample Outbound Message (two Event notifications) with:",
-            "",
-            f"  curl -sS -X POST '{url}' -H 'Content-Type: text/xml; charset=UTF-8' "
-            f"-H 'SOAPAction: \"\"' --data-binary @{sample_message()}",
-            "",
-            "and watch the sandbox cancel both meetings below. Ctrl-C stops everything.",
-            "",
-        ])
+        return "\n".join(
+            [
+                "",
+                f"crmhook is up: web http://127.0.0.1:{self.port}  "
+                f"(ChiliPiper: {env['CHILIPIPER_TRANSPORT']})",
+                "Post the bundled sample Outbound Message (two Event notifications) with:",
+                "",
+                f"  curl -sS -X POST '{url}' -H 'Content-Type: text/xml; charset=UTF-8' "
+                f"-H 'SOAPAction: \"\"' --data-binary @{sample_message()}",
+                "",
+                "and watch the sandbox cancel both meetings below. Ctrl-C stops everything.",
+                "",
+            ]
+        )
 
     def stop(self) -> None:
         """Stop our children (SIGTERM, then SIGKILL after 10 s), then the embedded Redis."""
@@ -126,8 +152,9 @@ class DevStack:
             self.redis = None
 
     def _start(self, name: str, command: list[str], env: Mapping[str, str]) -> None:
-        process = subprocess.Popen(command, env=dict(env), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         self.processes[name] = process
         threading.Thread(target=_relay, args=(name, process), daemon=True).start()
 

@@ -80,21 +80,33 @@ def _already_in_effect(runtime: Runtime, operation: Operation, claim: Claim) -> 
     if status is None:
         raise PermanentError(
             f"in doubt: crm-get reported no meeting status for {operation.crm_event_id}; "
-            "check ChiliPiper before replaying", tool=Action.GET.tool,
+            "check ChiliPiper before replaying",
+            tool=Action.GET.tool,
         )
     if status != operation.action.final_status:
-        log.warning("%s was interrupted before taking effect (status %s); calling again",
-                    operation.key, status)
+        log.warning(
+            "%s was interrupted before taking effect (status %s); calling again",
+            operation.key,
+            status,
+        )
         return False
-    runtime.store.settle(operation, claim, State.SUCCEEDED,
-                         result={"reconciled": True, **current.to_record()})
-    log.warning("%s had taken effect before its worker was interrupted (status %s)",
-                operation.key, status)
+    runtime.store.settle(
+        operation, claim, State.SUCCEEDED, result={"reconciled": True, **current.to_record()}
+    )
+    log.warning(
+        "%s had taken effect before its worker was interrupted (status %s)", operation.key, status
+    )
     return True
 
 
-def _settle(runtime: Runtime, operation: Operation, claim: Claim, state: State,
-            error: GatewayError, outcome: Outcome) -> Outcome:
+def _settle(
+    runtime: Runtime,
+    operation: Operation,
+    claim: Claim,
+    state: State,
+    error: GatewayError,
+    outcome: Outcome,
+) -> Outcome:
     log.warning("%s %s: %s (%s)", operation.action.tool, operation.crm_event_id, state, error)
     if not runtime.store.settle(operation, claim, state, error=str(error)):
         return Outcome.LOST_CLAIM

@@ -90,8 +90,7 @@ def fan_out(
     # Rejections carry received_at from the edge, so a redelivered fan-out stores the same
     # entries again rather than new ones.
     if quarantined and batch.action is not None:
-        store.quarantine(batch.action, batch.organization_id, quarantined,
-                         at=batch.received_at)
+        store.quarantine(batch.action, batch.organization_id, quarantined, at=batch.received_at)
     fresh = store.first_sightings(batch.operations, ingest_id)
     store.mark_queued(fresh)
     for operation in fresh:

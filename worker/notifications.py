@@ -94,9 +94,7 @@ def _operation(
     except InvalidSalesforceId as exc:
         raise InvalidSalesforceId(f"notification Id: {exc}", value=exc.value) from None
     if notification.deleted:
-        raise InvalidSalesforceId(
-            "no sObject: the record was deleted before delivery", value=""
-        )
+        raise InvalidSalesforceId("no sObject: the record was deleted before delivery", value="")
     if notification.event_id is None:
         raise InvalidSalesforceId(
             f"the sObject has no {event_id_field!r} field (SALESFORCE_EVENT_ID_FIELD)", value=""

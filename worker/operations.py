@@ -73,8 +73,11 @@ class Operation:
 
     def to_message(self) -> dict[str, str]:
         """Task arguments: IDs only, never payloads (broker messages are stored in Redis)."""
-        return {"action": self.action.value, "crm_event_id": self.crm_event_id,
-                "source_id": self.source_id}
+        return {
+            "action": self.action.value,
+            "crm_event_id": self.crm_event_id,
+            "source_id": self.source_id,
+        }
 
     @classmethod
     def from_message(cls, message: dict[str, str]) -> Operation:

@@ -28,7 +28,10 @@ class Runtime:
 def redis_client(url: str) -> redis.Redis:
     """A Redis client with explicit timeouts: a dead Redis fails fast instead of hanging."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=25,
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=25,
         decode_responses=True,
     )
 

@@ -105,12 +105,19 @@ class Settings(BaseSettings):
 
     def require_web(self) -> Settings:
         """The web process authenticates senders: it needs tokens and an org allow-list."""
-        missing = [name for name, value in (("WEBHOOK_TOKENS", self.webhook_tokens),
-                                            ("SALESFORCE_ORG_IDS", self.salesforce_org_ids))
-                   if not value]
+        missing = [
+            name
+            for name, value in (
+                ("WEBHOOK_TOKENS", self.webhook_tokens),
+                ("SALESFORCE_ORG_IDS", self.salesforce_org_ids),
+            )
+            if not value
+        ]
         if missing:
-            raise ConfigError("invalid configuration: " + "; ".join(
-                f"{name}: is not set (comma-separated list)" for name in missing))
+            raise ConfigError(
+                "invalid configuration: "
+                + "; ".join(f"{name}: is not set (comma-separated list)" for name in missing)
+            )
         return self
 
     def require_worker(self) -> Settings:

@@ -117,9 +117,7 @@ class Store:
 
     # --- the edge dedupe, run by the fan-out task -------------------------------------------
 
-    def first_sightings(
-        self, operations: Iterable[Operation], ingest_id: str
-    ) -> list[Operation]:
+    def first_sightings(self, operations: Iterable[Operation], ingest_id: str) -> list[Operation]:
         """The operations whose notification this ingest is the first to queue.
 
         Each notification gets a marker naming the ingest that queues it. A marker naming
@@ -149,8 +147,10 @@ class Store:
             ttl = self._retention.for_operation(operation)
             pipe.hsetnx(operation.key, "state", State.QUEUED)
             pipe.hsetnx(operation.key, "created_at", now)
-            pipe.hset(operation.key, mapping={"action": operation.action.value,
-                                              "crm_event_id": operation.crm_event_id})
+            pipe.hset(
+                operation.key,
+                mapping={"action": operation.action.value, "crm_event_id": operation.crm_event_id},
+            )
             pipe.expire(operation.key, ttl)
             pipe.sadd(operation.sources_key, operation.source_id)
             pipe.expire(operation.sources_key, ttl)
@@ -158,16 +158,23 @@ class Store:
 
     def _marker(self, operation: Operation) -> str:
         # Per operation, not per notification: one API request may carry many events.
-        return (f"{KEY_PREFIX}:seen:{{{operation.source_id}}}:"
-                f"{operation.action}:{operation.crm_event_id}")
+        return (
+            f"{KEY_PREFIX}:seen:{{{operation.source_id}}}:"
+            f"{operation.action}:{operation.crm_event_id}"
+        )
 
     # --- claims -----------------------------------------------------------------------------
 
     def claim(self, operation: Operation, owner: str, lease_seconds: int) -> Claim:
         verdict, previous, token = self._claim(
             keys=[operation.key],
-            args=[owner, lease_seconds * 1000, self._retention.for_operation(operation),
-                  operation.action.value, operation.crm_event_id],
+            args=[
+                owner,
+                lease_seconds * 1000,
+                self._retention.for_operation(operation),
+                operation.action.value,
+                operation.crm_event_id,
+            ],
         )
         return Claim(Verdict(_text(verdict)), _text(previous), _text(token))
 
@@ -183,8 +190,13 @@ class Store:
         """Record the outcome if `claim` is still the current one; False means it was lost."""
         recorded = self._settle(
             keys=[operation.key],
-            args=[claim.token, state.value, self._retention.for_operation(operation),
-                  error[:2000], "" if result is None else json.dumps(result)],
+            args=[
+                claim.token,
+                state.value,
+                self._retention.for_operation(operation),
+                error[:2000],
+                "" if result is None else json.dumps(result),
+            ],
         )
         return bool(recorded)
 
@@ -218,8 +230,9 @@ class Store:
 
     # --- quarantine -------------------------------------------------------------------------
 
-    def quarantine(self, action: Action, organization_id: str,
-                   rejections: Iterable[Rejection], *, at: float) -> None:
+    def quarantine(
+        self, action: Action, organization_id: str, rejections: Iterable[Rejection], *, at: float
+    ) -> None:
         """Keep rejected notifications (redacted) for operators, bounded in time.
 
         Entries are their own members, scored by `at` (when the edge received them), so
@@ -230,8 +243,12 @@ class Store:
             return
         pipe = self._redis.pipeline(transaction=False)
         for rejection in rejections:
-            entry = {"action": action.value, "organization_id": organization_id,
-                     "received_at": at, **rejection.to_message()}
+            entry = {
+                "action": action.value,
+                "organization_id": organization_id,
+                "received_at": at,
+                **rejection.to_message(),
+            }
             pipe.zadd(QUARANTINE_KEY, {json.dumps(entry, sort_keys=True): at})
         pipe.zremrangebyscore(QUARANTINE_KEY, 0, time.time() - self._retention.quarantine_seconds)
         pipe.execute()
@@ -258,14 +275,17 @@ def durability_warnings(client: redis.Redis) -> list[str]:
     try:
         config = client.config_get("appendonly") | client.config_get("maxmemory-policy")
     except redis.RedisError:
-        return ["cannot read the Redis configuration (CONFIG GET refused); make sure it "
-                "persists (appendonly yes) and does not evict (maxmemory-policy noeviction)"]
+        return [
+            "cannot read the Redis configuration (CONFIG GET refused); make sure it "
+            "persists (appendonly yes) and does not evict (maxmemory-policy noeviction)"
+        ]
     warnings = []
     if _text(config.get("appendonly", "")) != "yes":
-        warnings.append("Redis has appendonly=no: queued tasks and idempotency keys are lost "
-                        "on restart; set appendonly yes")
+        warnings.append(
+            "Redis has appendonly=no: queued tasks and idempotency keys are lost "
+            "on restart; set appendonly yes"
+        )
     policy = _text(config.get("maxmemory-policy", ""))
     if policy != "noeviction":
-        warnings.append(f"Redis maxmemory-policy is {policy}: keys may be evicted; set "
-                        "noeviction")
+        warnings.append(f"Redis maxmemory-policy is {policy}: keys may be evicted; set noeviction")
     return warnings

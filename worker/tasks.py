@@ -28,8 +28,9 @@ def _runtime(task: Task) -> Runtime:
     return runtime_for(task.app.crmhook_settings)
 
 
-def backoff(retries: int, *, base: float = RETRY_BASE_SECONDS,
-            cap: float = RETRY_CAP_SECONDS) -> float:
+def backoff(
+    retries: int, *, base: float = RETRY_BASE_SECONDS, cap: float = RETRY_CAP_SECONDS
+) -> float:
     """Full jitter: uniform in [0, min(cap, base·2^retries)], so failures spread out."""
     return random.uniform(0, min(cap, base * 2**retries))  # noqa: S311 (jitter, not crypto)
 
@@ -42,14 +43,20 @@ def fan_out_task(self: Task, batch: dict[str, Any]) -> dict[str, int]:
     try:
         with self.app.producer_or_acquire() as producer:
             result = fan_out(
-                runtime.store, Batch.from_message(batch), ingest_id=self.request.id,
-                enqueue=lambda op: perform_task.apply_async(args=[op.to_message()],
-                                                            producer=producer),
+                runtime.store,
+                Batch.from_message(batch),
+                ingest_id=self.request.id,
+                enqueue=lambda op: perform_task.apply_async(
+                    args=[op.to_message()], producer=producer
+                ),
             )
     except Exception as exc:  # broker or Redis trouble: the same ingest again, soon
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, cap=30)) from exc
-    return {"queued": len(result.queued), "skipped": result.skipped,
-            "quarantined": result.quarantined}
+    return {
+        "queued": len(result.queued),
+        "skipped": result.skipped,
+        "quarantined": result.quarantined,
+    }
 
 
 @shared_task(bind=True, name=PERFORM_TASK, max_retries=None)
@@ -58,8 +65,9 @@ def perform_task(self: Task, operation: dict[str, str]) -> str:
     runtime = _runtime(self)
     last_try = self.request.retries >= runtime.settings.task_max_retries
     try:
-        outcome = perform(runtime, Operation.from_message(operation),
-                          owner=self.request.id, last_try=last_try)
+        outcome = perform(
+            runtime, Operation.from_message(operation), owner=self.request.id, last_try=last_try
+        )
     except RetryLater as later:
         raise self.retry(countdown=backoff(self.request.retries), exc=later.error) from None
     return outcome.value

@@ -15,8 +15,9 @@ from tests.webhooks.test_outbound import published
 def send(client: FlaskClient, body: Any, token: str | None = TOKEN, **headers: str) -> Any:
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     if isinstance(body, bytes):
-        return client.post("/v1/events", data=body, headers={**auth, **headers},
-                            content_type="application/json")
+        return client.post(
+            "/v1/events", data=body, headers={**auth, **headers}, content_type="application/json"
+        )
     return client.post("/v1/events", json=body, headers={**auth, **headers})
 
 
@@ -24,38 +25,55 @@ def test_one_event_is_queued(client: FlaskClient, idle_redis: redis.Redis) -> No
     event = random_event_id()
     response = send(client, {"action": "cancel", "crmEventId": event[:15]})
     assert response.status_code == 202
-    assert response.json["results"] == [{"index": 0, "action": "cancel", "crmEventId": event,
-                                         "outcome": "queued"}]
+    assert response.json["results"] == [
+        {"index": 0, "action": "cancel", "crmEventId": event, "outcome": "queued"}
+    ]
     [batch] = published(idle_redis)
     assert batch["operations"][0]["crm_event_id"] == event
 
 
 def test_many_events_get_one_outcome_each(client: FlaskClient, idle_redis: redis.Redis) -> None:
     first, second = random_event_id(), random_event_id()
-    response = send(client, {"events": [
-        {"action": "cancel", "crmEventId": first},
-        {"action": "noshow", "crmEventId": second},
-        {"action": "cancel", "crmEventId": first},
-        {"action": "cancel", "crmEventId": random_event_id("003")},
-        {"action": "reschedule", "crmEventId": first},
-        {"action": "get"},
-        "not an object",
-    ]})
+    response = send(
+        client,
+        {
+            "events": [
+                {"action": "cancel", "crmEventId": first},
+                {"action": "noshow", "crmEventId": second},
+                {"action": "cancel", "crmEventId": first},
+                {"action": "cancel", "crmEventId": random_event_id("003")},
+                {"action": "reschedule", "crmEventId": first},
+                {"action": "get"},
+                "not an object",
+            ]
+        },
+    )
     assert response.status_code == 202
     outcomes = [(r["outcome"], r.get("reason", "")) for r in response.json["results"]]
-    assert [o for o, _ in outcomes] == ["queued", "queued", "duplicate", "rejected", "rejected",
-                                       "rejected", "rejected"]
+    assert [o for o, _ in outcomes] == [
+        "queued",
+        "queued",
+        "duplicate",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+    ]
     assert "key prefix '003'" in outcomes[3][1]
     assert "unknown action 'reschedule'" in outcomes[4][1]
     assert "'crmEventId' is required" in outcomes[5][1]
-    assert (response.json["queued"], response.json["duplicate"],
-            response.json["rejected"]) == (2, 1, 4)
+    assert (response.json["queued"], response.json["duplicate"], response.json["rejected"]) == (
+        2,
+        1,
+        4,
+    )
     [batch] = published(idle_redis)
     assert [op["action"] for op in batch["operations"]] == ["cancel", "noshow"]
 
 
-def test_reused_idempotency_key_reports_duplicates(client: FlaskClient,
-                                                   idle_redis: redis.Redis) -> None:
+def test_reused_idempotency_key_reports_duplicates(
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
     body = {"action": "get", "crmEventId": random_event_id()}
     first = send(client, body, **{"Idempotency-Key": "flow-run-42"})
     again = send(client, body, **{"Idempotency-Key": "flow-run-42"})
@@ -74,13 +92,16 @@ def test_bearer_token_is_required(client: FlaskClient, token: str | None, status
     assert "token" in response.json["error"]
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"<xml/>", "not JSON"),
-    (b"", "not JSON"),
-    (b"[1, 2]", "expected a JSON object"),
-    (b'{"events": []}', "non-empty list"),
-    (b'{"events": {"action": "get"}}', "non-empty list"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"<xml/>", "not JSON"),
+        (b"", "not JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"events": []}', "non-empty list"),
+        (b'{"events": {"action": "get"}}', "non-empty list"),
+    ],
+)
 def test_malformed_bodies_are_400(client: FlaskClient, body: bytes, reason: str) -> None:
     response = send(client, body)
     assert response.status_code == 400

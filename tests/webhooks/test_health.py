@@ -21,7 +21,8 @@ def test_readyz_checks_redis_and_the_broker(client: FlaskClient) -> None:
 
 
 def test_readyz_warns_about_a_redis_that_would_lose_keys(
-        client: FlaskClient, idle_redis: redis.Redis) -> None:
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
     idle_redis.config_set("maxmemory-policy", "allkeys-lru")
     try:
         warnings = client.get("/readyz").json["warnings"]

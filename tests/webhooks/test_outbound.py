@@ -42,28 +42,38 @@ def published(client: redis.Redis) -> list[dict[str, Any]]:
     return batches
 
 
-def post(client: FlaskClient, body: bytes, action: str = "cancel", token: str | None = TOKEN,
-         **headers: str) -> Any:
+def post(
+    client: FlaskClient,
+    body: bytes,
+    action: str = "cancel",
+    token: str | None = TOKEN,
+    **headers: str,
+) -> Any:
     query = f"?token={token}" if token is not None else ""
-    return client.post(f"/salesforce/outbound/{action}{query}", data=body,
-                       headers={"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""',
-                                **headers})
+    return client.post(
+        f"/salesforce/outbound/{action}{query}",
+        data=body,
+        headers={"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""', **headers},
+    )
 
 
 def fixture(name: str) -> bytes:
     return (SALESFORCE / name).read_bytes()
 
 
-def test_synthetic_event_message_is_queued_then_acked(client: FlaskClient,
-                                                      idle_redis: redis.Redis) -> None:
+def test_synthetic_event_message_is_queued_then_acked(
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
     response = post(client, fixture("synthetic_2x_event.xml"))
     assert response.status_code == 200
     assert response.content_type == "text/xml; charset=utf-8"
     assert ACK in response.data
     [batch] = published(idle_redis)
     assert batch["action"] == "cancel"
-    assert [op["crm_event_id"] for op in batch["operations"]] == ["00U5g00000MnOpQEAV",
-                                                                  "00U5g00000MnOpREAV"]
+    assert [op["crm_event_id"] for op in batch["operations"]] == [
+        "00U5g00000MnOpQEAV",
+        "00U5g00000MnOpREAV",
+    ]
     assert batch["rejections"] == []
 
 
@@ -71,11 +81,18 @@ def test_either_rotated_token_is_accepted(client: FlaskClient) -> None:
     assert post(client, fixture("synthetic_2x_event.xml"), token=OTHER_TOKEN).status_code == 200
 
 
-@pytest.mark.parametrize(("token", "reason"), [(None, "missing token"), ("", "missing token"),
-                                               ("wrong-token-0123456789", "unknown token"),
-                                               (TOKEN[:-1], "unknown token")])
-def test_bad_token_is_401_with_a_soap_fault(client: FlaskClient, idle_redis: redis.Redis,
-                                            token: str | None, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "missing token"),
+        ("", "missing token"),
+        ("wrong-token-0123456789", "unknown token"),
+        (TOKEN[:-1], "unknown token"),
+    ],
+)
+def test_bad_token_is_401_with_a_soap_fault(
+    client: FlaskClient, idle_redis: redis.Redis, token: str | None, reason: str
+) -> None:
     response = post(client, fixture("synthetic_2x_event.xml"), token=token)
     assert response.status_code == 401
     assert b"<faultcode>soapenv:Client</faultcode>" in response.data
@@ -103,9 +120,14 @@ def test_placeholder_ids_message_is_403(client: FlaskClient) -> None:
 
 
 def test_perl_message_queues_the_valid_and_quarantines_the_corrupted(
-        redis_server: RedisServer, sandbox_server: Any, idle_redis: redis.Redis) -> None:
-    settings = make_settings(_url(idle_redis), sandbox_server.url,
-                             salesforce_org_ids="00De0000000pmu1", salesforce_id_prefixes="a29")
+    redis_server: RedisServer, sandbox_server: Any, idle_redis: redis.Redis
+) -> None:
+    settings = make_settings(
+        _url(idle_redis),
+        sandbox_server.url,
+        salesforce_org_ids="00De0000000pmu1",
+        salesforce_id_prefixes="a29",
+    )
     client = create_app(settings).test_client()
     response = post(client, fixture("perl-wsm_2x_custom-object_second-corrupted.xml"), "get")
     assert response.status_code == 200
@@ -125,7 +147,8 @@ def aspnet_from_allowed_org() -> bytes:
 
 
 def test_contact_ids_are_quarantined_under_the_event_prefix(
-        client: FlaskClient, idle_redis: redis.Redis) -> None:
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
     response = post(client, aspnet_from_allowed_org())
     assert response.status_code == 200  # nothing to do, but nothing to retry either
     [batch] = published(idle_redis)
@@ -133,10 +156,10 @@ def test_contact_ids_are_quarantined_under_the_event_prefix(
     assert ["key prefix '003'" in r["reason"] for r in batch["rejections"]] == [True, True]
 
 
-def test_session_id_is_never_logged_or_stored(sandbox_server: Any, idle_redis: redis.Redis,
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    settings = make_settings(_url(idle_redis), sandbox_server.url,
-                             salesforce_id_prefixes="003,00U")
+def test_session_id_is_never_logged_or_stored(
+    sandbox_server: Any, idle_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(_url(idle_redis), sandbox_server.url, salesforce_id_prefixes="003,00U")
     caplog.set_level(logging.DEBUG)
     body = aspnet_from_allowed_org()
     assert SECRET_SESSION.encode() in body
@@ -149,8 +172,9 @@ def test_session_id_is_never_logged_or_stored(sandbox_server: Any, idle_redis: r
     assert SECRET_SESSION[:20] not in caplog.text
 
 
-def test_hundred_notifications_with_ten_bad_ids(client: FlaskClient,
-                                                idle_redis: redis.Redis) -> None:
+def test_hundred_notifications_with_ten_bad_ids(
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
     good = [(notification_id(), random_event_id()) for _ in range(90)]
     bad = [(notification_id(), random_event_id()[:17] + "!") for _ in range(5)]
     bad += [(notification_id(), random_event_id("003")) for _ in range(5)]
@@ -163,9 +187,11 @@ def test_hundred_notifications_with_ten_bad_ids(client: FlaskClient,
 
 
 def test_message_with_only_invalid_or_deleted_notifications_is_still_acked(
-        client: FlaskClient, idle_redis: redis.Redis) -> None:
-    response = post(client, outbound_message([(notification_id(), None),
-                                              (notification_id(), "aContactId")]))
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
+    response = post(
+        client, outbound_message([(notification_id(), None), (notification_id(), "aContactId")])
+    )
     assert response.status_code == 200
     reasons = [r["reason"] for r in published(idle_redis)[0]["rejections"]]
     assert "deleted" in reasons[0]
@@ -173,30 +199,39 @@ def test_message_with_only_invalid_or_deleted_notifications_is_still_acked(
 
 
 def test_message_without_notifications_is_acked_and_queues_nothing(
-        client: FlaskClient, idle_redis: redis.Redis) -> None:
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
     response = post(client, outbound_message([]))
     assert response.status_code == 200
     assert published(idle_redis) == []
 
 
-XXE = (b'<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
-       b"<foo>&xxe;</foo>")
-LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
-          b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]>'
-          b"<l>&c;</l>")
+XXE = (
+    b'<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    b"<foo>&xxe;</foo>"
+)
+LAUGHS = (
+    b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+    b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+    b"<l>&c;</l>"
+)
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"", b"empty body"),
-    (XXE, b"DTDs, entities and external references are not allowed"),
-    (LAUGHS, b"DTDs, entities and external references are not allowed"),
-    (fixture("synthetic_2x_event.xml")[:-40], b"not well-formed XML"),
-    (b"this is not xml", b"not well-formed XML"),
-    (b'{"action": "cancel", "crmEventId": "00U5g00000MnOpQEAV"}', b"not well-formed XML"),
-    (fixture("ack-response.xml"), b"holds no Outbound Message"),
-])
-def test_bad_bodies_are_400_with_a_soap_fault(client: FlaskClient, idle_redis: redis.Redis,
-                                              body: bytes, reason: bytes) -> None:
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", b"empty body"),
+        (XXE, b"DTDs, entities and external references are not allowed"),
+        (LAUGHS, b"DTDs, entities and external references are not allowed"),
+        (fixture("synthetic_2x_event.xml")[:-40], b"not well-formed XML"),
+        (b"this is not xml", b"not well-formed XML"),
+        (b'{"action": "cancel", "crmEventId": "00U5g00000MnOpQEAV"}', b"not well-formed XML"),
+        (fixture("ack-response.xml"), b"holds no Outbound Message"),
+    ],
+)
+def test_bad_bodies_are_400_with_a_soap_fault(
+    client: FlaskClient, idle_redis: redis.Redis, body: bytes, reason: bytes
+) -> None:
     response = post(client, body)
     assert response.status_code == 400
     assert b"<soapenv:Fault>" in response.data
@@ -226,8 +261,7 @@ def test_unknown_action_is_400(client: FlaskClient) -> None:
     assert b"expected one of: get, noshow, cancel" in response.data
 
 
-def test_redis_down_is_503_without_ack_then_accepted_when_it_returns(
-        sandbox_server: Any) -> None:
+def test_redis_down_is_503_without_ack_then_accepted_when_it_returns(sandbox_server: Any) -> None:
     with RedisServer() as own:
         client = create_app(make_settings(own.url, sandbox_server.url)).test_client()
         body = fixture("synthetic_2x_event.xml")

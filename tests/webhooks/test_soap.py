@@ -28,8 +28,10 @@ def test_synthetic_event_message_yields_both_events() -> None:
 def test_aspnet_message_keeps_ids_and_never_the_session_id() -> None:
     message = parse("aspnet-webhooks_2x_contact.xml")
     assert message.organization_id == "012345678901234"
-    assert [n.event_id for n in message.notifications] == ["0031I0000081tbPQAQ",
-                                                           "0031I0000081tb0QAA"]
+    assert [n.event_id for n in message.notifications] == [
+        "0031I0000081tbPQAQ",
+        "0031I0000081tb0QAA",
+    ]
     assert SECRET_SESSION not in repr(message)
     # Only ID-shaped fields are kept: names and e-mail addresses are not.
     assert "drb24@cornell.edu" not in repr(message)
@@ -76,19 +78,25 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 </notifications></soapenv:Body></soapenv:Envelope>"""
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"", "empty body"),
-    (b"   \n", "empty body"),
-    (XXE, "DTDs, entities and external references are not allowed"),
-    (BILLION_LAUGHS, "DTDs, entities and external references are not allowed"),
-    ((SALESFORCE / "synthetic_2x_event.xml").read_bytes()[:700], "not well-formed XML"),
-    (b'{"action": "cancel", "crmEventId": "00U5g00000MnOpQEAV"}', "not well-formed XML"),
-    (b"\x00\xff\xfe garbage", "not well-formed XML"),
-    (b"<html><body>hello</body></html>", "not a SOAP 1.1 envelope"),
-    ((SALESFORCE / "ack-response.xml").read_bytes(), "holds no Outbound Message"),
-    (f'<e:Envelope xmlns:e="{SOAP_ENV}"><e:Body><notifications xmlns="{OUTBOUND}"/>'
-     "</e:Body></e:Envelope>".encode(), "no OrganizationId"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty body"),
+        (b"   \n", "empty body"),
+        (XXE, "DTDs, entities and external references are not allowed"),
+        (BILLION_LAUGHS, "DTDs, entities and external references are not allowed"),
+        ((SALESFORCE / "synthetic_2x_event.xml").read_bytes()[:700], "not well-formed XML"),
+        (b'{"action": "cancel", "crmEventId": "00U5g00000MnOpQEAV"}', "not well-formed XML"),
+        (b"\x00\xff\xfe garbage", "not well-formed XML"),
+        (b"<html><body>hello</body></html>", "not a SOAP 1.1 envelope"),
+        ((SALESFORCE / "ack-response.xml").read_bytes(), "holds no Outbound Message"),
+        (
+            f'<e:Envelope xmlns:e="{SOAP_ENV}"><e:Body><notifications xmlns="{OUTBOUND}"/>'
+            "</e:Body></e:Envelope>".encode(),
+            "no OrganizationId",
+        ),
+    ],
+)
 def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
     with pytest.raises(MalformedRequest, match=reason):
         parse_outbound(body, "Id")
@@ -96,7 +104,8 @@ def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
 
 def test_ack_matches_the_documented_acknowledgement() -> None:
     documented = ElementTree.fromstring(
-        (SALESFORCE / "ack-response.xml").read_bytes().removeprefix(b"\xef\xbb\xbf"))
+        (SALESFORCE / "ack-response.xml").read_bytes().removeprefix(b"\xef\xbb\xbf")
+    )
     ours = ElementTree.fromstring(ACK.encode())
     path = f"{{{SOAP_ENV}}}Body/{{{OUTBOUND}}}notificationsResponse/{{{OUTBOUND}}}Ack"
     assert ours.tag == documented.tag

@@ -18,8 +18,9 @@ from worker.store import Verdict
 
 @pytest.fixture
 def runtime(redis_server: RedisServer, sandbox: SandboxServer) -> Iterator[Runtime]:
-    settings = make_settings(db_url(redis_server, IDLE_DB), sandbox.url,
-                             chilipiper_timeout_seconds=1.0)
+    settings = make_settings(
+        db_url(redis_server, IDLE_DB), sandbox.url, chilipiper_timeout_seconds=1.0
+    )
     runtime = build_runtime(settings)
     yield runtime
     runtime.redis.close()
@@ -45,12 +46,12 @@ def test_get_result_is_kept_with_the_key(runtime: Runtime) -> None:
     assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.SUCCEEDED
     record = runtime.store.record(operation.key)
     assert record is not None
-    assert record["result"]["data"] == {"crmEventId": operation.crm_event_id,
-                                        "status": "BOOKED"}
+    assert record["result"]["data"] == {"crmEventId": operation.crm_event_id, "status": "BOOKED"}
 
 
-def test_a_live_claim_elsewhere_means_busy_and_no_call(runtime: Runtime,
-                                                       sandbox: SandboxServer) -> None:
+def test_a_live_claim_elsewhere_means_busy_and_no_call(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
     operation = cancel()
     runtime.store.claim(operation, "other-worker", lease_seconds=60)
     assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.BUSY
@@ -58,7 +59,8 @@ def test_a_live_claim_elsewhere_means_busy_and_no_call(runtime: Runtime,
 
 
 def test_interrupted_cancel_that_took_effect_is_reconciled_without_a_second_call(
-        runtime: Runtime, sandbox: SandboxServer) -> None:
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
     operation = cancel()
     runtime.store.claim(operation, "killed-worker", lease_seconds=0)  # died mid-call...
     with sandbox.state.lock:
@@ -71,18 +73,19 @@ def test_interrupted_cancel_that_took_effect_is_reconciled_without_a_second_call
     assert (record["state"], record["result"]["reconciled"]) == ("succeeded", True)
 
 
-def test_interrupted_cancel_that_did_not_take_effect_is_sent(runtime: Runtime,
-                                                             sandbox: SandboxServer) -> None:
+def test_interrupted_cancel_that_did_not_take_effect_is_sent(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
     operation = cancel()
     runtime.store.claim(operation, "killed-worker", lease_seconds=0)
     time.sleep(0.01)
     assert perform(runtime, operation, owner="t2", last_try=False) is Outcome.SUCCEEDED
-    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get",
-                                                                          "crm-cancel"]
+    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get", "crm-cancel"]
 
 
 def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
-        runtime: Runtime, sandbox: SandboxServer) -> None:
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
     operation = cancel()
     runtime.gateway.call("crm-get", operation.crm_event_id)  # session open, meeting booked
     sandbox.set_faults(delay_seconds=1.5)
@@ -108,8 +111,9 @@ def test_permanent_error_fails_at_once(runtime: Runtime, sandbox: SandboxServer)
     assert len(sandbox.calls(operation.crm_event_id)) == 1
 
 
-def test_transient_error_asks_for_a_retry_until_the_last_try(runtime: Runtime,
-                                                             sandbox: SandboxServer) -> None:
+def test_transient_error_asks_for_a_retry_until_the_last_try(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
     operation = cancel()
     sandbox.set_faults(fail_next=1000, status=503)
     with pytest.raises(RetryLater) as later:

@@ -10,11 +10,15 @@ OTHER_NOTE = "04l5g00000QrStVAAV"
 
 
 def test_valid_notifications_become_operations_in_canonical_form() -> None:
-    result = triage([Notification(NOTE, " 00U5g00000MnOpQ "), Notification(OTHER_NOTE,
-                                                                               OTHER_EVENT)],
-                    Action.CANCEL, ["00U"])
-    assert result.operations == [Operation(Action.CANCEL, EVENT, NOTE),
-                                 Operation(Action.CANCEL, OTHER_EVENT, OTHER_NOTE)]
+    result = triage(
+        [Notification(NOTE, " 00U5g00000MnOpQ "), Notification(OTHER_NOTE, OTHER_EVENT)],
+        Action.CANCEL,
+        ["00U"],
+    )
+    assert result.operations == [
+        Operation(Action.CANCEL, EVENT, NOTE),
+        Operation(Action.CANCEL, OTHER_EVENT, OTHER_NOTE),
+    ]
     assert result.rejections == []
 
 
@@ -24,14 +28,16 @@ def test_same_notification_twice_in_one_message_is_one_operation() -> None:
 
 
 def test_two_notifications_cancelling_one_event_are_one_operation() -> None:
-    result = triage([Notification(NOTE, EVENT), Notification(OTHER_NOTE, EVENT)],
-                    Action.CANCEL, ["00U"])
+    result = triage(
+        [Notification(NOTE, EVENT), Notification(OTHER_NOTE, EVENT)], Action.CANCEL, ["00U"]
+    )
     assert len(result.operations) == 1
 
 
 def test_two_notifications_getting_one_event_are_two_operations() -> None:
-    result = triage([Notification(NOTE, EVENT), Notification(OTHER_NOTE, EVENT)],
-                    Action.GET, ["00U"])
+    result = triage(
+        [Notification(NOTE, EVENT), Notification(OTHER_NOTE, EVENT)], Action.GET, ["00U"]
+    )
     assert len(result.operations) == 2
 
 

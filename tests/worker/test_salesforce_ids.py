@@ -32,19 +32,23 @@ def test_wholesale_recased_18_char_id_is_repaired(expected: str) -> None:
     assert canonical_id(expected.lower()) == expected
 
 
-@pytest.mark.parametrize("raw", [
-    "00De0000000pmu1EAB",  # wrong checksum
-    "00DE0000000pmu1EAA",  # one letter re-cased: ambiguous, not repairable
-    "04le0000004lnFFAAZ",  # the corrupted notification Id of the perl fixture
-    "someOrganizationId",  # the guardian fixture's placeholder: 18 letters, no checksum
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "00De0000000pmu1EAB",  # wrong checksum
+        "00DE0000000pmu1EAA",  # one letter re-cased: ambiguous, not repairable
+        "04le0000004lnFFAAZ",  # the corrupted notification Id of the perl fixture
+        "someOrganizationId",  # the guardian fixture's placeholder: 18 letters, no checksum
+    ],
+)
 def test_checksum_mismatch_is_rejected(raw: str) -> None:
     with pytest.raises(InvalidSalesforceId, match="checksum"):
         canonical_id(raw)
 
 
-@pytest.mark.parametrize("raw", ["", "00U", "aContactId", "00U5g00000MnOpQEAVX",
-                                 "00U5g00000MnOp-EAV", "00U5g00000MnOpé"])
+@pytest.mark.parametrize(
+    "raw", ["", "00U", "aContactId", "00U5g00000MnOpQEAVX", "00U5g00000MnOp-EAV", "00U5g00000MnOpé"]
+)
 def test_malformed_id_is_rejected_with_the_value(raw: str) -> None:
     with pytest.raises(InvalidSalesforceId, match="not a Salesforce ID"):
         canonical_id(raw)
@@ -60,13 +64,17 @@ def test_key_prefix_must_be_accepted() -> None:
         require_prefix("0031I0000081tbPQAQ", ["00U", "a0X"])
 
 
-@pytest.mark.parametrize(("org", "allowed", "expected"), [
-    ("00D5g000004XyZqEAK", ["00D5g000004XyZq"], True),
-    ("00D5g000004XyZq", ["00D5g000004XyZqEAK"], True),
-    ("00D5g000004XyZr", ["00D5g000004XyZqEAK"], False),
-    ("00d5g000004xyzq", ["00D5g000004XyZqEAK"], False),  # org IDs are case-sensitive
-    ("00D5g", ["00D5g000004XyZqEAK"], False),
-])
+@pytest.mark.parametrize(
+    ("org", "allowed", "expected"),
+    [
+        ("00D5g000004XyZqEAK", ["00D5g000004XyZq"], True),
+        ("00D5g000004XyZq", ["00D5g000004XyZqEAK"], True),
+        ("00D5g000004XyZr", ["00D5g000004XyZqEAK"], False),
+        ("00d5g000004xyzq", ["00D5g000004XyZqEAK"], False),  # org IDs are case-sensitive
+        ("00D5g", ["00D5g000004XyZqEAK"], False),
+    ],
+)
 def test_organization_ids_compare_on_their_first_15_chars(
-        org: str, allowed: list[str], expected: bool) -> None:
+    org: str, allowed: list[str], expected: bool
+) -> None:
     assert same_org(org, allowed) is expected

@@ -16,15 +16,18 @@ def test_missing_redis_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
         load_settings(_env_file=None)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"webhook_tokens": "short"}, "WEBHOOK_TOKENS: every token must be at least 16"),
-    ({"salesforce_org_ids": "00D5g000004XyZqEAB"}, r"SALESFORCE_ORG_IDS: .*checksum"),
-    ({"salesforce_org_ids": "0031I0000081tbP"}, r"SALESFORCE_ORG_IDS: .*start with 00D"),
-    ({"salesforce_id_prefixes": "00U,toolong"}, "SALESFORCE_ID_PREFIXES"),
-    ({"salesforce_event_id_field": "Id; drop"}, "SALESFORCE_EVENT_ID_FIELD"),
-    ({"chilipiper_transport": "carrier-pigeon"}, "CHILIPIPER_TRANSPORT"),
-    ({"max_body_bytes": "-1"}, "MAX_BODY_BYTES"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"webhook_tokens": "short"}, "WEBHOOK_TOKENS: every token must be at least 16"),
+        ({"salesforce_org_ids": "00D5g000004XyZqEAB"}, r"SALESFORCE_ORG_IDS: .*checksum"),
+        ({"salesforce_org_ids": "0031I0000081tbP"}, r"SALESFORCE_ORG_IDS: .*start with 00D"),
+        ({"salesforce_id_prefixes": "00U,toolong"}, "SALESFORCE_ID_PREFIXES"),
+        ({"salesforce_event_id_field": "Id; drop"}, "SALESFORCE_EVENT_ID_FIELD"),
+        ({"chilipiper_transport": "carrier-pigeon"}, "CHILIPIPER_TRANSPORT"),
+        ({"max_body_bytes": "-1"}, "MAX_BODY_BYTES"),
+    ],
+)
 def test_malformed_value_names_the_variable(overrides: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(**BASE, **overrides)
@@ -41,9 +44,12 @@ def test_secrets_never_appear_in_errors_or_repr() -> None:
 
 
 def test_comma_separated_lists_are_split_and_trimmed() -> None:
-    settings = load_settings(**BASE, webhook_tokens=" a" * 10 + " , ," + "b" * 16,
-                             salesforce_org_ids="00D5g000004XyZq, 00De0000000pmu1EAA",
-                             salesforce_id_prefixes="00U, a0X")
+    settings = load_settings(
+        **BASE,
+        webhook_tokens=" a" * 10 + " , ," + "b" * 16,
+        salesforce_org_ids="00D5g000004XyZq, 00De0000000pmu1EAA",
+        salesforce_id_prefixes="00U, a0X",
+    )
     assert len(settings.webhook_tokens) == 2
     assert settings.salesforce_org_ids == ("00D5g000004XyZqEAK", "00De0000000pmu1EAA")
     assert settings.salesforce_id_prefixes == ("00U", "a0X")
@@ -60,11 +66,11 @@ def test_worker_needs_a_chilipiper_token_for_mcp() -> None:
     load_settings(**BASE, chilipiper_transport="sandbox").require_worker()
 
 
-def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dotenv_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("REDIS_URL=redis://from-dotenv:6379/0\n"
-                        "SALESFORCE_ID_PREFIXES=a0X\n")
+    env_file.write_text("REDIS_URL=redis://from-dotenv:6379/0\nSALESFORCE_ID_PREFIXES=a0X\n")
     monkeypatch.setenv("SALESFORCE_ID_PREFIXES", "00U,a0Y")
     monkeypatch.delenv("REDIS_URL", raising=False)
     settings = load_settings(_env_file=env_file)

@@ -16,8 +16,12 @@ from worker.runtime import redis_client
 from worker.store import Retention, State, Store, Verdict
 
 STORE_DB = 2
-RETENTION = Retention(action_seconds=30 * 86400, get_seconds=72 * 3600,
-                      notification_seconds=72 * 3600, quarantine_seconds=7 * 86400)
+RETENTION = Retention(
+    action_seconds=30 * 86400,
+    get_seconds=72 * 3600,
+    notification_seconds=72 * 3600,
+    quarantine_seconds=7 * 86400,
+)
 
 
 @pytest.fixture
@@ -106,8 +110,11 @@ def test_failed_and_retrying_operations_can_be_claimed_again(store: Store) -> No
     store.settle(operation, retry, State.FAILED, error="HTTP 404")
     record = store.record(operation.key)
     assert record is not None
-    assert (record["state"], record["last_error"], record["attempts"]) == ("failed", "HTTP 404",
-                                                                          "2")
+    assert (record["state"], record["last_error"], record["attempts"]) == (
+        "failed",
+        "HTTP 404",
+        "2",
+    )
 
 
 def test_keys_expire_after_their_retention(store: Store, client: redis.Redis) -> None:
@@ -118,8 +125,7 @@ def test_keys_expire_after_their_retention(store: Store, client: redis.Redis) ->
     assert 71 * 3600 < client.ttl(get.key) <= 72 * 3600
 
 
-def test_first_sightings_skip_queued_notifications_but_not_our_own_redelivery(
-        store: Store) -> None:
+def test_first_sightings_skip_queued_notifications_but_not_our_own_redelivery(store: Store) -> None:
     operations = [cancel(), cancel()]
     assert store.first_sightings(operations, "ingest-1") == operations
     assert store.first_sightings(operations, "ingest-2") == []  # Salesforce redelivered

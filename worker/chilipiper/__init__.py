@@ -32,8 +32,9 @@ def http_client(settings: Settings) -> httpx.Client:
     )
     return httpx.Client(
         timeout=timeout,
-        limits=httpx.Limits(max_connections=MAX_CONNECTIONS,
-                            max_keepalive_connections=MAX_CONNECTIONS),
+        limits=httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+        ),
         headers={"User-Agent": "crmhook/0.1"},
     )
 

@@ -113,16 +113,20 @@ class McpGateway:
             "clientInfo": CLIENT_INFO,
         }
         message_id = next(self._ids)
-        with self._post({"jsonrpc": "2.0", "id": message_id, "method": "initialize",
-                         "params": params}, None, tool="") as response:
+        with self._post(
+            {"jsonrpc": "2.0", "id": message_id, "method": "initialize", "params": params},
+            None,
+            tool="",
+        ) as response:
             result = self._result(response, message_id, tool="")
             session_id = response.headers.get("mcp-session-id")
         version = result.get("protocolVersion", "")
         if version not in KNOWN_PROTOCOL_VERSIONS:
             raise PermanentError(f"MCP server speaks protocol {version!r}, which we do not")
         session = _Session(session_id, version)
-        with self._post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session,
-                        tool="") as response:
+        with self._post(
+            {"jsonrpc": "2.0", "method": "notifications/initialized"}, session, tool=""
+        ) as response:
             if response.status_code >= 400:
                 raise error_for_status(response.status_code, tool="", irreversible=False)
         return session
@@ -137,8 +141,7 @@ class McpGateway:
                 raise _SessionExpired
             return self._result(response, message_id, tool=tool)
 
-    def _post(self, body: dict[str, Any], session: _Session | None,
-              *, tool: str) -> _Response:
+    def _post(self, body: dict[str, Any], session: _Session | None, *, tool: str) -> _Response:
         headers = {
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
@@ -157,7 +160,10 @@ class McpGateway:
         if response.status_code != 200:
             detail = _short(response.read().decode("utf-8", "replace"))
             raise error_for_status(
-                response.status_code, tool=tool, irreversible=irreversible, detail=detail,
+                response.status_code,
+                tool=tool,
+                irreversible=irreversible,
+                detail=detail,
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         try:
@@ -168,7 +174,8 @@ class McpGateway:
             # A 200 without a readable answer to our request: the call may have run.
             raise error_for_exception(
                 httpx.RemoteProtocolError("no JSON-RPC response in the answer"),
-                tool=tool, irreversible=irreversible,
+                tool=tool,
+                irreversible=irreversible,
             )
         if "error" in message:
             raise error_for_rpc(message["error"], tool=tool, irreversible=irreversible)
@@ -220,8 +227,9 @@ def _find_response(response: httpx.Response, message_id: int) -> dict[str, Any] 
     body = response.read()
     message = _decode(body.decode("utf-8", "replace"))
     if isinstance(message, list):  # a batch answer: pick ours
-        message = next((m for m in message if isinstance(m, dict)
-                        and m.get("id") == message_id), None)
+        message = next(
+            (m for m in message if isinstance(m, dict) and m.get("id") == message_id), None
+        )
     return message if isinstance(message, dict) else None
 
 

@@ -22,7 +22,8 @@ class ToolResult:
         parsed as a JSON object, as `data`."""
         blocks = result.get("content") or []
         text = "\n".join(
-            block.get("text", "") for block in blocks
+            block.get("text", "")
+            for block in blocks
             if isinstance(block, dict) and block.get("type") == "text"
         )
         data = _unwrap(result.get("structuredContent")) or _json_object(text)

@@ -72,8 +72,16 @@ class Sandbox:
                 status = CANCELLED if tool == "crm-cancel" else NO_SHOW
                 self.meetings[crm_event_id] = status
                 ok, answer = True, {"crmEventId": crm_event_id, "status": status}
-            self.calls.append({"tool": tool, "crmEventId": crm_event_id, "ok": ok,
-                               "before": before, "after": status, "at": time.time()})
+            self.calls.append(
+                {
+                    "tool": tool,
+                    "crmEventId": crm_event_id,
+                    "ok": ok,
+                    "before": before,
+                    "after": status,
+                    "at": time.time(),
+                }
+            )
         log.info("%s %s: %s → %s", tool, crm_event_id, before, status if ok else answer)
         return ok, answer
 
@@ -102,8 +110,9 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
             return Response("sandbox fault", status=fault.status, headers=headers)
         accept = request.headers.get("Accept", "")
         if "application/json" not in accept or "text/event-stream" not in accept:
-            return _rpc_error(None, -32600, "Accept must list application/json and "
-                              "text/event-stream", status=406)
+            return _rpc_error(
+                None, -32600, "Accept must list application/json and text/event-stream", status=406
+            )
         message = request.get_json(silent=True)
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             return _rpc_error(None, -32700, "not a JSON-RPC 2.0 message", status=400)
@@ -181,8 +190,9 @@ def _initialize(state: Sandbox, message: dict[str, Any]) -> Response:
     return response
 
 
-def _call_tool(state: Sandbox, message_id: Any, params: dict[str, Any],
-               faults: Faults) -> Response | tuple[Response, int]:
+def _call_tool(
+    state: Sandbox, message_id: Any, params: dict[str, Any], faults: Faults
+) -> Response | tuple[Response, int]:
     name = params.get("name")
     event_id = (params.get("arguments") or {}).get("crmEventId")
     if name not in TOOLS:
@@ -192,8 +202,11 @@ def _call_tool(state: Sandbox, message_id: Any, params: dict[str, Any],
     ok, answer = state.run_tool(name, event_id)
     result: dict[str, Any]
     if ok:
-        result = {"content": [{"type": "text", "text": json.dumps(answer)}],
-                  "structuredContent": answer, "isError": False}
+        result = {
+            "content": [{"type": "text", "text": json.dumps(answer)}],
+            "structuredContent": answer,
+            "isError": False,
+        }
     else:
         result = {"content": [{"type": "text", "text": answer}], "isError": True}
     return _answer(message_id, result, faults)
@@ -202,15 +215,16 @@ def _call_tool(state: Sandbox, message_id: Any, params: dict[str, Any],
 def _answer(message_id: Any, result: dict[str, Any], faults: Faults) -> Response:
     message = {"jsonrpc": "2.0", "id": message_id, "result": result}
     if faults.sse:
+
         def stream() -> Iterator[str]:
             yield ": sandbox stream\n\n"
             yield f"event: message\ndata: {json.dumps(message)}\n\n"
+
         return Response(stream(), mimetype="text/event-stream")
     return jsonify(message)
 
 
-def _rpc_error(message_id: Any, code: int, text: str,
-               status: int = 200) -> tuple[Response, int]:
+def _rpc_error(message_id: Any, code: int, text: str, status: int = 200) -> tuple[Response, int]:
     body = {"jsonrpc": "2.0", "id": message_id, "error": {"code": code, "message": text}}
     return jsonify(body), status
 
@@ -221,8 +235,7 @@ def _tool_schema(name: str) -> dict[str, Any]:
         "description": TOOLS[name],
         "inputSchema": {
             "type": "object",
-            "properties": {"crmEventId": {"type": "string",
-                                          "description": "Salesforce Event ID"}},
+            "properties": {"crmEventId": {"type": "string", "description": "Salesforce Event ID"}},
             "required": ["crmEventId"],
         },
     }

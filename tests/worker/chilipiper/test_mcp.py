@@ -31,27 +31,39 @@ class FakeServer:
         self.requests.append((dict(request.headers), body))
         if body["method"] == "initialize":
             self.sessions += 1
-            return self.answer(body["id"], {"protocolVersion": "2025-06-18", "capabilities": {},
-                                            "serverInfo": {"name": "fake"}},
-                               {"Mcp-Session-Id": f"session-{self.sessions}"})
+            return self.answer(
+                body["id"],
+                {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "serverInfo": {"name": "fake"},
+                },
+                {"Mcp-Session-Id": f"session-{self.sessions}"},
+            )
         if "id" not in body:
             return httpx.Response(202)
         if self.expire_once:
             self.expire_once = False
             return httpx.Response(404)
-        result = {"content": [{"type": "text", "text": json.dumps({"status": "CANCELLED"})}],
-                  "isError": False}
+        result = {
+            "content": [{"type": "text", "text": json.dumps({"status": "CANCELLED"})}],
+            "isError": False,
+        }
         return self.answer(body["id"], result)
 
-    def answer(self, message_id: int, result: dict[str, Any],
-               headers: dict[str, str] | None = None) -> httpx.Response:
+    def answer(
+        self, message_id: int, result: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         message = {"jsonrpc": "2.0", "id": message_id, "result": result}
         if self.sse:
             notice = {"jsonrpc": "2.0", "method": "notifications/message", "params": {}}
-            text = (f"event: message\ndata: {json.dumps(notice)}\n\n"
-                    f"id: 1\nevent: message\ndata: {json.dumps(message)}\n\n")
-            return httpx.Response(200, text=text, headers={"Content-Type": "text/event-stream",
-                                                           **(headers or {})})
+            text = (
+                f"event: message\ndata: {json.dumps(notice)}\n\n"
+                f"id: 1\nevent: message\ndata: {json.dumps(message)}\n\n"
+            )
+            return httpx.Response(
+                200, text=text, headers={"Content-Type": "text/event-stream", **(headers or {})}
+            )
         return httpx.Response(200, json=message, headers=headers)
 
 
@@ -68,8 +80,10 @@ def test_handshake_then_call_with_session_and_version_echoed(sse: bool) -> None:
     methods = [body.get("method") for _, body in server.requests]
     assert methods == ["initialize", "notifications/initialized", "tools/call"]
     headers, body = server.requests[2]
-    assert body["params"] == {"name": "crm-cancel",
-                              "arguments": {"crmEventId": "00U5g00000MnOpQEAV"}}
+    assert body["params"] == {
+        "name": "crm-cancel",
+        "arguments": {"crmEventId": "00U5g00000MnOpQEAV"},
+    }
     assert headers["mcp-session-id"] == "session-1"
     assert headers["mcp-protocol-version"] == "2025-06-18"
     assert headers["authorization"] == "Bearer cp-token"
@@ -97,8 +111,11 @@ def test_expired_session_is_reopened_and_the_call_sent_again() -> None:
 def test_unknown_protocol_version_is_permanent() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
-        return httpx.Response(200, json={"jsonrpc": "2.0", "id": body["id"],
-                                         "result": {"protocolVersion": "1999-01-01"}})
+        return httpx.Response(
+            200,
+            json={"jsonrpc": "2.0", "id": body["id"], "result": {"protocolVersion": "1999-01-01"}},
+        )
+
     with pytest.raises(PermanentError, match="1999-01-01"):
         gateway_for(handler).call("crm-get", "00U5g00000MnOpQEAV")
 
@@ -109,8 +126,11 @@ def test_answer_without_our_response_is_in_doubt_for_cancel() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         if body.get("method") == "tools/call":
-            return httpx.Response(200, text="event: message\ndata: {not json\n\n",
-                                  headers={"Content-Type": "text/event-stream"})
+            return httpx.Response(
+                200,
+                text="event: message\ndata: {not json\n\n",
+                headers={"Content-Type": "text/event-stream"},
+            )
         return server(request)
 
     with pytest.raises(InDoubtError):
@@ -127,26 +147,32 @@ def gateway(sandbox: SandboxServer) -> Iterator[McpGateway]:
 
 
 def test_cancel_changes_the_meeting_and_a_second_cancel_is_a_tool_error(
-        gateway: McpGateway, sandbox: SandboxServer) -> None:
+    gateway: McpGateway, sandbox: SandboxServer
+) -> None:
     event = random_event_id()
     assert gateway.call("crm-get", event).meeting_status == "BOOKED"
     assert gateway.call("crm-cancel", event).meeting_status == "CANCELLED"
     with pytest.raises(PermanentError, match="already CANCELLED"):
         gateway.call("crm-cancel", event)
-    assert [call["tool"] for call in sandbox.calls(event)] == ["crm-get", "crm-cancel",
-                                                               "crm-cancel"]
+    assert [call["tool"] for call in sandbox.calls(event)] == [
+        "crm-get",
+        "crm-cancel",
+        "crm-cancel",
+    ]
 
 
-def test_no_meeting_linked_is_permanent_after_one_call(gateway: McpGateway,
-                                                       sandbox: SandboxServer) -> None:
+def test_no_meeting_linked_is_permanent_after_one_call(
+    gateway: McpGateway, sandbox: SandboxServer
+) -> None:
     event = random_event_id("00V")  # the sandbox books only 00U events by itself
     with pytest.raises(PermanentError, match="No meeting linked"):
         gateway.call("crm-noshow", event)
     assert len(sandbox.calls(event)) == 1
 
 
-def test_429_waits_for_retry_after_then_succeeds(gateway: McpGateway,
-                                                 sandbox: SandboxServer) -> None:
+def test_429_waits_for_retry_after_then_succeeds(
+    gateway: McpGateway, sandbox: SandboxServer
+) -> None:
     event = random_event_id()
     gateway.call("crm-get", event)  # open the session first
     sandbox.set_faults(fail_next=1, status=429, retry_after=1)
@@ -163,8 +189,7 @@ def test_503_blips_are_retried_in_call(gateway: McpGateway, sandbox: SandboxServ
     assert len(sandbox.calls(event, "crm-cancel")) == 1
 
 
-def test_persistent_503_surfaces_as_retryable(gateway: McpGateway,
-                                              sandbox: SandboxServer) -> None:
+def test_persistent_503_surfaces_as_retryable(gateway: McpGateway, sandbox: SandboxServer) -> None:
     gateway.call("crm-get", random_event_id())
     sandbox.set_faults(fail_next=100, status=503)
     with pytest.raises(RetryableError, match="HTTP 503"):
@@ -178,8 +203,9 @@ def test_401_is_permanent(gateway: McpGateway, sandbox: SandboxServer) -> None:
         gateway.call("crm-get", random_event_id())
 
 
-def test_timeout_on_cancel_is_in_doubt_and_not_retried(gateway: McpGateway,
-                                                       sandbox: SandboxServer) -> None:
+def test_timeout_on_cancel_is_in_doubt_and_not_retried(
+    gateway: McpGateway, sandbox: SandboxServer
+) -> None:
     event = random_event_id()
     gateway.call("crm-get", event)
     sandbox.set_faults(delay_seconds=1.5)
@@ -190,11 +216,15 @@ def test_timeout_on_cancel_is_in_doubt_and_not_retried(gateway: McpGateway,
     assert len(sandbox.calls(event, "crm-cancel")) == 1  # sent once, never repeated blind
 
 
-def test_sse_answers_and_expired_sessions_on_the_sandbox(gateway: McpGateway,
-                                                         sandbox: SandboxServer) -> None:
+def test_sse_answers_and_expired_sessions_on_the_sandbox(
+    gateway: McpGateway, sandbox: SandboxServer
+) -> None:
     event = random_event_id()
     gateway.call("crm-get", event)
     sandbox.set_faults(sse=True, expire_sessions=True)
     assert gateway.call("crm-cancel", event).meeting_status == "CANCELLED"
-    assert {tool["name"] for tool in gateway.list_tools()} == {"crm-get", "crm-cancel",
-                                                               "crm-noshow"}
+    assert {tool["name"] for tool in gateway.list_tools()} == {
+        "crm-get",
+        "crm-cancel",
+        "crm-noshow",
+    }

@@ -1,0 +1,40 @@
+# Every target creates .venv on first use. `make` alone lists the targets.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help dev test test-fast lint format typecheck check clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+dev: $(STAMP) ## Run the whole system here (embedded Redis, sandbox ChiliPiper, web, worker)
+	$(BIN)/crmhook dev
+
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## Run the tests that need no worker process
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy, strict on webhooks/ and worker/
+	$(BIN)/mypy
+
+check: lint typecheck test ## Everything CI runs
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,251 @@
+"""The processes users run: the Procfile under honcho, `crmhook dev`, and start-up refusals."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ORG_ID, SALESFORCE, TOKEN, SandboxServer, wait_for
+from worker.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parent.parent
+BIN = str(Path(sys.executable).parent)
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The environment without any crmhook settings the developer may have exported."""
+    names = (
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "WEBHOOK_TOKENS",
+        "SALESFORCE_",
+        "CHILIPIPER_",
+        "SCALEKIT_",
+        "ADMIN_TOKENS",
+        "PORT",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(names)}
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Output:
+    """A child process's combined output, collected by a thread, readable while it runs."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._process = process
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.lines.append(line)
+
+    def close(self) -> None:
+        """After the process ended: read what is left and release the pipe."""
+        self._reader.join(timeout=10)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def stop_group(process: subprocess.Popen[str]) -> int:
+    """Interrupt the process we started (as Ctrl-C would), then make sure its group is gone."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # our own session, started below
+            return process.wait()
+    return process.returncode
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def procfile_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def test_procfile_runs_web_and_worker_under_honcho(
+    procfile_redis: RedisServer, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = clean_environment(
+        REDIS_URL=procfile_redis.url,
+        WEBHOOK_TOKENS=TOKEN,
+        SALESFORCE_ORG_IDS=ORG_ID,
+        CHILIPIPER_TRANSPORT="sandbox",
+        CHILIPIPER_SANDBOX_URL=sandbox.url,
+        WEB_CONCURRENCY="1",
+        WORKER_CONCURRENCY="4",
+    )
+    process = subprocess.Popen(
+        ["honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = Output(process)
+    try:
+        wait_for(lambda: _ready(port) or process.poll() is not None, timeout=60)
+        assert process.poll() is None, output.text
+        wait_for(lambda: "ready." in output.text, timeout=60)
+        body = (SALESFORCE / "synthetic_2x_event.xml").read_bytes()
+        event = "00U5g00000MnOpQEAV"
+        with sandbox.state.lock:
+            sandbox.state.meetings[event] = "BOOKED"
+        already = len(sandbox.calls(event, "crm-noshow"))
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/salesforce/outbound/noshow?token={TOKEN}",
+            content=body,
+            headers={"Content-Type": "text/xml"},
+        )
+        assert response.status_code == 200
+        wait_for(lambda: len(sandbox.calls(event, "crm-noshow")) > already, timeout=30)
+    finally:
+        stop_group(process)
+        output.close()
+    assert not port_open(port)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def test_crmhook_dev_runs_the_printed_curl_to_a_sandbox_cancel(tmp_path: Path) -> None:
+    port, sandbox_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            "crmhook",
+            "dev",
+            "--port",
+            str(port),
+            "--sandbox-port",
+            str(sandbox_port),
+            "--concurrency",
+            "4",
+        ],
+        env=clean_environment(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = Output(process)
+    try:
+        curl = wait_for(
+            lambda: (
+                re.search(r"^\s*(curl .+)$", output.text, re.MULTILINE)
+                or process.poll() is not None
+            ),
+            timeout=90,
+        )
+        assert process.poll() is None, output.text
+        command = shlex.split(curl.group(1))
+        redis_port = int(
+            re.search(r"embedded redis-server on redis://127.0.0.1:(\d+)", output.text).group(1)
+        )  # type: ignore[union-attr]
+        if shutil.which("curl"):
+            answer = subprocess.run(
+                command, capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+        else:  # replay the printed command's URL, headers and body without curl
+            answer = _replay(command)
+        assert "<Ack>true</Ack>" in answer
+        wait_for(lambda: output.text.count("→ CANCELLED") >= 2, timeout=30)
+        assert "crm-cancel 00U5g00000MnOpQEAV: BOOKED → CANCELLED" in output.text
+        assert "crm-cancel 00U5g00000MnOpREAV: BOOKED → CANCELLED" in output.text
+    finally:
+        status = stop_group(process)
+        output.close()
+    assert status == 0, output.text
+    assert not port_open(port)
+    assert not port_open(sandbox_port)
+    assert not port_open(redis_port)
+
+
+def _replay(command: list[str]) -> str:
+    url = next(arg for arg in command if arg.startswith("http"))
+    headers = dict(command[i + 1].split(": ", 1) for i, arg in enumerate(command) if arg == "-H")
+    data = next(command[i + 1] for i, arg in enumerate(command) if arg == "--data-binary")
+    return httpx.post(
+        url, content=Path(data.removeprefix("@")).read_bytes(), headers=headers, timeout=30
+    ).text
+
+
+def test_web_refuses_to_start_without_its_settings(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            "gunicorn",
+            "--preload",
+            "--no-control-socket",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "webhooks:create_app()",
+        ],
+        env=clean_environment(REDIS_URL="redis://127.0.0.1:1/0"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "WEBHOOK_TOKENS: is not set" in result.stderr
+    assert "SALESFORCE_ORG_IDS: is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_worker_refuses_to_start_with_a_malformed_setting(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["celery", "--app", "worker", "worker", "--pool", "threads"],
+        env=clean_environment(
+            REDIS_URL="redis://127.0.0.1:1/0",
+            CHILIPIPER_TRANSPORT="sandbox",
+            CLAIM_LEASE_SECONDS="soon",
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "CLAIM_LEASE_SECONDS" in result.stderr
+    assert "Traceback" not in result.stderr
