@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, cast
 
+import redis
 from celery import Task, shared_task
+from celery.exceptions import Reject
+from kombu.exceptions import KombuError, OperationalError
 
 from worker.effects import RetryLater, perform
 from worker.ingest import FAN_OUT_TASK, PERFORM_TASK, Batch, fan_out
@@ -20,6 +23,7 @@ from worker.runtime import Runtime, runtime_for
 
 log = logging.getLogger(__name__)
 
+INFRASTRUCTURE_ERRORS = (redis.RedisError, OperationalError, KombuError, OSError)
 RETRY_BASE_SECONDS = 2.0
 RETRY_CAP_SECONDS = 60.0
 
@@ -33,6 +37,23 @@ def backoff(
 ) -> float:
     """Full jitter: uniform in [0, min(cap, base·2^retries)], so failures spread out."""
     return random.uniform(0, min(cap, base * 2**retries))  # noqa: S311 (jitter, not crypto)
+
+
+def retry_or_requeue(task: Task, exc: BaseException, countdown: float) -> BaseException:
+    """The exception that gets this delivery run again: a Celery retry, or, when even the
+    retry cannot be published (the broker is the Redis that just failed), a requeue.
+
+    Never let an infrastructure error fail the task: with acks_late a failed task is
+    acknowledged, and the operation would be lost. Celery itself turns a retry it could not
+    publish into `Reject(requeue=False)`, a silent drop; we requeue instead (and if Redis is
+    still down, the message stays unacknowledged and comes back after the visibility timeout).
+    """
+    try:
+        retry = task.retry(exc=exc, countdown=countdown, throw=False)
+    except Reject as rejected:
+        log.warning("cannot publish a retry (%s); requeueing the message", rejected.reason)
+        retry = Reject(str(exc), requeue=True)
+    return cast(BaseException, retry)  # Celery is untyped: both are exceptions
 
 
 @shared_task(bind=True, name=FAN_OUT_TASK, max_retries=None)
@@ -50,8 +71,8 @@ def fan_out_task(self: Task, batch: dict[str, Any]) -> dict[str, int]:
                     args=[op.to_message()], producer=producer
                 ),
             )
-    except Exception as exc:  # broker or Redis trouble: the same ingest again, soon
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries, cap=30)) from exc
+    except INFRASTRUCTURE_ERRORS as exc:  # the same ingest again, soon
+        raise retry_or_requeue(self, exc, backoff(self.request.retries, cap=30)) from exc
     return {
         "queued": len(result.queued),
         "skipped": result.skipped,
@@ -69,5 +90,9 @@ def perform_task(self: Task, operation: dict[str, str]) -> str:
             runtime, Operation.from_message(operation), owner=self.request.id, last_try=last_try
         )
     except RetryLater as later:
-        raise self.retry(countdown=backoff(self.request.retries), exc=later.error) from None
+        raise retry_or_requeue(self, later.error, backoff(self.request.retries)) from None
+    except INFRASTRUCTURE_ERRORS as exc:
+        # Redis failed around the call: the retry's claim sees the interrupted attempt and
+        # reconciles through crm-get before any irreversible call is repeated.
+        raise retry_or_requeue(self, exc, backoff(self.request.retries, cap=10)) from exc
     return outcome.value
