@@ -216,7 +216,12 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, log: Path, concurrency: int = 16) -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: Settings,
+    log: Path,
+    concurrency: int = 16,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -237,7 +242,7 @@ def start_worker(settings: Settings, log: Path, concurrency: int = 16) -> subpro
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             command,
-            env=worker_environment(settings),
+            env={**worker_environment(settings), **(extra_env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
             cwd=log.parent,

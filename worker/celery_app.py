@@ -33,6 +33,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": visibility,
             "unacked_mutex_expire": max(5, visibility // 3),
+            # kombu sweeps for a dead worker's messages every interval x throttle seconds
+            # (100 s by default): sweep every ~5 s so they return soon after the timeout.
+            "unacked_restore_interval": max(1, visibility // 18),
+            "unacked_restore_throttle": 1,
             # Fail fast when Redis is down: the edge answers 503 within seconds.
             "socket_connect_timeout": 2,
             "socket_timeout": 5,

@@ -1,7 +1,7 @@
 """Performing one operation exactly once: claim, (reconcile,) call ChiliPiper, settle.
 
 Plain functions over a Runtime; the Celery task around them only unpacks arguments and turns
-`RetryLater` into a Celery retry.
+`RetryLater` into a retry.
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.errors import GatewayError, InDoubtError, PermanentError, RetryableError
+from worker.chilipiper import ToolResult
+from worker.errors import (
+    GatewayError,
+    InDoubtError,
+    NoMeetingError,
+    PermanentError,
+    RetryableError,
+    ToolError,
+)
 from worker.operations import Action, Operation
 from worker.runtime import Runtime
 from worker.store import Claim, State, Verdict
@@ -20,60 +28,89 @@ log = logging.getLogger(__name__)
 
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
-    RECONCILED = "reconciled"  # an earlier, interrupted attempt had already taken effect
+    RECONCILED = "reconciled"  # it had taken effect already (interrupted call, "already...")
     ALREADY_DONE = "already_done"
+    ALREADY_FAILED = "already_failed"  # a redelivery of what failed permanently
     BUSY = "busy"  # another worker holds a live claim; it finishes or its message returns
-    FAILED = "failed"
+    FAILED = "failed"  # dead letter
     LOST_CLAIM = "lost_claim"
+
+
+STAND_DOWN = {
+    Verdict.DONE: Outcome.ALREADY_DONE,
+    Verdict.BUSY: Outcome.BUSY,
+    Verdict.FAILED: Outcome.ALREADY_FAILED,
+}
 
 
 @dataclass
 class RetryLater(Exception):
-    """The operation should run again later (transient failure or in-doubt call)."""
+    """Run the operation again later; `attempts` so far set the back-off."""
 
     error: GatewayError
+    attempts: int
 
 
-def perform(runtime: Runtime, operation: Operation, *, owner: str, last_try: bool) -> Outcome:
+def perform(runtime: Runtime, operation: Operation, *, owner: str) -> Outcome:
     """Run `operation` unless it already succeeded; raise RetryLater to be called again.
 
-    `owner` identifies this delivery (the task ID); `last_try` turns a transient failure into
-    a dead letter instead of another retry.
+    `owner` identifies this delivery (the task ID). Permanent errors, and transient ones past
+    TASK_MAX_ATTEMPTS or TASK_MAX_AGE_SECONDS, end as a dead letter (state `failed`).
     """
-    store, settings = runtime.store, runtime.settings
-    claim = store.claim(operation, owner, settings.claim_lease_seconds)
-    if claim.verdict is Verdict.DONE:
-        log.info("%s %s already succeeded; nothing to do", operation.action, operation.key)
-        return Outcome.ALREADY_DONE
-    if claim.verdict is Verdict.BUSY:
-        log.info("%s is being performed by another worker", operation.key)
-        return Outcome.BUSY
+    settings = runtime.settings
+    claim = runtime.store.claim(operation, owner, settings.claim_lease_seconds)
+    if claim.verdict is not Verdict.CLAIMED:
+        log.info("%s: %s, standing down", operation.key, claim.verdict)
+        return STAND_DOWN[claim.verdict]
     try:
-        interrupted = operation.action.irreversible and claim.after_interruption
-        if interrupted and _already_in_effect(runtime, operation, claim):
-            return Outcome.RECONCILED
-        result = runtime.gateway.call(operation.action.tool, operation.crm_event_id)
+        return _attempt(runtime, operation, claim)
     except PermanentError as exc:
-        return _settle(runtime, operation, claim, State.FAILED, exc, Outcome.FAILED)
+        return _settle_error(runtime, operation, claim, State.FAILED, str(exc))
     except (RetryableError, InDoubtError) as exc:
-        state = State.IN_DOUBT if isinstance(exc, InDoubtError) else State.RETRYING
-        if last_try:
-            return _settle(runtime, operation, claim, State.FAILED, exc, Outcome.FAILED)
-        _settle(runtime, operation, claim, state, exc, Outcome.FAILED)
-        raise RetryLater(exc) from exc
-    recorded = store.settle(operation, claim, State.SUCCEEDED, result=result.to_record())
-    if not recorded:
-        log.error("%s: succeeded but the claim was taken over; lease too short?", operation.key)
+        if claim.attempts >= settings.task_max_attempts:
+            reason = f"gave up after {claim.attempts} attempts: {exc}"
+        elif claim.age_seconds >= settings.task_max_age_seconds:
+            reason = f"gave up after {claim.age_seconds:.0f} s: {exc}"
+        else:
+            state = State.IN_DOUBT if isinstance(exc, InDoubtError) else State.RETRYING
+            _settle_error(runtime, operation, claim, state, str(exc))
+            raise RetryLater(exc, claim.attempts) from exc
+        return _settle_error(runtime, operation, claim, State.FAILED, reason)
+
+
+def _attempt(runtime: Runtime, operation: Operation, claim: Claim) -> Outcome:
+    action, store = operation.action, runtime.store
+    if action.irreversible and claim.after_interruption:
+        current = _in_effect(runtime, operation)
+        if current is not None:
+            return _succeed(runtime, operation, claim, current, Outcome.RECONCILED)
+        log.warning("%s was interrupted before it took effect; sending it again", operation.key)
+    if action.irreversible and not store.renew(
+        operation, claim, runtime.settings.claim_lease_seconds
+    ):
+        # Fencing: another worker took over while we checked; it owns the call now.
+        log.error("%s: claim lost before the call; not sending it", operation.key)
         return Outcome.LOST_CLAIM
-    log.info("%s %s succeeded", operation.action.tool, operation.crm_event_id)
-    return Outcome.SUCCEEDED
+    try:
+        result = runtime.gateway.call(action.tool, operation.crm_event_id)
+    except ToolError as refused:
+        # "Already cancelled": fine if the meeting is in the state we wanted, else a failure.
+        if action.irreversible and not isinstance(refused, NoMeetingError):
+            try:
+                current = _in_effect(runtime, operation)
+            except GatewayError:
+                raise refused from None
+            if current is not None:
+                return _succeed(runtime, operation, claim, current, Outcome.RECONCILED)
+        raise
+    return _succeed(runtime, operation, claim, result, Outcome.SUCCEEDED)
 
 
-def _already_in_effect(runtime: Runtime, operation: Operation, claim: Claim) -> bool:
-    """After an interrupted irreversible call, ask `crm-get` whether it took effect.
+def _in_effect(runtime: Runtime, operation: Operation) -> ToolResult | None:
+    """`crm-get`'s answer if the meeting already is in the state `operation` wants, else None.
 
-    Raises PermanentError when ChiliPiper does not report a status: calling again blind could
-    email a customer twice, so an operator decides.
+    Raises PermanentError when ChiliPiper reports no status: calling again blind could email
+    a customer twice, so an operator decides.
     """
     current = runtime.gateway.call(Action.GET.tool, operation.crm_event_id)
     status = current.meeting_status
@@ -83,31 +120,26 @@ def _already_in_effect(runtime: Runtime, operation: Operation, claim: Claim) -> 
             "check ChiliPiper before replaying",
             tool=Action.GET.tool,
         )
-    if status != operation.action.final_status:
-        log.warning(
-            "%s was interrupted before taking effect (status %s); calling again",
-            operation.key,
-            status,
-        )
-        return False
-    runtime.store.settle(
-        operation, claim, State.SUCCEEDED, result={"reconciled": True, **current.to_record()}
-    )
-    log.warning(
-        "%s had taken effect before its worker was interrupted (status %s)", operation.key, status
-    )
-    return True
+    return current if status == operation.action.final_status else None
 
 
-def _settle(
-    runtime: Runtime,
-    operation: Operation,
-    claim: Claim,
-    state: State,
-    error: GatewayError,
-    outcome: Outcome,
+def _succeed(
+    runtime: Runtime, operation: Operation, claim: Claim, result: ToolResult, outcome: Outcome
+) -> Outcome:
+    record = result.to_record()
+    if outcome is Outcome.RECONCILED:
+        record["reconciled"] = True
+    if not runtime.store.settle(operation, claim, State.SUCCEEDED, result=record):
+        log.error("%s: succeeded, but the claim had been taken over", operation.key)
+        return Outcome.LOST_CLAIM
+    log.info("%s %s: %s", operation.action.tool, operation.crm_event_id, outcome)
+    return outcome
+
+
+def _settle_error(
+    runtime: Runtime, operation: Operation, claim: Claim, state: State, error: str
 ) -> Outcome:
     log.warning("%s %s: %s (%s)", operation.action.tool, operation.crm_event_id, state, error)
-    if not runtime.store.settle(operation, claim, state, error=str(error)):
+    if not runtime.store.settle(operation, claim, state, error=error):
         return Outcome.LOST_CLAIM
-    return outcome
+    return Outcome.FAILED

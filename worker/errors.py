@@ -11,7 +11,9 @@
     ├── QueueUnavailable             Redis or the broker did not take the work: answer 503
     └── GatewayError                 a ChiliPiper call did not succeed
         ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
-        ├── PermanentError           will not succeed by retrying: 400/401/403/404, tool errors
+        ├── PermanentError           will not succeed by retrying: 400/401/403/404...
+        │   └── ToolError            the tool ran and said no ("already cancelled"...)
+        │       └── NoMeetingError   no ChiliPiper meeting is linked to the CRM event
         └── InDoubtError             an irreversible call may have happened without an answer
 
 Whether to retry is a property of the type, decided once where a third-party error is
@@ -93,6 +95,14 @@ class RetryableError(GatewayError):
 
 class PermanentError(GatewayError):
     """Retrying cannot help: bad credentials, no such meeting, a tool that said no."""
+
+
+class ToolError(PermanentError):
+    """The tool ran and refused (`isError: true`): no meeting linked, already cancelled..."""
+
+
+class NoMeetingError(ToolError):
+    """No meeting is linked to the event: nothing to check, nothing to retry."""
 
 
 class InDoubtError(GatewayError):

@@ -55,14 +55,19 @@ class Settings(BaseSettings):
     chilipiper_api_token: SecretStr | None = None
     chilipiper_sandbox_url: str = DEFAULT_SANDBOX_URL
     chilipiper_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    chilipiper_attempts: int = Field(default=3, ge=1, le=10)
+    chilipiper_max_wait_seconds: float = Field(default=5.0, ge=0, le=60)
 
     action_key_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=24 * 3600)
     get_key_ttl_seconds: int = Field(default=72 * 3600, ge=72 * 3600)
     notification_ttl_seconds: int = Field(default=72 * 3600, ge=24 * 3600)
     quarantine_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=3600)
-    claim_lease_seconds: int = Field(default=60, ge=5)
-    broker_visibility_timeout_seconds: int = Field(default=90, ge=10)
-    task_max_retries: int = Field(default=8, ge=0)
+    claim_lease_seconds: int = Field(default=60, ge=2)
+    broker_visibility_timeout_seconds: int = Field(default=90, ge=5)
+    task_max_attempts: int = Field(default=12, ge=1)
+    task_max_age_seconds: int = Field(default=24 * 3600, ge=60)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
 
     _split_lists = field_validator(
         "webhook_tokens", "salesforce_org_ids", "salesforce_id_prefixes", mode="before"
@@ -121,13 +126,33 @@ class Settings(BaseSettings):
         return self
 
     def require_worker(self) -> Settings:
-        """The worker calls ChiliPiper: the MCP transport needs its token."""
+        """The worker calls ChiliPiper: the MCP transport needs its token, and the timings
+        must nest (see `call_budget_seconds`)."""
         if self.chilipiper_transport == "mcp" and self.chilipiper_api_token is None:
             raise ConfigError(
                 "invalid configuration: CHILIPIPER_API_TOKEN: is not set (required when "
                 "CHILIPIPER_TRANSPORT=mcp; CHILIPIPER_TRANSPORT=sandbox uses the local stand-in)"
             )
+        problems = timing_problems(self)
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
         return self
+
+    @property
+    def call_budget_seconds(self) -> float:
+        """The longest one ChiliPiper call may take, in-call retries included."""
+        attempts = self.chilipiper_attempts
+        return (
+            attempts * self.chilipiper_timeout_seconds
+            + (attempts - 1) * self.chilipiper_max_wait_seconds
+        )
+
+    @property
+    def countdown_limit_seconds(self) -> float:
+        """Retries due sooner wait in the broker as Celery countdowns; later ones wait in
+        Redis by due time, since a countdown held past the visibility timeout is delivered
+        again and again (kombu#337)."""
+        return self.broker_visibility_timeout_seconds / 3
 
     @property
     def broker_url(self) -> str:
@@ -138,6 +163,43 @@ class Settings(BaseSettings):
         if self.chilipiper_transport == "sandbox":
             return self.chilipiper_sandbox_url
         return self.chilipiper_mcp_url
+
+
+TIMING_MARGIN_SECONDS = 2.0
+
+
+def timing_problems(settings: Settings) -> list[str]:
+    """What breaks the timing invariant: call budget < claim lease < visibility timeout.
+
+    A lease shorter than a call lets a second worker take over an operation whose call is
+    still running (a double cancel); a visibility timeout shorter than a task's run lets the
+    broker deliver it again while it runs. A task may make two calls (the in-doubt `crm-get`,
+    then the action), so the visibility timeout must cover both.
+    """
+    budget = settings.call_budget_seconds
+    lease = settings.claim_lease_seconds
+    visibility = settings.broker_visibility_timeout_seconds
+    formula = (
+        f"CHILIPIPER_ATTEMPTS x CHILIPIPER_TIMEOUT_SECONDS + (CHILIPIPER_ATTEMPTS - 1) x "
+        f"CHILIPIPER_MAX_WAIT_SECONDS = {budget:g} s"
+    )
+    problems = []
+    if budget + TIMING_MARGIN_SECONDS > lease:
+        problems.append(
+            f"CLAIM_LEASE_SECONDS ({lease}) must be at least one call's worst case, "
+            f"{formula}, plus {TIMING_MARGIN_SECONDS:g} s"
+        )
+    if lease >= visibility:
+        problems.append(
+            f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}) must exceed "
+            f"CLAIM_LEASE_SECONDS ({lease})"
+        )
+    if 2 * budget + TIMING_MARGIN_SECONDS > visibility:
+        problems.append(
+            f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}) must cover two calls "
+            f"(in-doubt check, then the action): 2 x {budget:g} s + {TIMING_MARGIN_SECONDS:g} s"
+        )
+    return problems
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,7 +22,8 @@ from worker.notifications import Rejection
 from worker.operations import KEY_PREFIX, Action, Operation
 
 QUARANTINE_KEY = f"{KEY_PREFIX}:quarantine"
-MAX_SOURCES = 50
+DEAD_LETTERS_KEY = f"{KEY_PREFIX}:dead"
+SCHEDULE_KEY = f"{KEY_PREFIX}:scheduled"
 
 
 class State(StrEnum):
@@ -33,30 +35,56 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-# KEYS: record. ARGV: owner, lease ms, ttl s, action, event id.
-# Returns {verdict, previous state, token}; verdict is claimed | done | busy.
+# KEYS: record. ARGV: owner, lease ms, ttl s, action, event id, source.
+# Returns {verdict, previous state, token, attempts, created_at ms}; verdict is
+# claimed | done (succeeded) | busy (live claim elsewhere) | failed (this source already failed).
 _CLAIM = """
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', key, 'state') or 'new'
-if state == 'succeeded' then
-  return {'done', state, redis.call('HGET', key, 'token') or '0'}
+local function answer(verdict)
+  return {verdict, state, redis.call('HGET', key, 'token') or '0',
+          redis.call('HGET', key, 'attempts') or '0', redis.call('HGET', key, 'created_at') or '0'}
+end
+if state == 'succeeded' then return answer('done') end
+if state == 'failed' and redis.call('HGET', key, 'last_source') == ARGV[6] then
+  return answer('failed')
 end
 if state == 'running' then
   local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
-  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then
-    return {'busy', state, redis.call('HGET', key, 'token') or '0'}
-  end
+  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
 end
-local token = redis.call('HINCRBY', key, 'token', 1)
+redis.call('HINCRBY', key, 'token', 1)
 redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HSETNX', key, 'created_at', now)
 redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1],
-           'lease_until', now + tonumber(ARGV[2]), 'updated_at', now,
-           'action', ARGV[4], 'crm_event_id', ARGV[5], 'previous_state', state)
+           'lease_until', now + tonumber(ARGV[2]), 'updated_at', now, 'action', ARGV[4],
+           'crm_event_id', ARGV[5], 'previous_state', state, 'last_source', ARGV[6])
 redis.call('EXPIRE', key, tonumber(ARGV[3]))
-return {'claimed', state, tostring(token)}
+return answer('claimed')
+"""
+
+# KEYS: record. ARGV: token, lease ms. Extends the lease if the token is still current.
+_RENEW = """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: schedule. ARGV: now s, lease s, limit. Due entries are pushed `lease` into the
+# future (so a dispatcher that dies re-dispatches them later) and returned.
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), member)
+end
+return due
 """
 
 # KEYS: record. ARGV: token, new state, ttl s, last error, result JSON ('' = keep).
@@ -81,6 +109,7 @@ class Verdict(StrEnum):
     CLAIMED = "claimed"
     DONE = "done"
     BUSY = "busy"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -88,6 +117,12 @@ class Claim:
     verdict: Verdict
     previous_state: str
     token: str
+    attempts: int = 0
+    created_at_ms: int = 0
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.created_at_ms / 1000)
 
     @property
     def after_interruption(self) -> bool:
@@ -113,7 +148,9 @@ class Store:
         self._redis = client
         self._retention = retention
         self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
         self._settle = client.register_script(_SETTLE)
+        self._take_due = client.register_script(_TAKE_DUE)
 
     # --- the edge dedupe, run by the fan-out task -------------------------------------------
 
@@ -165,18 +202,33 @@ class Store:
 
     # --- claims -----------------------------------------------------------------------------
 
-    def claim(self, operation: Operation, owner: str, lease_seconds: int) -> Claim:
-        verdict, previous, token = self._claim(
+    def claim(self, operation: Operation, owner: str, lease_seconds: float) -> Claim:
+        """Take the operation for `owner` unless it succeeded, is held by a live claim, or
+        failed already for this same source (a redelivery of what failed stays failed; a new
+        notification or a replay tries again)."""
+        verdict, previous, token, attempts, created_at = self._claim(
             keys=[operation.key],
             args=[
                 owner,
-                lease_seconds * 1000,
+                int(lease_seconds * 1000),
                 self._retention.for_operation(operation),
                 operation.action.value,
                 operation.crm_event_id,
+                operation.source_id,
             ],
         )
-        return Claim(Verdict(_text(verdict)), _text(previous), _text(token))
+        return Claim(
+            Verdict(_text(verdict)),
+            _text(previous),
+            _text(token),
+            int(_text(attempts)),
+            int(_text(created_at)),
+        )
+
+    def renew(self, operation: Operation, claim: Claim, lease_seconds: float) -> bool:
+        """Extend the lease; False if the claim was lost (then do not call anything)."""
+        renewed = self._renew(keys=[operation.key], args=[claim.token, int(lease_seconds * 1000)])
+        return bool(renewed)
 
     def settle(
         self,
@@ -188,17 +240,52 @@ class Store:
         result: Any = None,
     ) -> bool:
         """Record the outcome if `claim` is still the current one; False means it was lost."""
-        recorded = self._settle(
-            keys=[operation.key],
-            args=[
-                claim.token,
-                state.value,
-                self._retention.for_operation(operation),
-                error[:2000],
-                "" if result is None else json.dumps(result),
-            ],
+        recorded = bool(
+            self._settle(
+                keys=[operation.key],
+                args=[
+                    claim.token,
+                    state.value,
+                    self._retention.for_operation(operation),
+                    error[:2000],
+                    "" if result is None else json.dumps(result),
+                ],
+            )
         )
-        return bool(recorded)
+        # The dead-letter index lives outside the operation's hash slot (Redis Cluster), so it
+        # is kept beside the record rather than inside the script; it can be rebuilt by a scan.
+        if recorded and state is State.FAILED:
+            self._redis.zadd(DEAD_LETTERS_KEY, {operation.key: time.time()})
+        elif recorded and state is State.SUCCEEDED:
+            self._redis.zrem(DEAD_LETTERS_KEY, operation.key)
+        return recorded
+
+    def dead_letters(self, limit: int = 100) -> list[str]:
+        """Keys of failed operations, newest first."""
+        return [_text(key) for key in self._redis.zrevrange(DEAD_LETTERS_KEY, 0, limit - 1)]
+
+    # --- long retries, kept in Redis by due time ----------------------------------------------
+
+    def schedule(self, operation: Operation, due: float) -> None:
+        """Run `operation` again at `due` (epoch seconds). Each entry is unique, so a
+        dispatcher removing an entry it dispatched never removes a newer one."""
+        member = json.dumps({"operation": operation.to_message(), "nonce": uuid.uuid4().hex})
+        self._redis.zadd(SCHEDULE_KEY, {member: due})
+
+    def take_due(self, lease_seconds: float, limit: int = 100) -> list[tuple[str, Operation]]:
+        """Entries due now, leased for `lease_seconds`; `done(entry)` once re-enqueued."""
+        members = self._take_due(keys=[SCHEDULE_KEY], args=[time.time(), lease_seconds, limit])
+        taken = []
+        for member in members:
+            entry = _text(member)
+            taken.append((entry, Operation.from_message(json.loads(entry)["operation"])))
+        return taken
+
+    def done(self, entry: str) -> None:
+        self._redis.zrem(SCHEDULE_KEY, entry)
+
+    def scheduled_count(self) -> int:
+        return int(self._redis.zcard(SCHEDULE_KEY))
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any, cast
 
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown
 from kombu.exceptions import KombuError, OperationalError
 
 from worker.effects import RetryLater, perform
 from worker.ingest import FAN_OUT_TASK, PERFORM_TASK, Batch, fan_out
 from worker.operations import Operation
 from worker.runtime import Runtime, runtime_for
+from worker.scheduler import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,12 @@ def _runtime(task: Task) -> Runtime:
 
 
 def backoff(
-    retries: int, *, base: float = RETRY_BASE_SECONDS, cap: float = RETRY_CAP_SECONDS
+    attempts: int, *, base: float = RETRY_BASE_SECONDS, cap: float = RETRY_CAP_SECONDS
 ) -> float:
-    """Full jitter: uniform in [0, min(cap, base·2^retries)], so failures spread out."""
-    return random.uniform(0, min(cap, base * 2**retries))  # noqa: S311 (jitter, not crypto)
+    """Full jitter: uniform in [0, min(cap, base·2^(attempts-1))], so workers that failed
+    together do not come back together."""
+    ceiling = min(cap, base * 2 ** max(0, min(attempts - 1, 30)))
+    return random.uniform(0, ceiling)  # noqa: S311 (jitter, not cryptography)
 
 
 def retry_or_requeue(task: Task, exc: BaseException, countdown: float) -> BaseException:
@@ -84,15 +89,41 @@ def fan_out_task(self: Task, batch: dict[str, Any]) -> dict[str, int]:
 def perform_task(self: Task, operation: dict[str, str]) -> str:
     """Perform one operation exactly once; retry later on transient failure."""
     runtime = _runtime(self)
-    last_try = self.request.retries >= runtime.settings.task_max_retries
+    settings = runtime.settings
+    parsed = Operation.from_message(operation)
     try:
-        outcome = perform(
-            runtime, Operation.from_message(operation), owner=self.request.id, last_try=last_try
-        )
+        outcome = perform(runtime, parsed, owner=self.request.id)
     except RetryLater as later:
-        raise retry_or_requeue(self, later.error, backoff(self.request.retries)) from None
+        delay = backoff(
+            later.attempts, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
+        )
+        hint = getattr(later.error, "retry_after", None)
+        delay = max(delay, hint or 0.0)
+        if delay < settings.countdown_limit_seconds:
+            raise retry_or_requeue(self, later.error, delay) from None
+        runtime.store.schedule(parsed, time.time() + delay)
+        log.info("%s: retry parked for %.0f s", parsed.key, delay)
+        return "scheduled"
     except INFRASTRUCTURE_ERRORS as exc:
         # Redis failed around the call: the retry's claim sees the interrupted attempt and
         # reconciles through crm-get before any irreversible call is repeated.
-        raise retry_or_requeue(self, exc, backoff(self.request.retries, cap=10)) from exc
+        raise retry_or_requeue(self, exc, backoff(1, cap=10)) from exc
     return outcome.value
+
+
+@worker_ready.connect
+def _start_dispatcher(sender: Any, **_: Any) -> None:
+    """Every worker process moves its share of due long retries back to the queue."""
+    app = sender.app
+    if getattr(app, "crmhook_settings", None) is None:
+        return
+    dispatcher = Dispatcher(app, runtime_for(app.crmhook_settings))
+    dispatcher.start()
+    app.crmhook_dispatcher = dispatcher
+
+
+@worker_shutdown.connect
+def _stop_dispatcher(sender: Any, **_: Any) -> None:
+    dispatcher = getattr(getattr(sender, "app", None), "crmhook_dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.stop()

@@ -13,7 +13,6 @@ from worker.errors import InDoubtError, RetryableError
 from worker.operations import Action, Operation
 from worker.redis_server import RedisServer
 from worker.runtime import Runtime, build_runtime
-from worker.store import Verdict
 
 
 @pytest.fixture
@@ -32,8 +31,8 @@ def cancel() -> Operation:
 
 def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxServer) -> None:
     operation = cancel()
-    assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.SUCCEEDED
-    assert perform(runtime, operation, owner="t2", last_try=False) is Outcome.ALREADY_DONE
+    assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
+    assert perform(runtime, operation, owner="t2") is Outcome.ALREADY_DONE
     assert len(sandbox.calls(operation.crm_event_id, "crm-cancel")) == 1
     record = runtime.store.record(operation.key)
     assert record is not None
@@ -43,7 +42,7 @@ def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxSe
 
 def test_get_result_is_kept_with_the_key(runtime: Runtime) -> None:
     operation = Operation(Action.GET, random_event_id(), random_event_id("04l"))
-    assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.SUCCEEDED
+    assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
     record = runtime.store.record(operation.key)
     assert record is not None
     assert record["result"]["data"] == {"crmEventId": operation.crm_event_id, "status": "BOOKED"}
@@ -54,7 +53,7 @@ def test_a_live_claim_elsewhere_means_busy_and_no_call(
 ) -> None:
     operation = cancel()
     runtime.store.claim(operation, "other-worker", lease_seconds=60)
-    assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.BUSY
+    assert perform(runtime, operation, owner="t1") is Outcome.BUSY
     assert sandbox.calls(operation.crm_event_id) == []
 
 
@@ -66,7 +65,7 @@ def test_interrupted_cancel_that_took_effect_is_reconciled_without_a_second_call
     with sandbox.state.lock:
         sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"  # ...after ChiliPiper acted
     time.sleep(0.01)
-    assert perform(runtime, operation, owner="t2", last_try=False) is Outcome.RECONCILED
+    assert perform(runtime, operation, owner="t2") is Outcome.RECONCILED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get"]
     record = runtime.store.record(operation.key)
     assert record is not None
@@ -79,7 +78,7 @@ def test_interrupted_cancel_that_did_not_take_effect_is_sent(
     operation = cancel()
     runtime.store.claim(operation, "killed-worker", lease_seconds=0)
     time.sleep(0.01)
-    assert perform(runtime, operation, owner="t2", last_try=False) is Outcome.SUCCEEDED
+    assert perform(runtime, operation, owner="t2") is Outcome.SUCCEEDED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get", "crm-cancel"]
 
 
@@ -90,20 +89,20 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
     runtime.gateway.call("crm-get", operation.crm_event_id)  # session open, meeting booked
     sandbox.set_faults(delay_seconds=1.5)
     with pytest.raises(RetryLater) as later:
-        perform(runtime, operation, owner="t1", last_try=False)
+        perform(runtime, operation, owner="t1")
     assert isinstance(later.value.error, InDoubtError)
     record = runtime.store.record(operation.key)
     assert record is not None
     assert record["state"] == "in_doubt"
     sandbox.set_faults()
     time.sleep(0.7)  # the slow cancel lands on the server after all
-    assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.RECONCILED
+    assert perform(runtime, operation, owner="t1") is Outcome.RECONCILED
     assert len(sandbox.calls(operation.crm_event_id, "crm-cancel")) == 1
 
 
 def test_permanent_error_fails_at_once(runtime: Runtime, sandbox: SandboxServer) -> None:
     operation = Operation(Action.NOSHOW, random_event_id("00V"), "04l")  # no meeting linked
-    assert perform(runtime, operation, owner="t1", last_try=False) is Outcome.FAILED
+    assert perform(runtime, operation, owner="t1") is Outcome.FAILED
     record = runtime.store.record(operation.key)
     assert record is not None
     assert record["state"] == "failed"
@@ -111,15 +110,73 @@ def test_permanent_error_fails_at_once(runtime: Runtime, sandbox: SandboxServer)
     assert len(sandbox.calls(operation.crm_event_id)) == 1
 
 
-def test_transient_error_asks_for_a_retry_until_the_last_try(
+def test_transient_errors_retry_until_max_attempts_then_dead_letter(
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
     sandbox.set_faults(fail_next=1000, status=503)
-    with pytest.raises(RetryLater) as later:
-        perform(runtime, operation, owner="t1", last_try=False)
-    assert isinstance(later.value.error, RetryableError)
-    claim = runtime.store.claim(operation, "probe", lease_seconds=0)
-    assert (claim.verdict, claim.previous_state) == (Verdict.CLAIMED, "retrying")
-    time.sleep(0.01)
-    assert perform(runtime, operation, owner="t1", last_try=True) is Outcome.FAILED
+    max_attempts = runtime.settings.task_max_attempts
+    for attempt in range(1, max_attempts):
+        with pytest.raises(RetryLater) as later:
+            perform(runtime, operation, owner="t1")
+        assert isinstance(later.value.error, RetryableError)
+        assert later.value.attempts == attempt
+        record = runtime.store.record(operation.key)
+        assert record is not None
+        assert record["state"] == "retrying"
+    assert perform(runtime, operation, owner="t1") is Outcome.FAILED
+    record = runtime.store.record(operation.key)
+    assert record is not None
+    assert record["last_error"].startswith(f"gave up after {max_attempts} attempts")
+    assert operation.key in runtime.store.dead_letters()
+    assert sandbox.calls(operation.crm_event_id) == []  # every try was refused with 503
+
+
+def test_transient_errors_past_max_age_dead_letter(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    aged = build_runtime(runtime.settings.model_copy(update={"task_max_age_seconds": 0}))
+    operation = cancel()
+    sandbox.set_faults(fail_next=1000, status=503)
+    assert perform(aged, operation, owner="t1") is Outcome.FAILED
+    record = aged.store.record(operation.key)
+    assert record is not None
+    assert "gave up after" in record["last_error"]
+    aged.redis.close()
+
+
+def test_already_cancelled_is_success_after_crm_get_confirms(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    operation = cancel()
+    with sandbox.state.lock:
+        sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"  # cancelled in ChiliPiper
+    assert perform(runtime, operation, owner="t1") is Outcome.RECONCILED
+    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-cancel", "crm-get"]
+
+
+def test_noshow_of_a_cancelled_meeting_fails_after_the_check(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    operation = Operation(Action.NOSHOW, random_event_id(), "04l")
+    with sandbox.state.lock:
+        sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"
+    assert perform(runtime, operation, owner="t1") is Outcome.FAILED
+    record = runtime.store.record(operation.key)
+    assert record is not None
+    assert "already CANCELLED" in record["last_error"]
+
+
+def test_redelivery_of_a_failed_notification_stays_failed_but_a_new_one_tries_again(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    event = random_event_id("00V")  # no meeting linked: fails permanently
+    first = Operation(Action.CANCEL, event, random_event_id("04l"))
+    assert perform(runtime, first, owner="t1") is Outcome.FAILED
+    assert perform(runtime, first, owner="t1-redelivered") is Outcome.ALREADY_FAILED
+    assert len(sandbox.calls(event)) == 1
+    with sandbox.state.lock:
+        sandbox.state.meetings[event] = "BOOKED"  # the world changed: the meeting got linked
+    later = Operation(Action.CANCEL, event, random_event_id("04l"))
+    assert perform(runtime, later, owner="t2") is Outcome.SUCCEEDED
+    assert first.key not in runtime.store.dead_letters()  # succeeded since: no dead letter

@@ -12,6 +12,7 @@ import httpx
 
 from worker.chilipiper.mcp import McpGateway
 from worker.chilipiper.result import ToolResult
+from worker.chilipiper.retries import transient_retries
 from worker.settings import Settings
 
 __all__ = ["Gateway", "ToolResult", "build_gateway", "http_client"]
@@ -45,4 +46,9 @@ def build_gateway(settings: Settings, client: httpx.Client | None = None) -> Mcp
         settings.chilipiper_url,
         client=client or http_client(settings),
         token=token.get_secret_value() if token is not None else None,
+        retrying=lambda: transient_retries(
+            settings.chilipiper_attempts,
+            settings.chilipiper_max_wait_seconds,
+            max_seconds=settings.call_budget_seconds,
+        ),
     )

@@ -10,12 +10,20 @@ which matters only for the irreversible tools.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
 
-from worker.errors import GatewayError, InDoubtError, PermanentError, RetryableError
+from worker.errors import (
+    GatewayError,
+    InDoubtError,
+    NoMeetingError,
+    PermanentError,
+    RetryableError,
+    ToolError,
+)
 
 # The request was refused before anything happened: retrying is safe for every tool.
 NOT_PROCESSED = frozenset({408, 425, 429, 503})
@@ -69,9 +77,16 @@ def error_for_rpc(error: object, *, tool: str, irreversible: bool) -> GatewayErr
     return RetryableError(message, tool=tool)
 
 
-def tool_failure(tool: str, text: str) -> PermanentError:
-    """A tool result with `isError: true`: the tool ran and said no (e.g. no meeting linked)."""
-    return PermanentError(f"{tool}: {text or 'tool reported an error'}", tool=tool)
+NO_MEETING = re.compile(r"no (?:\w+ )?meeting|meeting not found|not linked", re.IGNORECASE)
+
+
+def tool_failure(tool: str, text: str) -> ToolError:
+    """A tool result with `isError: true`: the tool ran and said no. "No meeting linked" is
+    told apart, since it needs no further check (there is nothing to cancel)."""
+    message = f"{tool}: {text or 'tool reported an error'}"
+    if NO_MEETING.search(text):
+        return NoMeetingError(message, tool=tool)
+    return ToolError(message, tool=tool)
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -25,8 +25,7 @@ from worker.errors import RetryableError
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
-MAX_SECONDS = 10.0
-MAX_RETRY_AFTER = 5.0
+MAX_WAIT_SECONDS = 5.0
 
 
 class wait_retry_after(wait_base):  # noqa: N801 (named like tenacity's own wait strategies)
@@ -36,7 +35,7 @@ class wait_retry_after(wait_base):  # noqa: N801 (named like tenacity's own wait
     to hold a worker thread is an outage, which the task layer retries later.
     """
 
-    def __init__(self, fallback: wait_base, cap: float = MAX_RETRY_AFTER) -> None:
+    def __init__(self, fallback: wait_base, cap: float = MAX_WAIT_SECONDS) -> None:
         self.fallback = fallback
         self.cap = cap
 
@@ -48,8 +47,11 @@ class wait_retry_after(wait_base):  # noqa: N801 (named like tenacity's own wait
         return self.fallback(retry_state)
 
 
-def transient_retries(attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS) -> Retrying:
-    """Retry transient failures up to `attempts` times or `max_seconds`, whichever comes first.
+def transient_retries(
+    attempts: int = ATTEMPTS, max_wait: float = MAX_WAIT_SECONDS, max_seconds: float = 30.0
+) -> Retrying:
+    """Retry transient failures up to `attempts` times or `max_seconds`, whichever comes
+    first, waiting at most `max_wait` between tries (a longer `Retry-After` is capped).
 
     Full jitter (`wait_random_exponential`) spreads the retries of many workers that failed
     together, so they do not hit a recovering ChiliPiper in lockstep.
@@ -57,7 +59,9 @@ def transient_retries(attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS
     return Retrying(
         retry=retry_if_exception_type(RetryableError),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
-        wait=wait_retry_after(wait_random_exponential(multiplier=0.25, max=2.0)),
+        wait=wait_retry_after(
+            wait_random_exponential(multiplier=0.25, max=min(2.0, max_wait)), cap=max_wait
+        ),
         reraise=True,
         before_sleep=before_sleep_log(log, logging.WARNING),
     )

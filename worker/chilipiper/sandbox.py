@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -33,10 +34,13 @@ TOOLS = {
 
 @dataclass
 class Faults:
-    """Switches for bad minutes. `fail_next` answers with `status` that many times."""
+    """Switches for bad minutes. `fail_next` answers with `status` that many times; `rates`
+    answers each request at random, e.g. {"503": 0.3, "429": 0.1}. A faulted request is
+    refused before it reaches the meetings (as a real 429/503 is)."""
 
     fail_next: int = 0
     status: int = 503
+    rates: dict[str, float] = field(default_factory=dict)
     retry_after: float | None = None
     delay_seconds: float = 0.0
     sse: bool = False
@@ -52,6 +56,8 @@ class Sandbox:
     calls: list[dict[str, Any]] = field(default_factory=list)
     sessions: set[str] = field(default_factory=set)
     faults: Faults = field(default_factory=Faults)
+    faults_served: dict[int, int] = field(default_factory=dict)
+    random: random.Random = field(default_factory=random.Random)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run_tool(self, tool: str, crm_event_id: str) -> tuple[bool, dict[str, Any] | str]:
@@ -85,12 +91,24 @@ class Sandbox:
         log.info("%s %s: %s → %s", tool, crm_event_id, before, status if ok else answer)
         return ok, answer
 
-    def take_fault(self) -> Faults | None:
+    def take_fault(self) -> int | None:
+        """The status to fail this request with, if any."""
         with self.lock:
-            if self.faults.fail_next <= 0:
-                return None
-            self.faults.fail_next -= 1
-            return Faults(**asdict(self.faults))
+            faults = self.faults
+            status: int | None = None
+            if faults.fail_next > 0:
+                faults.fail_next -= 1
+                status = faults.status
+            else:
+                roll = self.random.random()
+                for code, rate in faults.rates.items():
+                    if roll < rate:
+                        status = int(code)
+                        break
+                    roll -= rate
+            if status is not None:
+                self.faults_served[status] = self.faults_served.get(status, 0) + 1
+            return status
 
 
 def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
@@ -106,8 +124,9 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
             time.sleep(faults.delay_seconds)
         fault = state.take_fault()
         if fault is not None:
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
-            return Response("sandbox fault", status=fault.status, headers=headers)
+            retry_after = faults.retry_after
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+            return Response("sandbox fault", status=fault, headers=headers)
         accept = request.headers.get("Accept", "")
         if "application/json" not in accept or "text/event-stream" not in accept:
             return _rpc_error(

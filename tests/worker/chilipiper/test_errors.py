@@ -14,7 +14,14 @@ from worker.chilipiper.errors import (
     retry_after_seconds,
     tool_failure,
 )
-from worker.errors import GatewayError, InDoubtError, PermanentError, RetryableError
+from worker.errors import (
+    GatewayError,
+    InDoubtError,
+    NoMeetingError,
+    PermanentError,
+    RetryableError,
+    ToolError,
+)
 
 R, P, D = RetryableError, PermanentError, InDoubtError
 
@@ -98,10 +105,21 @@ def test_json_rpc_errors(
     assert type(error_for_rpc(error, tool="crm-cancel", irreversible=True)) is for_cancel
 
 
-def test_tool_failure_is_permanent_and_keeps_the_text() -> None:
-    error = tool_failure("crm-cancel", "No meeting linked to CRM event 00U")
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("No meeting linked to CRM event 00U", NoMeetingError),
+        ("no ChiliPiper meeting found for this event", NoMeetingError),
+        ("Meeting not found", NoMeetingError),
+        ("Meeting for 00U is already CANCELLED", ToolError),
+        ("", ToolError),
+    ],
+)
+def test_tool_failure_is_permanent_and_keeps_the_text(text: str, kind: type[ToolError]) -> None:
+    error = tool_failure("crm-cancel", text)
+    assert type(error) is kind
     assert isinstance(error, PermanentError)
-    assert "No meeting linked" in str(error)
+    assert text in str(error)
 
 
 @pytest.mark.parametrize(
