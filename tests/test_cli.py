@@ -107,3 +107,18 @@ def test_unreachable_redis_is_one_clear_line(
     result = CliRunner().invoke(main, ["status", random_event_id()])
     assert result.exit_code == 1
     assert "Redis did not answer" in result.output
+
+
+def test_status_of_a_dead_letter_shows_attempts_and_last_error(
+    runner: CliRunner, sandbox: SandboxServer, worker_store: Store
+) -> None:
+    event = random_event_id()
+    with sandbox.state.lock:
+        sandbox.state.unlinked.add(event)  # ChiliPiper has no meeting for it
+    runner.invoke(main, ["enqueue", "cancel", event])
+    wait_for(lambda: any(r["state"] == "failed" for r in worker_store.records_for_event(event)))
+    shown = runner.invoke(main, ["status", event], terminal_width=200)
+    assert shown.exit_code == 0
+    assert "failed" in shown.output
+    assert "attempts" in shown.output
+    assert "No meeting linked" in shown.output

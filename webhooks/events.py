@@ -95,6 +95,8 @@ def _events(body: bytes) -> list[Any]:
         document = json.loads(body)
     except ValueError:
         raise MalformedRequest("body is not JSON") from None
+    except RecursionError:
+        raise MalformedRequest("body nests too deeply to be an event list") from None
     if not isinstance(document, dict):
         raise MalformedRequest('expected a JSON object: one event or {"events": [...]}')
     items = document.get("events", [document])

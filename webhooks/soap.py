@@ -52,6 +52,8 @@ def parse_outbound(body: bytes, event_id_field: str) -> OutboundMessage:
         ) from None
     except ParseError as exc:
         raise MalformedRequest(f"body is not well-formed XML ({exc})") from None
+    except (LookupError, ValueError) as exc:  # expat: unknown or undecodable encoding
+        raise MalformedRequest(f"body is not readable XML ({exc})") from None
     if root.tag != f"{{{SOAP_ENV}}}Envelope":
         raise MalformedRequest(f"not a SOAP 1.1 envelope (root element {_local(root.tag)!r})")
     notifications = root.find(f"{{{SOAP_ENV}}}Body/{{{OUTBOUND}}}notifications")

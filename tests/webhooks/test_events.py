@@ -100,6 +100,7 @@ def test_bearer_token_is_required(client: FlaskClient, token: str | None, status
         (b"[1, 2]", "expected a JSON object"),
         (b'{"events": []}', "non-empty list"),
         (b'{"events": {"action": "get"}}', "non-empty list"),
+        (b"[" * 100_000, "nests too deeply"),
     ],
 )
 def test_malformed_bodies_are_400(client: FlaskClient, body: bytes, reason: str) -> None:

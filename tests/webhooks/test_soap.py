@@ -89,6 +89,9 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
         (b'{"action": "cancel", "crmEventId": "00U5g00000MnOpQEAV"}', "not well-formed XML"),
         (b"\x00\xff\xfe garbage", "not well-formed XML"),
         (b"<html><body>hello</body></html>", "not a SOAP 1.1 envelope"),
+        # Found by hypothesis: expat raises LookupError for an unknown declared encoding.
+        (b'<?xml version="1.0" encoding="T"?><a/>', "unknown encoding: T"),
+        (b'<?xml version="1.0" encoding="utf-16"?><a/>', "not"),
         ((SALESFORCE / "ack-response.xml").read_bytes(), "holds no Outbound Message"),
         (
             f'<e:Envelope xmlns:e="{SOAP_ENV}"><e:Body><notifications xmlns="{OUTBOUND}"/>'

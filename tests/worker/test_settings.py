@@ -82,3 +82,24 @@ def test_broker_defaults_to_redis() -> None:
     assert load_settings(**BASE).broker_url == BASE["redis_url"]
     other = load_settings(**BASE, celery_broker_url="amqp://guest@127.0.0.1//")
     assert other.broker_url == "amqp://guest@127.0.0.1//"
+
+
+def test_default_timings_nest() -> None:
+    settings = load_settings(**BASE, chilipiper_transport="sandbox")
+    assert settings.call_budget_seconds == 3 * 10 + 2 * 5
+    settings.require_worker()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"chilipiper_timeout_seconds": 25}, r"CLAIM_LEASE_SECONDS \(60\) must be at least"),
+        ({"claim_lease_seconds": 90}, r"must exceed CLAIM_LEASE_SECONDS \(90\)"),
+        ({"broker_visibility_timeout_seconds": 70}, r"must cover two calls"),
+        ({"chilipiper_attempts": 5}, r"CHILIPIPER_ATTEMPTS x CHILIPIPER_TIMEOUT_SECONDS"),
+    ],
+)
+def test_worker_refuses_timings_that_do_not_nest(overrides: dict[str, int], message: str) -> None:
+    settings = load_settings(**BASE, chilipiper_transport="sandbox", **overrides)
+    with pytest.raises(ConfigError, match=message):
+        settings.require_worker()

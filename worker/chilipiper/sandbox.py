@@ -53,6 +53,7 @@ class Sandbox:
 
     auto_book: bool = True
     meetings: dict[str, str] = field(default_factory=dict)
+    unlinked: set[str] = field(default_factory=set)
     calls: list[dict[str, Any]] = field(default_factory=list)
     sessions: set[str] = field(default_factory=set)
     faults: Faults = field(default_factory=Faults)
@@ -65,7 +66,8 @@ class Sandbox:
         answer: dict[str, Any] | str
         with self.lock:
             status = self.meetings.get(crm_event_id)
-            if status is None and self.auto_book and crm_event_id.startswith("00U"):
+            bookable = self.auto_book and crm_event_id not in self.unlinked
+            if status is None and bookable and crm_event_id.startswith("00U"):
                 status = self.meetings[crm_event_id] = BOOKED
             before = status
             if status is None:
@@ -167,8 +169,10 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
             for event_id, status in (request.get_json(force=True) or {}).items():
                 if status is None:
                     state.meetings.pop(event_id, None)
+                    state.unlinked.add(event_id)
                 else:
                     state.meetings[event_id] = status
+                    state.unlinked.discard(event_id)
             return jsonify(state.meetings)
 
     @app.get("/sandbox/meetings/<event_id>")
@@ -186,6 +190,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
     def reset() -> Response:
         with state.lock:
             state.meetings.clear()
+            state.unlinked.clear()
             state.calls.clear()
             state.faults = Faults()
         return jsonify({"reset": True})
