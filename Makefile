@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test test-fast lint format typecheck check clean
+.PHONY: help dev test test-fast reliability lint format typecheck check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ test: $(STAMP) ## Run the whole test suite
 	$(BIN)/pytest
 
 test-fast: $(STAMP) ## Run the tests that need no worker process
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not reliability"
+
+reliability: $(STAMP) ## Run the failure scenarios (kills, restarts, faults, fuzzing)
+	$(BIN)/pytest -m reliability
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

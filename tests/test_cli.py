@@ -12,6 +12,8 @@ from tests.conftest import TOKEN, SandboxServer, WorkerProcess, random_event_id,
 from worker.cli import main
 from worker.store import Store
 
+pytestmark = pytest.mark.slow  # most commands here talk to the running worker
+
 
 @pytest.fixture
 def runner(celery_worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch) -> CliRunner:

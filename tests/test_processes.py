@@ -233,13 +233,21 @@ def test_web_refuses_to_start_without_its_settings(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
-def test_worker_refuses_to_start_with_a_malformed_setting(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("CLAIM_LEASE_SECONDS", "soon", "CLAIM_LEASE_SECONDS: Input should be a valid integer"),
+        ("CHILIPIPER_TIMEOUT_SECONDS", "30", "CLAIM_LEASE_SECONDS (60) must be at least"),
+        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "60", "must exceed CLAIM_LEASE_SECONDS (60)"),
+    ],
+)
+def test_worker_refuses_to_start_with_a_bad_setting(
+    tmp_path: Path, setting: str, value: str, message: str
+) -> None:
     result = subprocess.run(
         ["celery", "--app", "worker", "worker", "--pool", "threads"],
         env=clean_environment(
-            REDIS_URL="redis://127.0.0.1:1/0",
-            CHILIPIPER_TRANSPORT="sandbox",
-            CLAIM_LEASE_SECONDS="soon",
+            REDIS_URL="redis://127.0.0.1:1/0", CHILIPIPER_TRANSPORT="sandbox", **{setting: value}
         ),
         cwd=tmp_path,
         capture_output=True,
@@ -247,5 +255,5 @@ def test_worker_refuses_to_start_with_a_malformed_setting(tmp_path: Path) -> Non
         timeout=60,
     )
     assert result.returncode == 2
-    assert "CLAIM_LEASE_SECONDS" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
