@@ -158,6 +158,7 @@ def make_settings(redis_url: str, sandbox_url: str, **overrides: Any) -> Setting
         "chilipiper_transport": "sandbox",
         "chilipiper_sandbox_url": sandbox_url,
         "chilipiper_timeout_seconds": 2.0,
+        "chilipiper_rate_limit": "1000/s",  # the rate-limit tests set their own
         "_env_file": None,
     }
     values.update(overrides)

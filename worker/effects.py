@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from worker.chilipiper import ToolResult
 from worker.errors import (
+    DeferredError,
     GatewayError,
     InDoubtError,
     NoMeetingError,
@@ -45,10 +46,12 @@ STAND_DOWN = {
 
 @dataclass
 class RetryLater(Exception):
-    """Run the operation again later; `attempts` so far set the back-off."""
+    """Run the operation again later: after `delay` seconds when given (the shared limits
+    said when), else after a back-off set by the `attempts` so far."""
 
     error: GatewayError
     attempts: int
+    delay: float | None = None
 
 
 def perform(runtime: Runtime, operation: Operation, *, owner: str) -> Outcome:
@@ -64,6 +67,12 @@ def perform(runtime: Runtime, operation: Operation, *, owner: str) -> Outcome:
         return STAND_DOWN[claim.verdict]
     try:
         return _attempt(runtime, operation, claim)
+    except DeferredError as exc:
+        # Nothing was sent: hand the claim back uncounted and come back when the limit,
+        # pause or circuit allows.
+        runtime.store.release(operation, claim)
+        log.info("%s deferred %.1f s: %s", operation.key, exc.retry_after, exc)
+        raise RetryLater(exc, claim.attempts - 1, delay=exc.retry_after) from exc
     except PermanentError as exc:
         return _settle_error(runtime, operation, claim, State.FAILED, str(exc))
     except (RetryableError, InDoubtError) as exc:

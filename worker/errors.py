@@ -14,7 +14,8 @@
         ├── PermanentError           will not succeed by retrying: 400/401/403/404...
         │   └── ToolError            the tool ran and said no ("already cancelled"...)
         │       └── NoMeetingError   no ChiliPiper meeting is linked to the CRM event
-        └── InDoubtError             an irreversible call may have happened without an answer
+        ├── InDoubtError             an irreversible call may have happened without an answer
+        └── DeferredError            not sent: rate limit, shared pause or open circuit
 
 Whether to retry is a property of the type, decided once where a third-party error is
 translated (`raise … from exc`), never re-derived by callers from messages or status codes.
@@ -103,6 +104,15 @@ class ToolError(PermanentError):
 
 class NoMeetingError(ToolError):
     """No meeting is linked to the event: nothing to check, nothing to retry."""
+
+
+class DeferredError(GatewayError):
+    """Not sent: the shared rate limit, a pause ordered by a 429, or an open circuit holds
+    calls back for `retry_after` seconds. Costs no attempt; the task is re-scheduled."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InDoubtError(GatewayError):

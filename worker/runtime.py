@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import redis
 
 from worker.chilipiper import Gateway, build_gateway
-from worker.settings import Settings
+from worker.chilipiper.gate import Gate, GateSettings
+from worker.settings import RATE_LIMIT_MAX_BLOCK_SECONDS, Settings
 from worker.store import Retention, Store
 
 
@@ -22,6 +23,7 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     store: Store
+    gate: Gate
     gateway: Gateway
 
 
@@ -49,11 +51,22 @@ def build_runtime(settings: Settings) -> Runtime:
     # One line per ChiliPiper request at INFO drowns the task log; our own lines say enough.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     client = redis_client(settings.redis_url)
+    gate = Gate(
+        client,
+        GateSettings(
+            rate_per_second=settings.rate_per_second,
+            max_block_seconds=RATE_LIMIT_MAX_BLOCK_SECONDS,
+            failure_threshold=settings.circuit_failure_threshold,
+            cooldown_seconds=settings.circuit_cooldown_seconds,
+            trial_seconds=settings.call_budget_seconds,
+        ),
+    )
     return Runtime(
         settings=settings,
         redis=client,
         store=Store(client, retention(settings)),
-        gateway=build_gateway(settings),
+        gate=gate,
+        gateway=build_gateway(settings, gate=gate),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError, InvalidSalesforceId
@@ -50,13 +50,28 @@ class Settings(BaseSettings):
     salesforce_event_id_field: str = "Id"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
-    chilipiper_transport: Literal["mcp", "sandbox"] = "mcp"
+    chilipiper_transport: Literal["mcp", "scalekit", "sandbox"] = "mcp"
     chilipiper_mcp_url: str = DEFAULT_MCP_URL
     chilipiper_api_token: SecretStr | None = None
     chilipiper_sandbox_url: str = DEFAULT_SANDBOX_URL
     chilipiper_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     chilipiper_attempts: int = Field(default=3, ge=1, le=10)
     chilipiper_max_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Shared by every worker process and host: ChiliPiper sees one account.
+    chilipiper_rate_limit: str = "5/s"
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+    scalekit_env_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("scalekit_env_url", "scalekit_environment_url"),
+    )
+    scalekit_client_id: str | None = None
+    scalekit_client_secret: SecretStr | None = None
+    scalekit_connection_name: str = "chilipipermcp"
+    # The connector's tool-name prefix; teams that rename their connection keep this one.
+    scalekit_tool_prefix: str = "chilipipermcp"
+    scalekit_identifier: str | None = None
 
     action_key_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=24 * 3600)
     get_key_ttl_seconds: int = Field(default=72 * 3600, ge=72 * 3600)
@@ -68,6 +83,7 @@ class Settings(BaseSettings):
     task_max_age_seconds: int = Field(default=24 * 3600, ge=60)
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
+    requeue_after_seconds: int = Field(default=900, ge=10)
 
     _split_lists = field_validator(
         "webhook_tokens", "salesforce_org_ids", "salesforce_id_prefixes", mode="before"
@@ -101,6 +117,19 @@ class Settings(BaseSettings):
             raise ValueError("give 3-character key prefixes such as 00U, comma-separated")
         return prefixes
 
+    @field_validator("chilipiper_rate_limit")
+    @classmethod
+    def _rate_is_a_rate(cls, rate: str) -> str:
+        parse_rate(rate)
+        return rate
+
+    @field_validator("scalekit_env_url", "chilipiper_mcp_url", "chilipiper_sandbox_url")
+    @classmethod
+    def _url_is_http(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url.rstrip("/") if url is not None else None
+
     @field_validator("salesforce_event_id_field")
     @classmethod
     def _field_is_a_name(cls, name: str) -> str:
@@ -133,6 +162,24 @@ class Settings(BaseSettings):
                 "invalid configuration: CHILIPIPER_API_TOKEN: is not set (required when "
                 "CHILIPIPER_TRANSPORT=mcp; CHILIPIPER_TRANSPORT=sandbox uses the local stand-in)"
             )
+        if self.chilipiper_transport == "scalekit":
+            missing = [
+                name
+                for name, value in (
+                    ("SCALEKIT_ENV_URL (or SCALEKIT_ENVIRONMENT_URL)", self.scalekit_env_url),
+                    ("SCALEKIT_CLIENT_ID", self.scalekit_client_id),
+                    ("SCALEKIT_CLIENT_SECRET", self.scalekit_client_secret),
+                    ("SCALEKIT_IDENTIFIER", self.scalekit_identifier),
+                )
+                if not value
+            ]
+            if missing:
+                raise ConfigError(
+                    "invalid configuration: "
+                    + "; ".join(
+                        f"{name}: is not set (CHILIPIPER_TRANSPORT=scalekit)" for name in missing
+                    )
+                )
         problems = timing_problems(self)
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
@@ -140,12 +187,17 @@ class Settings(BaseSettings):
 
     @property
     def call_budget_seconds(self) -> float:
-        """The longest one ChiliPiper call may take, in-call retries included."""
+        """The longest one ChiliPiper call may take: per try, the request timeout and a
+        short wait for the shared rate limit; between tries, the in-call back-off."""
         attempts = self.chilipiper_attempts
         return (
-            attempts * self.chilipiper_timeout_seconds
+            attempts * (self.chilipiper_timeout_seconds + RATE_LIMIT_MAX_BLOCK_SECONDS)
             + (attempts - 1) * self.chilipiper_max_wait_seconds
         )
+
+    @property
+    def rate_per_second(self) -> float:
+        return parse_rate(self.chilipiper_rate_limit)
 
     @property
     def countdown_limit_seconds(self) -> float:
@@ -166,6 +218,19 @@ class Settings(BaseSettings):
 
 
 TIMING_MARGIN_SECONDS = 2.0
+# A worker thread waits at most this long for the shared rate limit; longer, the task is
+# re-scheduled (without spending an attempt) instead of holding the thread.
+RATE_LIMIT_MAX_BLOCK_SECONDS = 1.0
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", re.I)
+_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> float:
+    """`10/s`, `600/m`, `2/h` as calls per second."""
+    match = _RATE.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a rate such as 10/s or 600/m")
+    return float(match.group(1)) / _PER[match.group(2).lower()]
 
 
 def timing_problems(settings: Settings) -> list[str]:
@@ -180,8 +245,8 @@ def timing_problems(settings: Settings) -> list[str]:
     lease = settings.claim_lease_seconds
     visibility = settings.broker_visibility_timeout_seconds
     formula = (
-        f"CHILIPIPER_ATTEMPTS x CHILIPIPER_TIMEOUT_SECONDS + (CHILIPIPER_ATTEMPTS - 1) x "
-        f"CHILIPIPER_MAX_WAIT_SECONDS = {budget:g} s"
+        f"CHILIPIPER_ATTEMPTS x (CHILIPIPER_TIMEOUT_SECONDS + {RATE_LIMIT_MAX_BLOCK_SECONDS:g} s "
+        f"rate-limit wait) + (CHILIPIPER_ATTEMPTS - 1) x CHILIPIPER_MAX_WAIT_SECONDS = {budget:g} s"
     )
     problems = []
     if budget + TIMING_MARGIN_SECONDS > lease:
@@ -193,6 +258,11 @@ def timing_problems(settings: Settings) -> list[str]:
         problems.append(
             f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}) must exceed "
             f"CLAIM_LEASE_SECONDS ({lease})"
+        )
+    if settings.requeue_after_seconds <= 2 * visibility:
+        problems.append(
+            f"REQUEUE_AFTER_SECONDS ({settings.requeue_after_seconds}) must exceed twice "
+            f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}): the broker redelivers first"
         )
     if 2 * budget + TIMING_MARGIN_SECONDS > visibility:
         problems.append(

@@ -24,6 +24,11 @@ from worker.operations import KEY_PREFIX, Action, Operation
 QUARANTINE_KEY = f"{KEY_PREFIX}:quarantine"
 DEAD_LETTERS_KEY = f"{KEY_PREFIX}:dead"
 SCHEDULE_KEY = f"{KEY_PREFIX}:scheduled"
+# Operations not yet settled, scored by when they were last handed to the broker. The broker
+# can lose a message (kombu's Redis transport pops it before recording it as unacknowledged,
+# so a Redis restart in between leaves it only in a worker's memory); this index cannot.
+PENDING_KEY = f"{KEY_PREFIX}:pending"
+UNSETTLED = frozenset({"queued", "running", "retrying", "in_doubt"})
 
 
 class State(StrEnum):
@@ -74,6 +79,21 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: record. ARGV: token. Undo a claim whose call was never sent (deferred by the shared
+# limits): back to the state before it, and the attempt not counted.
+_RELEASE = """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
+local previous = redis.call('HGET', key, 'previous_state') or 'queued'
+if previous == 'new' then previous = 'queued' end
+redis.call('HSET', key, 'state', previous)
+redis.call('HINCRBY', key, 'attempts', -1)
+redis.call('HDEL', key, 'lease_until')
 return 1
 """
 
@@ -149,6 +169,7 @@ class Store:
         self._retention = retention
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
         self._settle = client.register_script(_SETTLE)
         self._take_due = client.register_script(_TAKE_DUE)
 
@@ -184,6 +205,8 @@ class Store:
             ttl = self._retention.for_operation(operation)
             pipe.hsetnx(operation.key, "state", State.QUEUED)
             pipe.hsetnx(operation.key, "created_at", now)
+            pipe.hsetnx(operation.key, "source_id", operation.source_id)
+            pipe.zadd(PENDING_KEY, {operation.key: now / 1000})
             pipe.hset(
                 operation.key,
                 mapping={"action": operation.action.value, "crm_event_id": operation.crm_event_id},
@@ -192,6 +215,9 @@ class Store:
             pipe.sadd(operation.sources_key, operation.source_id)
             pipe.expire(operation.sources_key, ttl)
         pipe.execute()
+
+    def pending_count(self) -> int:
+        return int(self._redis.zcard(PENDING_KEY))
 
     def _marker(self, operation: Operation) -> str:
         # Per operation, not per notification: one API request may carry many events.
@@ -230,6 +256,10 @@ class Store:
         renewed = self._renew(keys=[operation.key], args=[claim.token, int(lease_seconds * 1000)])
         return bool(renewed)
 
+    def release(self, operation: Operation, claim: Claim) -> bool:
+        """Give the claim back as if it had not been taken (the call was never sent)."""
+        return bool(self._release(keys=[operation.key], args=[claim.token]))
+
     def settle(
         self,
         operation: Operation,
@@ -254,10 +284,14 @@ class Store:
         )
         # The dead-letter index lives outside the operation's hash slot (Redis Cluster), so it
         # is kept beside the record rather than inside the script; it can be rebuilt by a scan.
-        if recorded and state is State.FAILED:
-            self._redis.zadd(DEAD_LETTERS_KEY, {operation.key: time.time()})
-        elif recorded and state is State.SUCCEEDED:
-            self._redis.zrem(DEAD_LETTERS_KEY, operation.key)
+        if recorded and state in (State.FAILED, State.SUCCEEDED):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(PENDING_KEY, operation.key)
+            if state is State.FAILED:
+                pipe.zadd(DEAD_LETTERS_KEY, {operation.key: time.time()})
+            else:
+                pipe.zrem(DEAD_LETTERS_KEY, operation.key)
+            pipe.execute()
         return recorded
 
     def dead_letters(self, limit: int = 100) -> list[str]:
@@ -280,6 +314,24 @@ class Store:
             entry = _text(member)
             taken.append((entry, Operation.from_message(json.loads(entry)["operation"])))
         return taken
+
+    def stale(self, older_than: float, limit: int = 100) -> list[Operation]:
+        """Unsettled operations last enqueued more than `older_than` seconds ago: their
+        message may be lost. Settled ones found on the way are dropped from the index; the
+        returned ones are stamped as enqueued now (the caller re-enqueues them)."""
+        now = time.time()
+        keys = self._redis.zrangebyscore(PENDING_KEY, "-inf", now - older_than, 0, limit)
+        found = []
+        for key in (_text(k) for k in keys):
+            state, action, event, source = self._redis.hmget(
+                key, ["state", "action", "crm_event_id", "source_id"]
+            )
+            if _text(state) not in UNSETTLED or not (action and event and source):
+                self._redis.zrem(PENDING_KEY, key)
+                continue
+            self._redis.zadd(PENDING_KEY, {key: now})
+            found.append(Operation(Action(_text(action)), _text(event), _text(source)))
+        return found
 
     def done(self, entry: str) -> None:
         self._redis.zrem(SCHEDULE_KEY, entry)

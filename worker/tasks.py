@@ -92,23 +92,41 @@ def perform_task(self: Task, operation: dict[str, str]) -> str:
     settings = runtime.settings
     parsed = Operation.from_message(operation)
     try:
+        held = runtime.gate.deferral()  # paused or circuit open: do not even claim
+        if held > 0:
+            return _run_later(self, runtime, parsed, held + _spread(), None)
         outcome = perform(runtime, parsed, owner=self.request.id)
     except RetryLater as later:
-        delay = backoff(
-            later.attempts, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
-        )
-        hint = getattr(later.error, "retry_after", None)
-        delay = max(delay, hint or 0.0)
-        if delay < settings.countdown_limit_seconds:
-            raise retry_or_requeue(self, later.error, delay) from None
-        runtime.store.schedule(parsed, time.time() + delay)
-        log.info("%s: retry parked for %.0f s", parsed.key, delay)
-        return "scheduled"
+        if later.delay is not None:  # the shared limits said when: spread arrivals a little
+            delay = later.delay + _spread()
+        else:
+            delay = backoff(
+                later.attempts, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
+            )
+            delay = max(delay, getattr(later.error, "retry_after", None) or 0.0)
+        return _run_later(self, runtime, parsed, delay, later.error)
     except INFRASTRUCTURE_ERRORS as exc:
         # Redis failed around the call: the retry's claim sees the interrupted attempt and
         # reconciles through crm-get before any irreversible call is repeated.
         raise retry_or_requeue(self, exc, backoff(1, cap=10)) from exc
     return outcome.value
+
+
+def _spread() -> float:
+    """Up to a second of jitter, so tasks held back together do not return together."""
+    return random.uniform(0, 1)  # noqa: S311 (jitter, not cryptography)
+
+
+def _run_later(
+    task: Task, runtime: Runtime, operation: Operation, delay: float, error: BaseException | None
+) -> str:
+    """Soon: a Celery countdown. Later than a third of the visibility timeout: parked in
+    Redis by due time (a long countdown would be redelivered while it waits, kombu#337)."""
+    if delay < runtime.settings.countdown_limit_seconds:
+        raise retry_or_requeue(task, error or Exception("deferred"), delay)
+    runtime.store.schedule(operation, time.time() + delay)
+    log.info("%s: parked for %.0f s", operation.key, delay)
+    return "scheduled"
 
 
 @worker_ready.connect

@@ -37,13 +37,16 @@ from worker.settings import Settings
 from worker.store import Store
 
 # Timings scaled down so a killed worker's tasks return in seconds, and still nested as the
-# worker checks at start-up: call budget (2 x 1.5 + 1 = 4 s) + 2 <= lease 6 < visibility 12.
+# worker checks at start-up: call budget (2 x (1.5 + 1) + 1 = 6 s) + 2 <= lease 8 <
+# visibility 16, and 2 x 6 + 2 <= 16.
 FAST = {
     "chilipiper_timeout_seconds": 1.5,
     "chilipiper_attempts": 2,
     "chilipiper_max_wait_seconds": 1.0,
-    "claim_lease_seconds": 6,
-    "broker_visibility_timeout_seconds": 12,
+    "chilipiper_rate_limit": "1000/s",
+    "claim_lease_seconds": 8,
+    "broker_visibility_timeout_seconds": 16,
+    "requeue_after_seconds": 40,
     "retry_base_seconds": 0.2,
     "retry_max_seconds": 2.0,
     "task_max_attempts": 60,

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
 from worker.effects import Outcome, RetryLater, perform
@@ -16,9 +17,15 @@ from worker.runtime import Runtime, build_runtime
 
 
 @pytest.fixture
-def runtime(redis_server: RedisServer, sandbox: SandboxServer) -> Iterator[Runtime]:
+def runtime(
+    redis_server: RedisServer, sandbox: SandboxServer, idle_redis: redis.Redis
+) -> Iterator[Runtime]:
+    """A runtime on the flushed idle database: no circuit or pause left by another test."""
     settings = make_settings(
-        db_url(redis_server, IDLE_DB), sandbox.url, chilipiper_timeout_seconds=1.0
+        db_url(redis_server, IDLE_DB),
+        sandbox.url,
+        chilipiper_timeout_seconds=1.0,
+        circuit_failure_threshold=1000,  # the circuit has tests of its own
     )
     runtime = build_runtime(settings)
     yield runtime

@@ -86,7 +86,7 @@ def test_broker_defaults_to_redis() -> None:
 
 def test_default_timings_nest() -> None:
     settings = load_settings(**BASE, chilipiper_transport="sandbox")
-    assert settings.call_budget_seconds == 3 * 10 + 2 * 5
+    assert settings.call_budget_seconds == 3 * (10 + 1) + 2 * 5  # + 1 s rate-limit wait per try
     settings.require_worker()
 
 
@@ -96,7 +96,7 @@ def test_default_timings_nest() -> None:
         ({"chilipiper_timeout_seconds": 25}, r"CLAIM_LEASE_SECONDS \(60\) must be at least"),
         ({"claim_lease_seconds": 90}, r"must exceed CLAIM_LEASE_SECONDS \(90\)"),
         ({"broker_visibility_timeout_seconds": 70}, r"must cover two calls"),
-        ({"chilipiper_attempts": 5}, r"CHILIPIPER_ATTEMPTS x CHILIPIPER_TIMEOUT_SECONDS"),
+        ({"chilipiper_attempts": 5}, r"CHILIPIPER_ATTEMPTS x \(CHILIPIPER_TIMEOUT_SECONDS"),
     ],
 )
 def test_worker_refuses_timings_that_do_not_nest(overrides: dict[str, int], message: str) -> None:

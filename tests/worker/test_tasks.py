@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import redis
@@ -15,6 +16,7 @@ from worker.operations import Action, Operation
 from worker.runtime import Runtime, build_runtime
 from worker.scheduler import Dispatcher
 from worker.settings import Settings
+from worker.store import State
 from worker.tasks import backoff
 
 
@@ -61,3 +63,19 @@ def test_an_entry_taken_but_not_sent_comes_back_after_its_lease(runtime: Runtime
     assert [op for _, op in runtime.store.take_due(lease_seconds=0.5)] == [operation]
     runtime.store.done(entry)
     assert runtime.store.scheduled_count() == 0
+
+
+def test_an_operation_whose_message_was_lost_is_enqueued_again(
+    runtime: Runtime, settings: Settings, idle_redis: redis.Redis
+) -> None:
+    lost = Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
+    runtime.store.mark_queued([lost])  # queued in the store, but its message never arrived
+    swept = replace(runtime, settings=settings.model_copy(update={"requeue_after_seconds": 0}))
+    dispatcher = Dispatcher(make_celery(settings), swept)
+    assert dispatcher.requeue_stale() == 1
+    [raw] = idle_redis.lrange(QUEUE, 0, -1)
+    assert lost.crm_event_id in json.loads(raw)["headers"]["argsrepr"]
+    claim = runtime.store.claim(lost, "t1", lease_seconds=60)
+    runtime.store.settle(lost, claim, State.SUCCEEDED)
+    assert dispatcher.requeue_stale() == 0  # settled: dropped from the index
+    assert runtime.store.pending_count() == 0

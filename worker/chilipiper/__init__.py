@@ -1,7 +1,8 @@
 """The ChiliPiper gateway: one interface, `call(tool, crm_event_id) -> ToolResult`.
 
-Transports: `mcp` (ChiliPiper's MCP server) and `sandbox` (the local stand-in, spoken to over
-the same MCP client, so development exercises the production code path).
+Transports: `mcp` (ChiliPiper's MCP server), `scalekit` (Scalekit AgentKit's REST API) and
+`sandbox` (the local stand-in, spoken to over the MCP client, so development exercises the
+production code path).
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 from typing import Protocol
 
 import httpx
+from tenacity import Retrying
 
+from worker.chilipiper.calls import GateLike
 from worker.chilipiper.mcp import McpGateway
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
+from worker.chilipiper.scalekit import TOKEN_PATH, ClientCredentials, ScalekitGateway
 from worker.settings import Settings
 
 __all__ = ["Gateway", "ToolResult", "build_gateway", "http_client"]
@@ -22,6 +26,7 @@ MAX_CONNECTIONS = 64
 
 class Gateway(Protocol):
     def call(self, tool: str, crm_event_id: str) -> ToolResult: ...
+    def list_tools(self) -> list[str]: ...
 
 
 def http_client(settings: Settings) -> httpx.Client:
@@ -40,15 +45,43 @@ def http_client(settings: Settings) -> httpx.Client:
     )
 
 
-def build_gateway(settings: Settings, client: httpx.Client | None = None) -> McpGateway:
-    token = settings.chilipiper_api_token
-    return McpGateway(
-        settings.chilipiper_url,
-        client=client or http_client(settings),
-        token=token.get_secret_value() if token is not None else None,
-        retrying=lambda: transient_retries(
+def build_gateway(
+    settings: Settings, client: httpx.Client | None = None, gate: GateLike | None = None
+) -> Gateway:
+    """The configured transport, sharing one pooled client, behind `gate` (the shared rate
+    limit, pause and circuit; none for `crmhook check`)."""
+    client = client or http_client(settings)
+
+    def retrying() -> Retrying:
+        return transient_retries(
             settings.chilipiper_attempts,
             settings.chilipiper_max_wait_seconds,
             max_seconds=settings.call_budget_seconds,
-        ),
+        )
+
+    if settings.chilipiper_transport == "scalekit":
+        env_url = settings.scalekit_env_url or ""
+        secret = settings.scalekit_client_secret
+        return ScalekitGateway(
+            env_url,
+            credentials=ClientCredentials(
+                env_url + TOKEN_PATH,
+                settings.scalekit_client_id or "",
+                secret.get_secret_value() if secret else "",
+                client,
+            ),
+            connection_name=settings.scalekit_connection_name,
+            tool_prefix=settings.scalekit_tool_prefix,
+            identifier=settings.scalekit_identifier or "",
+            client=client,
+            retrying=retrying,
+            gate=gate,
+        )
+    token = settings.chilipiper_api_token
+    return McpGateway(
+        settings.chilipiper_url,
+        client=client,
+        token=token.get_secret_value() if token is not None else None,
+        retrying=retrying,
+        gate=gate,
     )

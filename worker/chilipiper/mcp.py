@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
+from worker.chilipiper.calls import GateLike, call_through
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_rpc,
@@ -26,6 +27,7 @@ from worker.chilipiper.errors import (
     retry_after_seconds,
     tool_failure,
 )
+from worker.chilipiper.gate import OpenGate
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
 from worker.errors import PermanentError
@@ -56,11 +58,13 @@ class McpGateway:
         client: httpx.Client,
         token: str | None = None,
         retrying: Callable[[], Retrying] = transient_retries,
+        gate: GateLike | None = None,
     ) -> None:
         self.url = url
         self._client = client
         self._token = token
         self._retrying = retrying
+        self._gate = gate or OpenGate()
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._ids = itertools.count(1)
@@ -68,22 +72,23 @@ class McpGateway:
     def call(self, tool: str, crm_event_id: str) -> ToolResult:
         """Call `tool` for one event; raises a GatewayError subclass when it does not succeed."""
         params = {"name": tool, "arguments": {"crmEventId": crm_event_id}}
-        for attempt in self._retrying():
-            with attempt:
-                result = self._request("tools/call", params, tool=tool)
-                return self._tool_result(tool, crm_event_id, result)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def list_tools(self) -> list[dict[str, Any]]:
-        """Every tool the server offers (following `nextCursor` pages)."""
-        tools: list[dict[str, Any]] = []
+        def send() -> ToolResult:
+            result = self._request("tools/call", params, tool=tool)
+            return self._tool_result(tool, crm_event_id, result)
+
+        return call_through(self._gate, self._retrying(), send)
+
+    def list_tools(self) -> list[str]:
+        """Names of every tool the server offers (following `nextCursor` pages)."""
+        names: list[str] = []
         cursor: str | None = None
         while True:
             page = self._request("tools/list", {"cursor": cursor} if cursor else {}, tool="")
-            tools.extend(page.get("tools", []))
+            names.extend(tool["name"] for tool in page.get("tools", []) if "name" in tool)
             cursor = page.get("nextCursor")
             if not cursor:
-                return tools
+                return names
 
     # --- one request, within a session ------------------------------------------------------
 
@@ -187,7 +192,7 @@ class McpGateway:
     @staticmethod
     def _tool_result(tool: str, crm_event_id: str, result: dict[str, Any]) -> ToolResult:
         parsed = ToolResult.from_mcp(tool, crm_event_id, result)
-        if result.get("isError"):
+        if parsed.is_error:
             raise tool_failure(tool, parsed.text)
         return parsed
 

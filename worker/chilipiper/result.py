@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -15,6 +15,8 @@ class ToolResult:
     crm_event_id: str
     text: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    is_error: bool = False  # the tool ran and refused; gateways raise a ToolError for it
+    execution_id: str | None = None  # Scalekit's ID of the execution, kept with the key
 
     @classmethod
     def from_mcp(cls, tool: str, crm_event_id: str, result: dict[str, Any]) -> ToolResult:
@@ -27,7 +29,31 @@ class ToolResult:
             if isinstance(block, dict) and block.get("type") == "text"
         )
         data = _unwrap(result.get("structuredContent")) or _json_object(text)
-        return cls(tool=tool, crm_event_id=crm_event_id, text=text, data=data)
+        return cls(
+            tool=tool,
+            crm_event_id=crm_event_id,
+            text=text,
+            data=data,
+            is_error=bool(result.get("isError")),
+        )
+
+    @classmethod
+    def from_scalekit(cls, tool: str, crm_event_id: str, payload: dict[str, Any]) -> ToolResult:
+        """From Scalekit's `{"data": ..., "execution_id": ...}`. For an MCP connector `data`
+        may be the MCP result itself (content, isError); otherwise it is the answer."""
+        data = payload.get("data")
+        execution_id = payload.get("execution_id")
+        if isinstance(data, dict) and ("content" in data or "isError" in data):
+            parsed = cls.from_mcp(tool, crm_event_id, data)
+        else:
+            structured = _unwrap(data) if not isinstance(data, dict) else data
+            parsed = cls(
+                tool=tool,
+                crm_event_id=crm_event_id,
+                text=json.dumps(data) if data is not None else "",
+                data=structured,
+            )
+        return replace(parsed, execution_id=str(execution_id) if execution_id else None)
 
     @property
     def meeting_status(self) -> str | None:

@@ -1,0 +1,222 @@
+"""ChiliPiper's tools through Scalekit AgentKit, over its REST API.
+
+OAuth client credentials at `{env}/oauth/token`; the access token is cached until shortly
+before it expires and shared by the worker's threads. A 401 refreshes it once; a second 401
+is permanent (the client credentials themselves are wrong). Tools run with
+`POST {env}/api/v1/execute_tool`, named `<tool prefix>_<tool>` (the connector's prefix,
+`chilipipermcp`, which stays even when a team names its connection differently).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from tenacity import Retrying
+
+from worker.chilipiper.calls import GateLike, call_through
+from worker.chilipiper.errors import (
+    error_for_exception,
+    error_for_status,
+    retry_after_seconds,
+    tool_failure,
+)
+from worker.chilipiper.gate import OpenGate
+from worker.chilipiper.mcp import IRREVERSIBLE_TOOLS
+from worker.chilipiper.result import ToolResult
+from worker.chilipiper.retries import transient_retries
+from worker.errors import GatewayError, PermanentError, RetryableError
+
+TOKEN_PATH = "/oauth/token"  # noqa: S105 (a URL path, not a password)
+EXECUTE_PATH = "/api/v1/execute_tool"
+SCOPED_TOOLS_PATH = "/api/v1/tools/scoped"
+REFRESH_MARGIN_SECONDS = 60.0
+
+
+class ClientCredentials:
+    """An OAuth access token from client credentials, cached and shared between threads."""
+
+    def __init__(
+        self, token_url: str, client_id: str, client_secret: str, client: httpx.Client
+    ) -> None:
+        self._url = token_url
+        self._form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        self._client = client
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self.fetched = 0
+
+    def get(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._expires_at:
+                self._token, lifetime = self._fetch()
+                margin = min(REFRESH_MARGIN_SECONDS, lifetime / 10)
+                self._expires_at = time.monotonic() + lifetime - margin
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        """Drop `token` (refused by the API) unless another thread already replaced it."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self) -> tuple[str, float]:
+        try:
+            response = self._client.post(self._url, data=self._form)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc, tool="Scalekit token", irreversible=False) from exc
+        if response.status_code in (400, 401, 403):
+            raise PermanentError(
+                f"Scalekit refused the client credentials (HTTP {response.status_code}): check "
+                "SCALEKIT_CLIENT_ID and SCALEKIT_CLIENT_SECRET",
+                status=response.status_code,
+            )
+        if response.status_code != 200:
+            raise error_for_status(
+                response.status_code,
+                tool="Scalekit token",
+                irreversible=False,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            )
+        body = _json(response) or {}
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise RetryableError("Scalekit token answer has no access_token")
+        self.fetched += 1
+        return token, float(body.get("expires_in") or 300)
+
+
+class ScalekitGateway:
+    """`call(tool, crm_event_id)` through Scalekit. Safe to share between threads."""
+
+    def __init__(
+        self,
+        env_url: str,
+        *,
+        credentials: ClientCredentials,
+        connection_name: str,
+        tool_prefix: str,
+        identifier: str,
+        client: httpx.Client,
+        retrying: Callable[[], Retrying] = transient_retries,
+        gate: GateLike | None = None,
+    ) -> None:
+        self.env_url = env_url.rstrip("/")
+        self.credentials = credentials
+        self.connection_name = connection_name
+        self.tool_prefix = tool_prefix
+        self.identifier = identifier
+        self._client = client
+        self._retrying = retrying
+        self._gate = gate or OpenGate()
+
+    def call(self, tool: str, crm_event_id: str) -> ToolResult:
+        body = {
+            "tool_name": f"{self.tool_prefix}_{tool}",
+            "connector": self.connection_name,
+            "identifier": self.identifier,
+            "params": {"crmEventId": crm_event_id},
+        }
+
+        def send() -> ToolResult:
+            response = self._send("POST", EXECUTE_PATH, tool=tool, json=body)
+            payload = _json(response)
+            if payload is None:  # a 200 we cannot read: the tool may have run
+                raise error_for_exception(
+                    httpx.RemoteProtocolError("unreadable execute_tool answer"),
+                    tool=tool,
+                    irreversible=tool in IRREVERSIBLE_TOOLS,
+                )
+            return ToolResult.from_scalekit(tool, crm_event_id, payload)
+
+        result = call_through(self._gate, self._retrying(), send)
+        if result.is_error:
+            raise tool_failure(tool, result.text)
+        return result
+
+    def list_tools(self) -> list[str]:
+        """Names of the tools this connection and identifier may call (every page)."""
+        names: list[str] = []
+        page = ""
+        for _ in range(100):
+            params = {
+                "identifier": self.identifier,
+                "filter.connection_names": self.connection_name,
+                "page_size": "100",
+            }
+            if page:
+                params["page_token"] = page
+            payload = _json(self._send("GET", SCOPED_TOOLS_PATH, tool="", params=params))
+            if payload is None:
+                raise RetryableError("Scalekit answered the tool listing without JSON")
+            for item in payload.get("tools") or []:
+                definition = (item.get("tool") or item).get("definition") or {}
+                if isinstance(definition.get("name"), str):
+                    names.append(definition["name"])
+            page = payload.get("next_page_token") or ""
+            if not page:
+                break
+        return names
+
+    def _send(self, method: str, path: str, *, tool: str, **kwargs: Any) -> httpx.Response:
+        irreversible = tool in IRREVERSIBLE_TOOLS
+        for refreshed in (False, True):
+            token = self.credentials.get()
+            try:
+                response = self._client.request(
+                    method,
+                    self.env_url + path,
+                    headers={"Authorization": f"Bearer {token}"},
+                    **kwargs,
+                )
+            except httpx.HTTPError as exc:
+                raise error_for_exception(exc, tool=tool, irreversible=irreversible) from exc
+            if response.status_code != 401:
+                break
+            self.credentials.invalidate(token)  # expired or revoked: fetch a new one, once
+            if refreshed:
+                raise PermanentError(
+                    "Scalekit refused a freshly issued token (HTTP 401 twice): check the "
+                    "environment URL and that the client may use AgentKit",
+                    tool=tool,
+                    status=401,
+                )
+        if response.status_code != 200:
+            raise _error(response, tool=tool, irreversible=irreversible)
+        return response
+
+
+def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> GatewayError:
+    """A non-200 from Scalekit. A tool that ran and refused (`TOOL_ERROR`, or a 404 saying no
+    meeting is linked) is the tool's answer, whatever the status; the rest by status."""
+    body = _json(response) or {}
+    message = str(body.get("message") or body.get("error") or response.text[:300]).strip()
+    code = str(body.get("error_code") or body.get("code") or "")
+    if code.upper() == "TOOL_ERROR" or (
+        response.status_code == 404 and "meeting" in message.lower()
+    ):
+        return tool_failure(tool, message)
+    return error_for_status(
+        response.status_code,
+        tool=tool or "Scalekit",
+        irreversible=irreversible,
+        detail=message,
+        retry_after=retry_after_seconds(response.headers.get("retry-after")),
+    )
+
+
+def _json(response: httpx.Response) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one."""
+    try:
+        value = response.json()
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
