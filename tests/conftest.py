@@ -20,8 +20,16 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from pydantic import SecretStr
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.scalekit_standin import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    IDENTIFIER,
+    ScalekitState,
+    create_scalekit_app,
+)
 from webhooks import create_app
 from worker.chilipiper.sandbox import Faults, Sandbox, create_sandbox_app
 from worker.redis_server import RedisServer
@@ -310,3 +318,47 @@ def live_server(live_app: Flask) -> Iterator[str]:
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as client:
         yield client
+
+
+# --- a Scalekit stand-in --------------------------------------------------------------------
+
+
+@dataclass
+class ScalekitServer:
+    state: ScalekitState
+    server: BaseWSGIServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+@pytest.fixture(scope="session")
+def scalekit_server(sandbox_server: SandboxServer) -> Iterator[ScalekitServer]:
+    state = ScalekitState(sandbox_server.state)
+    server = serve(create_scalekit_app(state))
+    yield ScalekitServer(state, server)
+    server.shutdown()
+
+
+@pytest.fixture
+def scalekit(scalekit_server: ScalekitServer, sandbox: SandboxServer) -> Iterator[ScalekitServer]:
+    """The shared stand-in with its faults switched off again after the test."""
+    yield scalekit_server
+    with scalekit_server.state.lock:
+        scalekit_server.state.fail_next = 0
+        scalekit_server.state.reject_tokens = 0
+        scalekit_server.state.retry_after = None
+        scalekit_server.state.token_lifetime = 3600
+
+
+def scalekit_settings(settings: Settings, scalekit: ScalekitServer) -> Settings:
+    return settings.model_copy(
+        update={
+            "chilipiper_transport": "scalekit",
+            "scalekit_env_url": scalekit.url,
+            "scalekit_client_id": CLIENT_ID,
+            "scalekit_client_secret": SecretStr(CLIENT_SECRET),
+            "scalekit_identifier": IDENTIFIER,
+        }
+    )

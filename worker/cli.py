@@ -102,6 +102,24 @@ def sandbox(host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--event", "event_id", help="Also read this CRM event with crm-get.")
+def check(event_id: str | None) -> None:
+    """Check that the configured transport reaches ChiliPiper and offers the three tools."""
+    from worker.check import check as run_check
+
+    settings = _settings()
+    if event_id:
+        try:
+            event_id = canonical_id(event_id)
+        except InvalidSalesforceId as exc:
+            raise click.BadParameter(str(exc), param_hint="--event") from None
+    report = run_check(settings, event_id)
+    for good, line in report.lines:
+        console.print(("[green]✓[/] " if good else "[red]✗[/] ") + line, highlight=False)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
 @click.argument("action")
 @click.argument("event_ids", nargs=-1, required=True)
 def enqueue(action: str, event_ids: tuple[str, ...]) -> None:

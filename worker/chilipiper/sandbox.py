@@ -52,6 +52,7 @@ class Sandbox:
     """The sandbox's state: meetings, sessions, the call log and the fault switches."""
 
     auto_book: bool = True
+    required_token: str | None = None  # when set, requests must carry it as a bearer token
     meetings: dict[str, str] = field(default_factory=dict)
     unlinked: set[str] = field(default_factory=set)
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -124,6 +125,10 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
         faults = state.faults
         if faults.delay_seconds:
             time.sleep(faults.delay_seconds)
+        if state.required_token and request.headers.get("Authorization") != (
+            f"Bearer {state.required_token}"
+        ):
+            return _rpc_error(None, -32001, "invalid token", status=401)
         fault = state.take_fault()
         if fault is not None:
             retry_after = faults.retry_after

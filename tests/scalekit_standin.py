@@ -1,0 +1,114 @@
+"""A Scalekit AgentKit stand-in on loopback: OAuth client credentials, `execute_tool` and the
+scoped tool listing, in front of the sandbox's meetings. Faults are switched on by the tests."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from worker.chilipiper.sandbox import TOOLS, Sandbox
+
+CLIENT_ID = "skc_test_client"
+CLIENT_SECRET = "test-client-secret-0123456789"
+CONNECTION = "chilipipermcp"
+IDENTIFIER = "user_123"
+
+
+@dataclass
+class ScalekitState:
+    sandbox: Sandbox
+    token_lifetime: int = 3600
+    tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
+    tokens_issued: int = 0
+    reject_tokens: int = 0  # answer 401 to this many authenticated requests
+    fail_next: int = 0
+    fail_status: int = 503
+    retry_after: int | None = None
+    executions: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def create_scalekit_app(state: ScalekitState) -> Flask:
+    app = Flask("scalekit-standin")
+
+    @app.post("/oauth/token")
+    def token() -> Response | tuple[Response, int]:
+        form = request.form
+        if form.get("grant_type") != "client_credentials":
+            return jsonify({"error": "unsupported_grant_type"}), 400
+        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+            return jsonify({"error": "invalid_client"}), 401
+        issued = secrets.token_urlsafe(16)
+        with state.lock:
+            state.tokens[issued] = time.monotonic() + state.token_lifetime
+            state.tokens_issued += 1
+        return jsonify(
+            {"access_token": issued, "token_type": "Bearer", "expires_in": state.token_lifetime}
+        )
+
+    def authenticated() -> tuple[Response, int] | None:
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        with state.lock:
+            if state.reject_tokens > 0:
+                state.reject_tokens -= 1
+                return jsonify({"message": "token revoked"}), 401
+            expiry = state.tokens.get(presented)
+        if expiry is None or expiry < time.monotonic():
+            return jsonify({"message": "invalid or expired token"}), 401
+        return None
+
+    def fault() -> tuple[Response, int] | None:
+        with state.lock:
+            if state.fail_next <= 0:
+                return None
+            state.fail_next -= 1
+            response = jsonify({"message": "scalekit stand-in fault"})
+            if state.retry_after is not None:
+                response.headers["Retry-After"] = str(state.retry_after)
+            return response, state.fail_status
+
+    @app.post("/api/v1/execute_tool")
+    def execute() -> Response | tuple[Response, int]:
+        refused = authenticated() or fault()
+        if refused:
+            return refused
+        body = request.get_json(force=True)
+        if body.get("connector") != CONNECTION or body.get("identifier") != IDENTIFIER:
+            return jsonify({"message": "connected account not found"}), 404
+        name = str(body.get("tool_name", ""))
+        tool = name.removeprefix(f"{CONNECTION}_")
+        if not name.startswith(f"{CONNECTION}_") or tool not in TOOLS:
+            return jsonify({"message": f"tool {name} not found"}), 404
+        event_id = (body.get("params") or {}).get("crmEventId")
+        ok, answer = state.sandbox.run_tool(tool, str(event_id))
+        execution_id = uuid.uuid4().hex
+        with state.lock:
+            state.executions.append({"tool_name": name, "execution_id": execution_id, "ok": ok})
+        if not ok:
+            code = 404 if "No meeting linked" in str(answer) else 400
+            return jsonify({"error_code": "TOOL_ERROR", "message": answer}), code
+        return jsonify({"data": answer, "execution_id": execution_id})
+
+    @app.get("/api/v1/tools/scoped")
+    def scoped_tools() -> Response | tuple[Response, int]:
+        refused = authenticated()
+        if refused:
+            return refused
+        if request.args.get("identifier") != IDENTIFIER:
+            return jsonify({"message": "connected account not found"}), 404
+        if request.args.get("filter.connection_names") != CONNECTION:
+            return jsonify({"tools": [], "next_page_token": ""})
+        names = [f"{CONNECTION}_{tool}" for tool in TOOLS]
+        page = request.args.get("page_token", "")
+        # Two pages, to exercise paging.
+        chosen, token = (names[:2], "page-2") if not page else (names[2:], "")
+        tools = [{"tool": {"definition": {"name": name}}} for name in chosen]
+        return jsonify({"tools": tools, "next_page_token": token})
+
+    return app

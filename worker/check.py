@@ -1,0 +1,124 @@
+"""`crmhook check`: can this configuration reach ChiliPiper and call the three tools?
+
+Authenticates with the configured transport, lists the tools the account may call, confirms
+`crm-get`, `crm-noshow` and `crm-cancel` are among them, and optionally reads one event. Each
+failure is said in the words of the setting to fix, not as a stack trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from worker.chilipiper import build_gateway
+from worker.errors import GatewayError, NoMeetingError, PermanentError
+from worker.settings import Settings
+
+REQUIRED_TOOLS = ("crm-get", "crm-noshow", "crm-cancel")
+
+
+@dataclass
+class Report:
+    lines: list[tuple[bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(good for good, _ in self.lines)
+
+    def add(self, good: bool, text: str) -> bool:
+        self.lines.append((good, text))
+        return good
+
+
+def check(
+    settings: Settings, event_id: str | None = None, client: httpx.Client | None = None
+) -> Report:
+    report = Report()
+    quick = settings.model_copy(update={"chilipiper_attempts": 1})  # answer fast, no retries
+    gateway = build_gateway(quick, client=client)
+    where = _where(settings)
+    try:
+        names = gateway.list_tools()
+    except GatewayError as error:
+        report.add(False, explain(error, settings))
+        return report
+    report.add(True, f"authenticated with {where}; {len(names)} tool(s) available")
+    expected = {tool: _tool_name(settings, tool) for tool in REQUIRED_TOOLS}
+    missing = [name for name in expected.values() if name not in names]
+    if not names and settings.chilipiper_transport == "scalekit":
+        report.add(
+            False,
+            f"no tools for connection {settings.scalekit_connection_name!r} and "
+            f"identifier {settings.scalekit_identifier!r}: check SCALEKIT_CONNECTION_NAME "
+            "(the Connection Name on the Scalekit dashboard)",
+        )
+        return report
+    if missing:
+        report.add(
+            False,
+            f"missing tool(s) {', '.join(missing)}; available: "
+            f"{', '.join(sorted(names)) or 'none'}" + _prefix_hint(settings, names),
+        )
+        return report
+    report.add(True, "tools present: " + ", ".join(expected.values()))
+    if event_id:
+        try:
+            result = gateway.call("crm-get", event_id)
+        except NoMeetingError:
+            report.add(False, f"crm-get {event_id}: no ChiliPiper meeting is linked to it")
+        except GatewayError as error:
+            report.add(False, f"crm-get {event_id}: {explain(error, settings)}")
+        else:
+            report.add(True, f"crm-get {event_id}: meeting status {result.meeting_status or '?'}")
+    return report
+
+
+def explain(error: GatewayError, settings: Settings) -> str:
+    """What went wrong, in terms of the settings to fix."""
+    text = str(error)
+    cause = error.__cause__
+    if settings.chilipiper_transport == "scalekit":
+        if "client credentials" in text or "401 twice" in text:
+            return text
+        if "connected account not found" in text:
+            return (
+                f"Scalekit has no connected account {settings.scalekit_identifier!r} for "
+                f"connection {settings.scalekit_connection_name!r}: check "
+                "SCALEKIT_IDENTIFIER (and that the account is ACTIVE)"
+            )
+        url_setting = "SCALEKIT_ENV_URL"
+    else:
+        url_setting = (
+            "CHILIPIPER_MCP_URL"
+            if settings.chilipiper_transport == "mcp"
+            else ("CHILIPIPER_SANDBOX_URL (is `crmhook sandbox` running?)")
+        )
+        if isinstance(error, PermanentError) and error.status in (401, 403):
+            return f"ChiliPiper refused the token (HTTP {error.status}): check CHILIPIPER_API_TOKEN"
+    if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot reach {_where(settings)} ({type(cause).__name__}): check {url_setting}"
+    if isinstance(error, PermanentError) and error.status == 404:
+        return f"{_where(settings)} answered 404: check {url_setting}"
+    return text
+
+
+def _where(settings: Settings) -> str:
+    if settings.chilipiper_transport == "scalekit":
+        return f"Scalekit at {settings.scalekit_env_url}"
+    return f"ChiliPiper MCP at {settings.chilipiper_url}"
+
+
+def _tool_name(settings: Settings, tool: str) -> str:
+    if settings.chilipiper_transport == "scalekit":
+        return f"{settings.scalekit_tool_prefix}_{tool}"
+    return tool
+
+
+def _prefix_hint(settings: Settings, names: list[str]) -> str:
+    if settings.chilipiper_transport != "scalekit":
+        return ""
+    prefixes = {name.rsplit("_crm-", 1)[0] for name in names if "_crm-" in name}
+    if len(prefixes) == 1:
+        return f" (the tools are named {prefixes.pop()}_…: set SCALEKIT_TOOL_PREFIX)"
+    return ""
