@@ -73,9 +73,9 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web.port}"
 
-    def start_worker(self, concurrency: int = 16) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 16, **overrides: str) -> subprocess.Popen[bytes]:
         log = self.log_dir / f"worker-{len(self.workers)}.log"
-        env = {f"{name.upper()}": str(value) for name, value in FAST.items()}
+        env = {name.upper(): str(value) for name, value in {**FAST, **overrides}.items()}
         process = start_worker(self.settings, log, concurrency=concurrency, extra_env=env)
         self.workers.append(process)
         return process

@@ -187,3 +187,18 @@ def test_redelivery_of_a_failed_notification_stays_failed_but_a_new_one_tries_ag
     later = Operation(Action.CANCEL, event, random_event_id("04l"))
     assert perform(runtime, later, owner="t2") is Outcome.SUCCEEDED
     assert first.key not in runtime.store.dead_letters()  # succeeded since: no dead letter
+
+
+def test_an_open_circuit_defers_without_spending_an_attempt(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    operation = cancel()
+    runtime.gate.failed(RetryableError("HTTP 429", status=429, retry_after=5))  # pause all
+    with pytest.raises(RetryLater) as later:
+        perform(runtime, operation, owner="t1")
+    assert later.value.delay is not None
+    assert 4 < later.value.delay <= 5
+    record = runtime.store.record(operation.key)
+    assert record is not None
+    assert (record["state"], record["attempts"]) == ("queued", "0")  # as if never claimed
+    assert sandbox.calls(operation.crm_event_id) == []

@@ -129,6 +129,10 @@ class Gate:
             raise DeferredError(f"ChiliPiper calls held back: {reason}", retry_after=wait_ms / 1000)
         if wait_ms > 0:
             time.sleep(wait_ms / 1000)
+            # A pause or an open circuit may have begun while we waited for our slot.
+            held = self.deferral()
+            if held > 0:
+                raise DeferredError("ChiliPiper calls held back: paused", retry_after=held)
 
     def deferral(self) -> float:
         """Seconds until calls may go at all (pause or open circuit); 0 when they may."""

@@ -59,6 +59,7 @@ class Sandbox:
     sessions: set[str] = field(default_factory=set)
     faults: Faults = field(default_factory=Faults)
     faults_served: dict[int, int] = field(default_factory=dict)
+    fault_times: list[float] = field(default_factory=list)
     random: random.Random = field(default_factory=random.Random)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -111,6 +112,7 @@ class Sandbox:
                     roll -= rate
             if status is not None:
                 self.faults_served[status] = self.faults_served.get(status, 0) + 1
+                self.fault_times.append(time.time())
             return status
 
 
