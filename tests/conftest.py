@@ -219,6 +219,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
             "CHILIPIPER_TRANSPORT": "sandbox",
             "CHILIPIPER_SANDBOX_URL": settings.chilipiper_sandbox_url,
             "CHILIPIPER_TIMEOUT_SECONDS": str(settings.chilipiper_timeout_seconds),
+            "CHILIPIPER_RATE_LIMIT": settings.chilipiper_rate_limit,
             "PYTHONUNBUFFERED": "1",
         }
     )

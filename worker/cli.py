@@ -11,18 +11,22 @@ import json
 import logging
 import os
 import sys
-import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 import redis
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from worker import audit
+from worker.audit import cli_actor
 from worker.errors import ConfigError, CrmhookError, InvalidSalesforceId
-from worker.operations import KEY_PREFIX, Operation, parse_action
-from worker.salesforce_ids import canonical_id, require_prefix
+from worker.operations import Action, parse_action
+from worker.replay import Operator, Outcome, Result, parse_since, summarize
+from worker.salesforce_ids import canonical_id
 from worker.settings import SANDBOX_PORT, Settings, load_settings
 
 # Piped output is read by scripts and grep: wide enough that nothing is cut.
@@ -119,55 +123,70 @@ def check(event_id: str | None) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+def _operator(settings: Settings) -> Operator:
+    from worker.celery_app import make_celery
+    from worker.runtime import redis_client, retention
+    from worker.store import Store
+
+    client = redis_client(settings.redis_url)
+    return Operator(
+        settings, Store(client, retention(settings)), client, make_celery(settings), cli_actor()
+    )
+
+
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+def _action(text: str | None, hint: str = "--action") -> Action | None:
+    if text is None:
+        return None
+    try:
+        return parse_action(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+ACTION_OPTION = click.option("--action", help="Only this action: get, noshow or cancel.")
+SINCE_OPTION = click.option(
+    "--since", help="Only those failed since: 90s, 30m, 2h, 7d or ISO time."
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
 @main.command()
 @click.argument("action")
 @click.argument("event_ids", nargs=-1, required=True)
 def enqueue(action: str, event_ids: tuple[str, ...]) -> None:
     """Queue ACTION (get, noshow, cancel) for EVENT_IDS, validated as the edge does."""
-    from worker.celery_app import make_celery
-    from worker.ingest import Batch, submit
-
-    settings = _settings()
+    _action(action, hint="ACTION")
     try:
-        chosen = parse_action(action)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="ACTION") from None
-    source = f"cli:{uuid.uuid4().hex}"
-    operations, failed = [], False
-    for raw in event_ids:
-        try:
-            event_id = require_prefix(canonical_id(raw), settings.salesforce_id_prefixes)
-        except InvalidSalesforceId as exc:
-            console.print(f"[red]rejected[/] {raw}: {exc}")
-            failed = True
-            continue
-        operations.append(Operation(chosen, event_id, source))
-        console.print(f"[green]queued[/]   {event_id} ({chosen.tool})")
-    try:
-        submit(make_celery(settings), Batch("cli", operations))
+        results = _operator(_settings()).enqueue(action, event_ids)
     except CrmhookError as exc:
         raise click.ClickException(str(exc)) from None
-    sys.exit(1 if failed else 0)
+    for result in results:
+        if result.outcome is Outcome.REJECTED:
+            console.print(f"[red]rejected[/] {result.target}: {result.detail}")
+        else:
+            console.print(f"[green]queued[/]   {result.target} ({result.detail})")
+    sys.exit(1 if any(r.outcome is Outcome.REJECTED for r in results) else 0)
 
 
 @main.command()
 @click.argument("key_or_event_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
 def status(key_or_event_id: str, as_json: bool) -> None:
-    """Show what happened to an operation KEY or to every operation of an EVENT_ID."""
-    from worker.runtime import redis_client, retention
-    from worker.store import Store
-
-    settings = _settings()
-    store = Store(redis_client(settings.redis_url), retention(settings))
-    if key_or_event_id.startswith(f"{KEY_PREFIX}:op:"):
-        record = store.record(key_or_event_id)
-        records = [record] if record else []
-    else:
-        try:
-            records = store.records_for_event(canonical_id(key_or_event_id))
-        except InvalidSalesforceId as exc:
-            raise click.BadParameter(str(exc), param_hint="KEY_OR_EVENT_ID") from None
+    """Show what happened to an operation KEY or to every operation of an EVENT_ID:
+    state, attempts, timestamps, last error, result and audit trail."""
+    try:
+        records = _operator(_settings()).status(key_or_event_id)
+    except InvalidSalesforceId as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY_OR_EVENT_ID") from None
     if as_json:
         click.echo(json.dumps(records, indent=2, sort_keys=True))
     elif not records:
@@ -178,15 +197,179 @@ def status(key_or_event_id: str, as_json: bool) -> None:
 
 
 @main.command()
+@ACTION_OPTION
+@SINCE_OPTION
 @click.option("--limit", type=int, default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@JSON_OPTION
+def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters (operations that failed for good), newest first."""
+    records, total = _operator(_settings()).failed(
+        action=_action(action), since=_since(since), limit=limit
+    )
+    if as_json:
+        click.echo(json.dumps(records, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{total} dead letter(s)" + (f", newest {limit}" if total > limit else ""))
+    for column in ("failed", "action", "event", "attempts"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("last error", ratio=1)
+    for record in records:
+        table.add_row(
+            _when(record["failed_at"] * 1000),
+            record["action"],
+            record["crm_event_id"],
+            record.get("attempts", ""),
+            record.get("last_error", ""),
+        )
+    console.print(table)
+    if records:
+        console.print("Replay them with: crmhook replay --failed (add --dry-run to see first)")
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Replay every dead letter.")
+@click.option("--quarantined", is_flag=True, help="Judge quarantined notifications again.")
+@ACTION_OPTION
+@SINCE_OPTION
+@click.option("--force", is_flag=True, help="Run succeeded operations again (audited).")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say what would happen.")
+@JSON_OPTION
+def replay(
+    targets: tuple[str, ...],
+    all_failed: bool,
+    quarantined: bool,
+    action: str | None,
+    since: str | None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Replay operation KEYS or EVENT IDS, every dead letter (--failed), or the quarantine
+    (--quarantined, under today's settings).
+
+    Replays go through the same claim as every task: a succeeded operation is skipped unless
+    --force is given. Every replay is audited with your OS user name.
+    """
+    chosen = [
+        name
+        for name, on in (
+            ("TARGETS", targets),
+            ("--failed", all_failed),
+            ("--quarantined", quarantined),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError("give operation keys or event IDs, or --failed, or --quarantined")
+    if (action or since) and not all_failed:
+        raise click.UsageError("--action and --since filter --failed")
+    if force and quarantined:
+        raise click.UsageError("--force applies to keys and event IDs, not --quarantined")
+    operator = _operator(_settings())
+    try:
+        with _progress(disable=as_json) as advance:
+            if all_failed:
+                results = operator.replay_failed(
+                    action=_action(action), since=_since(since), dry_run=dry_run, progress=advance
+                )
+            elif quarantined:
+                results = operator.replay_quarantined(dry_run=dry_run, progress=advance)
+            else:
+                results = operator.replay(targets, force=force, dry_run=dry_run, progress=advance)
+    except CrmhookError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        _print_results(results, dry_run=dry_run)
+    sys.exit(1 if any(r.outcome in (Outcome.NOT_FOUND, Outcome.REJECTED) for r in results) else 0)
+
+
+@main.command(name="audit")
+@click.option("--limit", type=int, default=50, show_default=True)
+@JSON_OPTION
+def audit_log(limit: int, as_json: bool) -> None:
+    """List the newest audit entries: replays and manual tasks, who, when, outcome."""
+    operator = _operator(_settings())
+    entries, _ = audit.recent(operator.store.client, limit=limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}")
+    for column in ("when", "actor", "what", "outcome"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("target", no_wrap=True)
+    table.add_column("detail", ratio=1)
+    for entry in entries:
+        table.add_row(
+            _when(entry["at"] * 1000),
+            entry["actor"],
+            entry["what"],
+            entry["outcome"],
+            entry["target"],
+            entry.get("detail", ""),
+        )
+    console.print(table)
+
+
+PROGRESS_LINE_EVERY = 100
+
+
+@contextlib.contextmanager
+def _progress(*, disable: bool) -> Iterator[Callable[[Result], None]]:
+    """Progress fed one result at a time: a live bar on a terminal, a line every hundred
+    results when piped (logs of a long bulk replay), nothing with --json."""
+    errors = Console(stderr=True)
+    if disable or not errors.is_terminal:
+        done = 0
+
+        def count(_result: Result) -> None:
+            nonlocal done
+            done += 1
+            if not disable and done % PROGRESS_LINE_EVERY == 0:
+                errors.print(f"replayed {done}…", highlight=False)
+
+        yield count
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=errors, transient=True) as bar:
+        task = bar.add_task("replaying", total=None)
+        yield lambda _result: bar.advance(task)
+
+
+def _print_results(results: list[Result], *, dry_run: bool) -> None:
+    colour = {
+        Outcome.QUEUED: "green",
+        Outcome.WOULD_QUEUE: "cyan",
+        Outcome.SKIPPED: "yellow",
+        Outcome.NOT_FOUND: "red",
+        Outcome.REJECTED: "red",
+    }
+    for result in results:
+        shown = result.outcome.value.replace("_", " ")
+        console.print(
+            f"[{colour[result.outcome]}]{shown:<11}[/] {result.target}  {result.detail}",
+            highlight=False,
+        )
+    counts = ", ".join(
+        f"{count} {name.replace('_', ' ')}" for name, count in summarize(results).items()
+    )
+    console.print(
+        f"{'dry run: ' if dry_run else ''}{len(results)} target(s): {counts or 'nothing to do'}"
+    )
+
+
+@main.command()
+@click.option("--limit", type=int, default=100, show_default=True)
+@JSON_OPTION
 def quarantine(limit: int, as_json: bool) -> None:
     """List quarantined (rejected) notifications, newest first, with the reason."""
-    from worker.runtime import redis_client, retention
-    from worker.store import Store
-
-    settings = _settings()
-    entries = Store(redis_client(settings.redis_url), retention(settings)).quarantined(limit)
+    operator = _operator(_settings())
+    entries = [
+        {name: value for name, value in entry.items() if name != "entry"}
+        for entry in operator.store.quarantined(limit)
+    ]
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
@@ -204,6 +387,8 @@ def quarantine(limit: int, as_json: bool) -> None:
             entry["reason"],
         )
     console.print(table)
+    if entries:
+        console.print("After fixing the settings: crmhook replay --quarantined --dry-run")
 
 
 def _record_table(record: dict[str, Any]) -> Table:
@@ -220,6 +405,9 @@ def _record_table(record: dict[str, Any]) -> Table:
         "succeeded_at",
         "last_error",
         "sources",
+        "replayed_at",
+        "replayed_by",
+        "forced",
         "result",
     ):
         value = record.get(name)
@@ -230,6 +418,10 @@ def _record_table(record: dict[str, Any]) -> Table:
         elif not isinstance(value, str):
             value = json.dumps(value)
         table.add_row(name, str(value))
+    for entry in record.get("audit", []):
+        when = _when(entry["at"] * 1000)
+        line = f"{when} {entry['actor']} {entry['what']}: {entry['outcome']}"
+        table.add_row("audit", line + (f" ({entry['detail']})" if entry.get("detail") else ""))
     return table
 
 

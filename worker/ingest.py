@@ -65,13 +65,28 @@ class Batch:
         )
 
 
+BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
+
+
 def submit(app: Celery, batch: Batch) -> None:
     """Hand `batch` to the broker, or raise QueueUnavailable (the caller answers 503)."""
     if not batch.operations and not batch.rejections:
         return
     try:
         app.send_task(FAN_OUT_TASK, args=[batch.to_message()])
-    except (OperationalError, KombuError, redis.RedisError, OSError) as exc:
+    except BROKER_ERRORS as exc:
+        raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
+
+
+def publish(app: Celery, operations: list[Operation]) -> None:
+    """Enqueue one task per operation whose record is already written (a replay), over one
+    connection; QueueUnavailable if the broker refuses (the lost-message sweeper would
+    still enqueue them later, from the store)."""
+    try:
+        with app.producer_or_acquire() as producer:
+            for operation in operations:
+                app.send_task(PERFORM_TASK, args=[operation.to_message()], producer=producer)
+    except BROKER_ERRORS as exc:
         raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
 
 

@@ -41,9 +41,27 @@ class Rejection:
     reason: str
     sobject_type: str | None = None
     id_fields: dict[str, str] = field(default_factory=dict)
+    # What a replay needs to judge it again under today's settings: which field `value`
+    # came from, and whether the record had been deleted (then there is nothing to replay).
+    event_id_field: str = "Id"
+    deleted: bool = False
 
     def to_message(self) -> dict[str, object]:
         return asdict(self)
+
+    def as_notification(self, event_id_field: str) -> Notification:
+        """The notification again, as far as it was kept, read with `event_id_field`."""
+        if event_id_field == self.event_id_field:
+            event_id = self.value
+        else:
+            event_id = self.id_fields.get(event_id_field)
+        return Notification(
+            self.notification_id,
+            event_id,
+            sobject_type=self.sobject_type,
+            deleted=self.deleted,
+            id_fields=self.id_fields,
+        )
 
 
 @dataclass
@@ -76,6 +94,8 @@ def triage(
                     reason=str(exc),
                     sobject_type=notification.sobject_type,
                     id_fields=notification.id_fields,
+                    event_id_field=event_id_field,
+                    deleted=notification.deleted,
                 )
             )
             continue

@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
+from worker.audit import operation_audit_key
 from worker.notifications import Rejection
 from worker.operations import KEY_PREFIX, Action, Operation
 
@@ -49,8 +50,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', key, 'state') or 'new'
 local function answer(verdict)
+  -- A replay starts the age limit afresh: it counts from the replay, not the first queueing.
+  local since = redis.call('HGET', key, 'replayed_at') or redis.call('HGET', key, 'created_at')
   return {verdict, state, redis.call('HGET', key, 'token') or '0',
-          redis.call('HGET', key, 'attempts') or '0', redis.call('HGET', key, 'created_at') or '0'}
+          redis.call('HGET', key, 'attempts') or '0', since or '0'}
 end
 if state == 'succeeded' then return answer('done') end
 if state == 'failed' and redis.call('HGET', key, 'last_source') == ARGV[6] then
@@ -95,6 +98,24 @@ redis.call('HSET', key, 'state', previous)
 redis.call('HINCRBY', key, 'attempts', -1)
 redis.call('HDEL', key, 'lease_until')
 return 1
+"""
+
+# KEYS: record. ARGV: force ('1' | '0'), actor. An operator's replay: a failed operation (or,
+# forced, a succeeded one) goes back to queued with a fresh attempt budget; anything else is
+# left as it is. Returns {previous state ('missing' when there is no record), attempts}.
+_REOPEN = """
+local key = KEYS[1]
+local state = redis.call('HGET', key, 'state')
+if not state then return {'missing', '0'} end
+local attempts = redis.call('HGET', key, 'attempts') or '0'
+if state == 'failed' or (state == 'succeeded' and ARGV[1] == '1') then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'updated_at', now,
+             'replayed_at', now, 'replayed_by', ARGV[2])
+  if state == 'succeeded' then redis.call('HSET', key, 'forced', ARGV[2]) end
+end
+return {state, attempts}
 """
 
 # KEYS: schedule. ARGV: now s, lease s, limit. Due entries are pushed `lease` into the
@@ -172,6 +193,11 @@ class Store:
         self._release = client.register_script(_RELEASE)
         self._settle = client.register_script(_SETTLE)
         self._take_due = client.register_script(_TAKE_DUE)
+        self._reopen = client.register_script(_REOPEN)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
 
     # --- the edge dedupe, run by the fan-out task -------------------------------------------
 
@@ -298,6 +324,45 @@ class Store:
         """Keys of failed operations, newest first."""
         return [_text(key) for key in self._redis.zrevrange(DEAD_LETTERS_KEY, 0, limit - 1)]
 
+    def dead_letters_since(
+        self, since: float | None = None, action: Action | None = None
+    ) -> list[tuple[str, float]]:
+        """(key, failed at) of every dead letter, newest first, failed at or after `since`
+        (epoch seconds) and of `action` when given. Keys only: a page's records are read
+        with `records`."""
+        rows = cast(
+            "list[tuple[str, float]]",
+            self._redis.zrevrangebyscore(
+                DEAD_LETTERS_KEY, "+inf", "-inf" if since is None else since, withscores=True
+            ),
+        )
+        marker = f"{KEY_PREFIX}:op:{{{action}:" if action is not None else None
+        return [
+            (_text(key), float(score))
+            for key, score in rows
+            if marker is None or _text(key).startswith(marker)
+        ]
+
+    def reopen(self, operation: Operation, *, force: bool, actor: str) -> tuple[str, int]:
+        """Put a failed operation (or, with `force`, a succeeded one) back to queued for a
+        replay; any other leaves it as it is. Returns the state it was in and its attempts
+        (`missing` when nothing is recorded). The caller enqueues it when it was reopened."""
+        previous, attempts = self._reopen(keys=[operation.key], args=["1" if force else "0", actor])
+        previous = _text(previous)
+        if previous == State.FAILED or (previous == State.SUCCEEDED and force):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(DEAD_LETTERS_KEY, operation.key)
+            pipe.zadd(PENDING_KEY, {operation.key: time.time()})
+            pipe.execute()
+        return previous, int(_text(attempts))
+
+    def requeued(self, operations: Iterable[Operation]) -> None:
+        """Stamp unsettled operations as just handed to the broker (the lost-message
+        sweeper counts from here)."""
+        stamps = {operation.key: time.time() for operation in operations}
+        if stamps:
+            self._redis.zadd(PENDING_KEY, stamps)
+
     # --- long retries, kept in Redis by due time ----------------------------------------------
 
     def schedule(self, operation: Operation, due: float) -> None:
@@ -343,28 +408,42 @@ class Store:
 
     def record(self, key: str) -> dict[str, Any] | None:
         """The stored record of one operation key, decoded, or None."""
+        return self.records([key])[0]
+
+    def records(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        """The records of `keys` (None where there is none), with their sources and audit
+        trail, in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(key)
-        pipe.smembers(f"{key}:sources")
-        fields, sources = pipe.execute()
-        if not fields:
-            return None
-        record: dict[str, Any] = {_text(k): _text(v) for k, v in fields.items()}
-        record["key"] = key
-        record["sources"] = sorted(_text(s) for s in sources)
-        if "result" in record:
-            record["result"] = json.loads(record["result"])
-        return record
+        for key in keys:
+            pipe.hgetall(key)
+            pipe.smembers(f"{key}:sources")
+            pipe.lrange(operation_audit_key(key), 0, -1)
+        replies = pipe.execute()
+        found: list[dict[str, Any] | None] = []
+        for index, key in enumerate(keys):
+            fields, sources, audit = replies[3 * index : 3 * index + 3]
+            if not fields:
+                found.append(None)
+                continue
+            record: dict[str, Any] = {_text(k): _text(v) for k, v in fields.items()}
+            record["key"] = key
+            record["sources"] = sorted(_text(s) for s in sources)
+            record["audit"] = [json.loads(_text(entry)) for entry in audit]
+            if "result" in record:
+                record["result"] = json.loads(record["result"])
+            found.append(record)
+        return found
 
     def records_for_event(self, crm_event_id: str) -> list[dict[str, Any]]:
         """Every operation record of one canonical event ID (all actions)."""
-        found = []
-        for action in Action:
-            pattern = f"{KEY_PREFIX}:op:{{{action}:{crm_event_id}*}}"
-            for key in self._redis.scan_iter(match=pattern, count=500):
-                record = self.record(_text(key))
-                if record is not None:
-                    found.append(record)
+        keys = [
+            _text(key)
+            for action in Action
+            for key in self._redis.scan_iter(
+                match=f"{KEY_PREFIX}:op:{{{action}:{crm_event_id}*}}", count=500
+            )
+        ]
+        found = [record for record in self.records(keys) if record is not None]
         return sorted(found, key=lambda record: record.get("created_at", ""))
 
     # --- quarantine -------------------------------------------------------------------------
@@ -392,9 +471,20 @@ class Store:
         pipe.zremrangebyscore(QUARANTINE_KEY, 0, time.time() - self._retention.quarantine_seconds)
         pipe.execute()
 
-    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
-        entries = self._redis.zrevrange(QUARANTINE_KEY, 0, limit - 1)
-        return [json.loads(_text(entry)) for entry in entries]
+    def quarantined(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Quarantined notifications, newest first; each keeps its stored form under
+        `entry` (what `unquarantine` takes)."""
+        members = self._redis.zrevrange(QUARANTINE_KEY, offset, offset + limit - 1)
+        return [{**json.loads(_text(member)), "entry": _text(member)} for member in members]
+
+    def quarantine_count(self) -> int:
+        return int(self._redis.zcard(QUARANTINE_KEY))
+
+    def unquarantine(self, entries: Iterable[str]) -> None:
+        """Take replayed notifications out of the quarantine."""
+        entries = list(entries)
+        if entries:
+            self._redis.zrem(QUARANTINE_KEY, *entries)
 
 
 def _text(value: Any) -> str:

@@ -12,21 +12,18 @@ import random
 import time
 from typing import Any, cast
 
-import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
-from kombu.exceptions import KombuError, OperationalError
 
 from worker.effects import RetryLater, perform
-from worker.ingest import FAN_OUT_TASK, PERFORM_TASK, Batch, fan_out
+from worker.ingest import BROKER_ERRORS, FAN_OUT_TASK, PERFORM_TASK, Batch, fan_out
 from worker.operations import Operation
 from worker.runtime import Runtime, runtime_for
 from worker.scheduler import Dispatcher
 
 log = logging.getLogger(__name__)
 
-INFRASTRUCTURE_ERRORS = (redis.RedisError, OperationalError, KombuError, OSError)
 RETRY_BASE_SECONDS = 2.0
 RETRY_CAP_SECONDS = 60.0
 
@@ -76,7 +73,7 @@ def fan_out_task(self: Task, batch: dict[str, Any]) -> dict[str, int]:
                     args=[op.to_message()], producer=producer
                 ),
             )
-    except INFRASTRUCTURE_ERRORS as exc:  # the same ingest again, soon
+    except BROKER_ERRORS as exc:  # the same ingest again, soon
         raise retry_or_requeue(self, exc, backoff(self.request.retries, cap=30)) from exc
     return {
         "queued": len(result.queued),
@@ -105,7 +102,7 @@ def perform_task(self: Task, operation: dict[str, str]) -> str:
             )
             delay = max(delay, getattr(later.error, "retry_after", None) or 0.0)
         return _run_later(self, runtime, parsed, delay, later.error)
-    except INFRASTRUCTURE_ERRORS as exc:
+    except BROKER_ERRORS as exc:
         # Redis failed around the call: the retry's claim sees the interrupted attempt and
         # reconciles through crm-get before any irreversible call is repeated.
         raise retry_or_requeue(self, exc, backoff(1, cap=10)) from exc
