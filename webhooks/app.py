@@ -51,11 +51,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     logging.getLogger("webhooks").setLevel(logging.INFO)
 
-    from webhooks import events, health, outbound
+    from webhooks import admin, events, health, openapi, outbound
 
     app.register_blueprint(outbound.blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(admin.blueprint)
+    app.register_blueprint(openapi.blueprint)
     return app
 
 

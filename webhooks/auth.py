@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 from pydantic import SecretStr
 
-from worker.errors import Forbidden, Unauthorized
+from worker.errors import Forbidden, InsufficientScope, Unauthorized
 from worker.salesforce_ids import same_org
+from worker.settings import AdminScope, AdminToken
 
 
-def verify_token(presented: str | None, tokens: Sequence[SecretStr]) -> None:
-    """Accept `presented` if it equals any configured token (several allow rotation).
+def verify_token(presented: str | None, tokens: Sequence[SecretStr]) -> int:
+    """Accept `presented` if it equals any configured token (several allow rotation), and
+    return the index of the one it matched.
 
     Digests are compared, not the strings, so the comparison takes the same time whatever
     the lengths; every token is compared, so timing does not reveal which one matched.
@@ -30,6 +32,17 @@ def verify_token(presented: str | None, tokens: Sequence[SecretStr]) -> None:
     ]
     if not any(matches):
         raise Unauthorized("unknown token")
+    return matches.index(True)
+
+
+def verify_admin(header: str | None, tokens: Sequence[AdminToken], scope: AdminScope) -> AdminToken:
+    """The admin token in an `Authorization: Bearer` header, if it allows `scope`:
+    Unauthorized (401) without one or for an unknown one, Forbidden (403) for one whose
+    scope is too narrow."""
+    token = tokens[verify_token(bearer(header), [token.secret for token in tokens])]
+    if not token.allows(scope):
+        raise InsufficientScope(f"token {token.name!r} may {token.scope} only", scope=scope)
+    return token
 
 
 def bearer(header: str | None) -> str | None:

@@ -21,8 +21,10 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from pydantic import SecretStr
 
 from worker.redis_server import RedisServer
+from worker.settings import parse_admin_token
 
 SAMPLE_ORG_ID = "00D5g000004XyZqEAK"  # the bundled sample message's OrganizationId
 COLOURS = {"redis": "31", "sandbox": "35", "web": "36", "worker": "33"}
@@ -50,6 +52,7 @@ class DevStack:
         env.setdefault("CHILIPIPER_TRANSPORT", "sandbox")
         env.setdefault("CHILIPIPER_SANDBOX_URL", f"http://127.0.0.1:{self.sandbox_port}/mcp")
         env.setdefault("WEBHOOK_TOKENS", "dev-" + secrets.token_urlsafe(18))
+        env.setdefault("ADMIN_TOKENS", "dev:write:dev-admin-" + secrets.token_urlsafe(18))
         env.setdefault("SALESFORCE_ORG_IDS", SAMPLE_ORG_ID)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -131,6 +134,11 @@ class DevStack:
                 "",
                 "and watch the sandbox cancel both meetings below. Ctrl-C stops everything.",
                 "",
+                "Operators, from another shell:",
+                f"  REDIS_URL={env['REDIS_URL']} crmhook status 00U5g00000MnOpQ",
+                f"  curl -sS -H 'Authorization: Bearer {admin_secret(env)}' "
+                f"http://127.0.0.1:{self.port}/admin/failed",
+                "",
             ]
         )
 
@@ -186,3 +194,9 @@ def _say(name: str, line: str) -> None:
     colour = COLOURS.get(name, "0")
     prefix = f"\033[{colour}m{name:>7} |\033[0m" if sys.stdout.isatty() else f"{name:>7} |"
     print(f"{prefix} {line}", flush=True)
+
+
+def admin_secret(env: Mapping[str, str]) -> str:
+    """The secret of the first admin token, for the banner."""
+    first = SecretStr(env["ADMIN_TOKENS"].split(",")[0].strip())
+    return parse_admin_token(first, 0).secret.get_secret_value()

@@ -5,6 +5,8 @@
     ├── IngressError                 a request the edge refuses; carries its HTTP status
     │   ├── Unauthorized             401: no or unknown shared secret
     │   ├── Forbidden                403: Organization ID not on the allow-list
+    │   │   └── InsufficientScope    403: an admin token whose scope does not allow this
+    │   ├── NotFound                 404: nothing recorded under that key or ID
     │   ├── PayloadTooLarge          413: body over the configured bound
     │   └── MalformedRequest         400: not XML, hostile XML, not an Outbound Message, bad JSON
     ├── InvalidSalesforceId          an ID that is not one, or not one we accept (also ValueError)
@@ -48,6 +50,18 @@ class Unauthorized(IngressError):
 
 class Forbidden(IngressError):
     status = 403
+
+
+class InsufficientScope(Forbidden):
+    """A known admin token asking for more than its scope allows; `scope` is what it needed."""
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class NotFound(IngressError):
+    status = 404
 
 
 class PayloadTooLarge(IngressError):

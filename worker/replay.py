@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -57,7 +57,11 @@ class Result:
     key: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {name: str(value) for name, value in asdict(self).items() if value != ""}
+        shown = {"target": self.target, "outcome": self.outcome.value}
+        shown.update(
+            {name: value for name, value in (("detail", self.detail), ("key", self.key)) if value}
+        )
+        return shown
 
 
 def summarize(results: Iterable[Result]) -> dict[str, int]:

@@ -7,6 +7,7 @@ stop with one clear line instead of crash-looping on a traceback.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
 
     # Required by the web process only (see `require_web`).
     webhook_tokens: SecretList = ()
+    # `[name:[scope:]]secret`, comma-separated; see `admin_credentials`.
+    admin_tokens: SecretList = ()
     salesforce_org_ids: CommaList = ()
     salesforce_id_prefixes: CommaList = ("00U",)
     salesforce_event_id_field: str = "Id"
@@ -86,7 +89,11 @@ class Settings(BaseSettings):
     requeue_after_seconds: int = Field(default=900, ge=10)
 
     _split_lists = field_validator(
-        "webhook_tokens", "salesforce_org_ids", "salesforce_id_prefixes", mode="before"
+        "webhook_tokens",
+        "admin_tokens",
+        "salesforce_org_ids",
+        "salesforce_id_prefixes",
+        mode="before",
     )(_split)
 
     @field_validator("webhook_tokens")
@@ -95,6 +102,20 @@ class Settings(BaseSettings):
         if any(len(token.get_secret_value()) < MIN_SECRET_LENGTH for token in tokens):
             raise ValueError(f"every token must be at least {MIN_SECRET_LENGTH} characters")
         return tokens
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _admin_tokens_parse(cls, tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        names = [parse_admin_token(token, index).name for index, token in enumerate(tokens)]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique (they name the actor in the audit)")
+        return tokens
+
+    @property
+    def admin_credentials(self) -> tuple[AdminToken, ...]:
+        return tuple(
+            parse_admin_token(token, index) for index, token in enumerate(self.admin_tokens)
+        )
 
     @field_validator("salesforce_org_ids")
     @classmethod
@@ -215,6 +236,44 @@ class Settings(BaseSettings):
         if self.chilipiper_transport == "sandbox":
             return self.chilipiper_sandbox_url
         return self.chilipiper_mcp_url
+
+
+AdminScope = Literal["read", "write"]
+ADMIN_SCOPES: tuple[AdminScope, ...] = ("read", "write")
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    """One admin API credential: its name (the actor in the audit trail), what it may do
+    (`read`: listings and status; `write`: replays and manual tasks too), and the secret."""
+
+    name: str
+    scope: AdminScope
+    secret: SecretStr
+
+    def allows(self, scope: AdminScope) -> bool:
+        return self.scope == "write" or scope == "read"
+
+
+def parse_admin_token(entry: SecretStr, index: int) -> AdminToken:
+    """`secret`, `name:secret` or `name:scope:secret`; a bare secret is `admin-N` with
+    the write scope (the contract's plain comma-separated tokens keep working). Errors
+    name the entry by position, never by its value."""
+    parts = entry.get_secret_value().split(":", 2)
+    if len(parts) == 1:
+        name, scope, secret = f"admin-{index + 1}", "write", parts[0]
+    elif len(parts) == 2:
+        name, scope, secret = parts[0], "write", parts[1]
+    else:
+        name, scope, secret = parts
+    where = f"entry {index + 1}"
+    if not _FIELD_NAME.fullmatch(name.replace("-", "_")):
+        raise ValueError(f"{where}: a token name is letters, digits, - and _")
+    if scope not in ADMIN_SCOPES:
+        raise ValueError(f"{where}: the scope must be read or write")
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{where}: the secret must be at least {MIN_SECRET_LENGTH} characters")
+    return AdminToken(name, scope, SecretStr(secret))
 
 
 TIMING_MARGIN_SECONDS = 2.0
