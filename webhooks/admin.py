@@ -27,8 +27,7 @@ from worker.errors import (
     NotFound,
     QueueUnavailable,
 )
-from worker.operations import Action, parse_action
-from worker.replay import Operator, Result, parse_since, summarize
+from worker.replay import Filters, Operator, Result, summarize
 from worker.runtime import retention
 from worker.settings import AdminScope
 from worker.store import Store
@@ -68,12 +67,8 @@ def operations(key_or_event_id: str) -> Response:
 def failed() -> Response:
     operator = _operator("read")
     offset, limit = _page()
-    items, total = operator.failed(
-        action=_action(request.args.get("action")),
-        since=_since(request.args.get("since")),
-        offset=offset,
-        limit=limit,
-    )
+    filters = _filters(request.args.get("action"), request.args.get("since"))
+    items, total = operator.failed(filters, offset=offset, limit=limit)
     return jsonify(_paged(items, total, offset, limit))
 
 
@@ -122,10 +117,9 @@ def replay() -> Response:
 def replay_failed() -> Response:
     operator = _operator("write")
     body = _json_object()
-    action = _action(_optional_string(body, "action"))
-    since = _since(_optional_string(body, "since"))
+    filters = _filters(_optional_string(body, "action"), _optional_string(body, "since"))
     dry_run = _flag(body, "dry_run")
-    return _results(lambda: operator.replay_failed(action=action, since=since, dry_run=dry_run))
+    return _results(lambda: operator.replay_failed(filters, dry_run=dry_run))
 
 
 @blueprint.post("/replay/quarantined")
@@ -143,7 +137,7 @@ def enqueue() -> Response:
     event_ids = body.get("crmEventIds")
     if action is None:
         raise MalformedRequest('"action" is required: get, noshow or cancel')
-    _action(action)
+    _filters(action, None)  # a clear 400 for an unknown action
     if (
         not isinstance(event_ids, list)
         or not event_ids
@@ -189,22 +183,11 @@ def _optional_string(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def _action(text: str | None) -> Action | None:
-    if text is None:
-        return None
+def _filters(action: str | None, since: str | None) -> Filters:
     try:
-        return parse_action(text)
+        return Filters.parse(action, since)
     except ValueError as exc:
-        raise MalformedRequest(f"action: {exc}") from None
-
-
-def _since(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise MalformedRequest(f"since: {exc}") from None
+        raise MalformedRequest(str(exc)) from None
 
 
 def _page() -> tuple[int, int]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import redis
 from celery import Celery
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
 
 from webhooks.metrics import EdgeMetrics, edge_metrics
 from worker.celery_app import make_celery
@@ -58,7 +59,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_error_handler(HTTPException, _http_error)
     return app
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    """Unrouted requests (404, 405…) answer JSON like the API, not werkzeug's HTML page."""
+    return jsonify({"error": f"{error.name}: {error.description}"}), error.code or 500
 
 
 def edge() -> Edge:

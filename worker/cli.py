@@ -24,8 +24,7 @@ from rich.table import Table
 from worker import audit
 from worker.audit import cli_actor
 from worker.errors import ConfigError, CrmhookError, InvalidSalesforceId
-from worker.operations import Action, parse_action
-from worker.replay import Operator, Outcome, Result, parse_since, summarize
+from worker.replay import Filters, Operator, Outcome, Result, summarize
 from worker.salesforce_ids import canonical_id
 from worker.settings import SANDBOX_PORT, Settings, load_settings
 
@@ -134,22 +133,11 @@ def _operator(settings: Settings) -> Operator:
     )
 
 
-def _since(text: str | None) -> float | None:
-    if text is None:
-        return None
+def _filters(action: str | None, since: str | None) -> Filters:
     try:
-        return parse_since(text)
+        return Filters.parse(action, since)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
-
-
-def _action(text: str | None, hint: str = "--action") -> Action | None:
-    if text is None:
-        return None
-    try:
-        return parse_action(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=hint) from None
+        raise click.BadParameter(str(exc)) from None
 
 
 ACTION_OPTION = click.option("--action", help="Only this action: get, noshow or cancel.")
@@ -164,11 +152,12 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 @click.argument("event_ids", nargs=-1, required=True)
 def enqueue(action: str, event_ids: tuple[str, ...]) -> None:
     """Queue ACTION (get, noshow, cancel) for EVENT_IDS, validated as the edge does."""
-    _action(action, hint="ACTION")
     try:
         results = _operator(_settings()).enqueue(action, event_ids)
     except CrmhookError as exc:
         raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # the action
+        raise click.BadParameter(str(exc), param_hint="ACTION") from None
     for result in results:
         if result.outcome is Outcome.REJECTED:
             console.print(f"[red]rejected[/] {result.target}: {result.detail}")
@@ -203,9 +192,7 @@ def status(key_or_event_id: str, as_json: bool) -> None:
 @JSON_OPTION
 def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """List dead letters (operations that failed for good), newest first."""
-    records, total = _operator(_settings()).failed(
-        action=_action(action), since=_since(since), limit=limit
-    )
+    records, total = _operator(_settings()).failed(_filters(action, since), limit=limit)
     if as_json:
         click.echo(json.dumps(records, indent=2, sort_keys=True))
         return
@@ -271,7 +258,7 @@ def replay(
         with _progress(disable=as_json) as advance:
             if all_failed:
                 results = operator.replay_failed(
-                    action=_action(action), since=_since(since), dry_run=dry_run, progress=advance
+                    _filters(action, since), dry_run=dry_run, progress=advance
                 )
             elif quarantined:
                 results = operator.replay_quarantined(dry_run=dry_run, progress=advance)

@@ -88,6 +88,27 @@ def parse_since(text: str, *, now: float | None = None) -> float:
     return moment.timestamp()
 
 
+@dataclass(frozen=True)
+class Filters:
+    """Which dead letters: of one action, failed since a moment (epoch seconds)."""
+
+    action: Action | None = None
+    since: float | None = None
+
+    @classmethod
+    def parse(cls, action: str | None = None, since: str | None = None) -> Filters:
+        """From an operator's words; ValueError saying which one is wrong."""
+        try:
+            chosen = parse_action(action) if action is not None else None
+        except ValueError as exc:
+            raise ValueError(f"action: {exc}") from None
+        try:
+            moment = parse_since(since) if since is not None else None
+        except ValueError as exc:
+            raise ValueError(f"since: {exc}") from None
+        return cls(chosen, moment)
+
+
 Progress = Callable[[Result], None]
 
 
@@ -114,15 +135,10 @@ class Operator:
         return self.store.records_for_event(canonical_id(key_or_event_id))
 
     def failed(
-        self,
-        *,
-        action: Action | None = None,
-        since: float | None = None,
-        offset: int = 0,
-        limit: int = 100,
+        self, filters: Filters = Filters(), *, offset: int = 0, limit: int = 100
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of dead letters, newest first, and how many match in all."""
-        entries = self.store.dead_letters_since(since, action)
+        entries = self.store.dead_letters_since(filters.since, filters.action)
         page = entries[offset : offset + limit]
         records = self.store.records([key for key, _ in page])
         shown = []
@@ -152,14 +168,13 @@ class Operator:
 
     def replay_failed(
         self,
+        filters: Filters = Filters(),
         *,
-        action: Action | None = None,
-        since: float | None = None,
         dry_run: bool = False,
         progress: Progress | None = None,
     ) -> list[Result]:
-        """Replay every dead letter (of `action`, failed since `since`)."""
-        keys = [key for key, _ in self.store.dead_letters_since(since, action)]
+        """Replay every dead letter that `filters` match."""
+        keys = [key for key, _ in self.store.dead_letters_since(filters.since, filters.action)]
         return self.replay(keys, dry_run=dry_run, progress=progress)
 
     def _replay_target(self, target: str, *, force: bool, dry_run: bool) -> list[Result]:

@@ -224,3 +224,11 @@ def test_admin_token_settings_name_the_entry_not_the_secret() -> None:
             _env_file=None,
         )
     assert VIEWER_TOKEN not in str(error.value)
+
+
+@pytest.mark.parametrize("path", ["/admin/operations/a%0Ab", "/admin/nothing-here", "/v2/events"])
+def test_unrouted_requests_answer_json_too(admin: FlaskClient, path: str) -> None:
+    response = admin.get(path, headers=OPS)
+    assert response.status_code == 404
+    assert response.is_json
+    assert "Not Found" in response.get_json()["error"]
