@@ -18,7 +18,6 @@ from flask import Blueprint, Response, jsonify, request
 from webhooks.app import edge
 from webhooks.auth import verify_admin
 from webhooks.body import read_body
-from worker import audit
 from worker.errors import (
     IngressError,
     InsufficientScope,
@@ -88,7 +87,7 @@ def audit_log() -> Response:
     cursor = request.args.get("cursor") or None
     if cursor is not None and not _is_stream_id(cursor):
         raise MalformedRequest("cursor: use the next_cursor of the previous page")
-    items, next_cursor = audit.recent(operator.store.client, limit=limit, before=cursor)
+    items, next_cursor = operator.audit_log(limit=limit, before=cursor)
     return jsonify({"items": items, "next_cursor": next_cursor})
 
 

@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker import audit
 from worker.audit import cli_actor
 from worker.errors import ConfigError, CrmhookError, InvalidSalesforceId
 from worker.replay import Filters, Operator, Outcome, Result, summarize
@@ -279,7 +278,7 @@ def replay(
 def audit_log(limit: int, as_json: bool) -> None:
     """List the newest audit entries: replays and manual tasks, who, when, outcome."""
     operator = _operator(_settings())
-    entries, _ = audit.recent(operator.store.client, limit=limit)
+    entries, _ = operator.audit_log(limit=limit)
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return

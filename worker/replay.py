@@ -147,6 +147,12 @@ class Operator:
                 shown.append({**record, "failed_at": failed_at})
         return shown, len(entries)
 
+    def audit_log(
+        self, *, limit: int = 100, before: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The newest audit entries (before the cursor `before`), and the next cursor."""
+        return audit.recent(self._redis, limit=limit, before=before)
+
     # --- replays --------------------------------------------------------------------------
 
     def replay(

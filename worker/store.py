@@ -195,10 +195,6 @@ class Store:
         self._take_due = client.register_script(_TAKE_DUE)
         self._reopen = client.register_script(_REOPEN)
 
-    @property
-    def client(self) -> redis.Redis:
-        return self._redis
-
     # --- the edge dedupe, run by the fan-out task -------------------------------------------
 
     def first_sightings(self, operations: Iterable[Operation], ingest_id: str) -> list[Operation]:
