@@ -77,8 +77,9 @@ def test_replayed_dead_letter_after_the_fix_is_called_exactly_once(
     assert replayed.exit_code == 0, replayed.output
     assert "1 queued" in replayed.output
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
-    calls = sandbox.calls(event, "crm-cancel")
-    assert [call["ok"] for call in calls] == [False, True]  # the dead letter, then the replay
+    calls = [(call["tool"], call["ok"]) for call in sandbox.calls(event)]
+    # The dead letter; then the replay: reopened in doubt, it reads the meeting first.
+    assert calls == [("crm-cancel", False), ("crm-get", True), ("crm-cancel", True)]
     assert key not in worker_store.dead_letters(10_000)
     trail = worker_store.record(key)["audit"]  # type: ignore[index]
     assert [(e["what"], e["outcome"]) for e in trail] == [
@@ -86,6 +87,25 @@ def test_replayed_dead_letter_after_the_fix_is_called_exactly_once(
         ("replay", "queued"),
     ]
     assert trail[1]["actor"].startswith("cli:")
+
+
+def test_replay_of_a_dead_cancel_that_had_taken_effect_sends_no_second_cancel(
+    runner: CliRunner, sandbox: SandboxServer, worker_store: Store
+) -> None:
+    event = random_event_id()
+    operation = Operation(Action.CANCEL, event, random_event_id("04l"))
+    worker_store.mark_queued([operation])
+    claim = worker_store.claim(operation, "earlier-worker", 60)
+    # Its last attempts timed out after sending: ChiliPiper did cancel, unbeknown to us.
+    worker_store.settle(operation, claim, State.FAILED, error="gave up after 12 attempts: timeout")
+    with sandbox.state.lock:
+        sandbox.state.meetings[event] = "CANCELLED"
+    assert runner.invoke(main, ["replay", operation.key]).exit_code == 0
+    wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
+    assert [call["tool"] for call in sandbox.calls(event)] == ["crm-get"]
+    record = worker_store.record(operation.key)
+    assert record is not None
+    assert record["result"]["reconciled"] is True
 
 
 def test_replaying_a_succeeded_cancel_sends_nothing_unless_forced(

@@ -100,9 +100,10 @@ redis.call('HDEL', key, 'lease_until')
 return 1
 """
 
-# KEYS: record. ARGV: force ('1' | '0'), actor. An operator's replay: a failed operation (or,
-# forced, a succeeded one) goes back to queued with a fresh attempt budget; anything else is
-# left as it is. Returns {previous state ('missing' when there is no record), attempts}.
+# KEYS: record. ARGV: force ('1' | '0'), actor, state for a reopened dead letter. An operator's
+# replay: a failed operation (or, forced, a succeeded one, which goes back to queued) is
+# reopened with a fresh attempt budget; anything else is left as it is.
+# Returns {previous state ('missing' when there is no record), attempts}.
 _REOPEN = """
 local key = KEYS[1]
 local state = redis.call('HGET', key, 'state')
@@ -111,9 +112,13 @@ local attempts = redis.call('HGET', key, 'attempts') or '0'
 if state == 'failed' or (state == 'succeeded' and ARGV[1] == '1') then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'updated_at', now,
+  local after = ARGV[3]
+  if state == 'succeeded' then
+    after = 'queued'
+    redis.call('HSET', key, 'forced', ARGV[2])
+  end
+  redis.call('HSET', key, 'state', after, 'attempts', 0, 'updated_at', now,
              'replayed_at', now, 'replayed_by', ARGV[2])
-  if state == 'succeeded' then redis.call('HSET', key, 'forced', ARGV[2]) end
 end
 return {state, attempts}
 """
@@ -340,10 +345,18 @@ class Store:
         ]
 
     def reopen(self, operation: Operation, *, force: bool, actor: str) -> tuple[str, int]:
-        """Put a failed operation (or, with `force`, a succeeded one) back to queued for a
-        replay; any other leaves it as it is. Returns the state it was in and its attempts
-        (`missing` when nothing is recorded). The caller enqueues it when it was reopened."""
-        previous, attempts = self._reopen(keys=[operation.key], args=["1" if force else "0", actor])
+        """Reopen a failed operation (or, with `force`, a succeeded one) for a replay; any
+        other is left as it is. Returns the state it was in and its attempts (`missing`
+        when nothing is recorded). The caller enqueues it when it was reopened.
+
+        A dead `cancel`/`noshow` is reopened *in doubt*: its last attempt may have reached
+        ChiliPiper unanswered, so the replay asks `crm-get` before calling again. A forced
+        replay is queued as is: the operator asked for the call.
+        """
+        dead_state = State.IN_DOUBT if operation.action.irreversible else State.QUEUED
+        previous, attempts = self._reopen(
+            keys=[operation.key], args=["1" if force else "0", actor, dead_state.value]
+        )
         previous = _text(previous)
         if previous == State.FAILED or (previous == State.SUCCEEDED and force):
             pipe = self._redis.pipeline(transaction=False)
