@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,19 +195,18 @@ def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(records, indent=2, sort_keys=True))
         return
-    table = Table(title=f"{total} dead letter(s)" + (f", newest {limit}" if total > limit else ""))
-    for column in ("failed", "action", "event", "attempts"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("last error", ratio=1)
-    for record in records:
-        table.add_row(
+    title = f"{total} dead letter(s)" + (f", newest {limit}" if total > limit else "")
+    rows = [
+        (
             _when(record["failed_at"] * 1000),
             record["action"],
             record["crm_event_id"],
             record.get("attempts", ""),
             record.get("last_error", ""),
         )
-    console.print(table)
+        for record in records
+    ]
+    console.print(_listing(title, ("failed", "action", "event", "attempts", "last error"), rows))
     if records:
         console.print("Replay them with: crmhook replay --failed (add --dry-run to see first)")
 
@@ -282,13 +281,9 @@ def audit_log(limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
-    table = Table(title=f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}")
-    for column in ("when", "actor", "what", "outcome"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("target", no_wrap=True)
-    table.add_column("detail", ratio=1)
-    for entry in entries:
-        table.add_row(
+    title = f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}"
+    rows = [
+        (
             _when(entry["at"] * 1000),
             entry["actor"],
             entry["what"],
@@ -296,7 +291,22 @@ def audit_log(limit: int, as_json: bool) -> None:
             entry["target"],
             entry.get("detail", ""),
         )
-    console.print(table)
+        for entry in entries
+    ]
+    columns = ("when", "actor", "what", "outcome", "target", "detail")
+    console.print(_listing(title, columns, rows))
+
+
+def _listing(title: str, columns: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Table:
+    """A table whose last column (prose) wraps; the others hold IDs and times, copied from
+    here, so they never wrap."""
+    table = Table(title=title)
+    for column in columns[:-1]:
+        table.add_column(column, no_wrap=True)
+    table.add_column(columns[-1], ratio=1)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 PROGRESS_LINE_EVERY = 100

@@ -82,6 +82,8 @@ def publish(app: Celery, operations: list[Operation]) -> None:
     """Enqueue one task per operation whose record is already written (a replay), over one
     connection; QueueUnavailable if the broker refuses (the lost-message sweeper would
     still enqueue them later, from the store)."""
+    if not operations:
+        return
     try:
         with app.producer_or_acquire() as producer:
             for operation in operations:

@@ -163,13 +163,23 @@ class Operator:
         dry_run: bool = False,
         progress: Progress | None = None,
     ) -> list[Result]:
-        """Replay operation keys or event IDs (every operation of the event)."""
+        """Replay operation keys or event IDs (every operation of the event).
+
+        Records are reopened one by one; the tasks are then published over one connection
+        and audited in one round trip. Should the publish fail, the reopened records are in
+        the store's pending index, and the lost-message sweeper enqueues them later.
+        """
         results: list[Result] = []
+        queued: list[tuple[Operation, AuditEntry]] = []
         for target in targets:
-            for result in self._replay_target(target, force=force, dry_run=dry_run):
+            for result, reopened in self._replay_target(target, force=force, dry_run=dry_run):
                 results.append(result)
+                if reopened is not None:
+                    queued.append(reopened)
                 if progress is not None:
                     progress(result)
+        self._audit([entry for _, entry in queued])
+        publish(self._app, [operation for operation, _ in queued])
         return results
 
     def replay_failed(
@@ -183,39 +193,40 @@ class Operator:
         keys = [key for key, _ in self.store.dead_letters_since(filters.since, filters.action)]
         return self.replay(keys, dry_run=dry_run, progress=progress)
 
-    def _replay_target(self, target: str, *, force: bool, dry_run: bool) -> list[Result]:
-        if target.startswith(f"{KEY_PREFIX}:op:"):
-            records = [self.store.record(target)]
-        else:
-            try:
-                records = list(self.store.records_for_event(canonical_id(target)))
-            except InvalidSalesforceId as exc:
-                return [Result(target, Outcome.REJECTED, str(exc))]
-        found = [record for record in records if record is not None]
-        if not found:
-            return [Result(target, Outcome.NOT_FOUND, "nothing recorded")]
-        return [self._replay_record(record, force=force, dry_run=dry_run) for record in found]
+    def _replay_target(
+        self, target: str, *, force: bool, dry_run: bool
+    ) -> list[tuple[Result, tuple[Operation, AuditEntry] | None]]:
+        try:
+            records = self.status(target)
+        except InvalidSalesforceId as exc:
+            return [(Result(target, Outcome.REJECTED, str(exc)), None)]
+        if not records:
+            return [(Result(target, Outcome.NOT_FOUND, "nothing recorded"), None)]
+        return [self._replay_record(record, force=force, dry_run=dry_run) for record in records]
 
-    def _replay_record(self, record: dict[str, Any], *, force: bool, dry_run: bool) -> Result:
+    def _replay_record(
+        self, record: dict[str, Any], *, force: bool, dry_run: bool
+    ) -> tuple[Result, tuple[Operation, AuditEntry] | None]:
+        """The result for one record and, when it must be enqueued, the operation and the
+        audit entry that go with it."""
         operation = _operation(record)
         key = operation.key
         if key != record["key"]:  # a record without its source: cannot be rebuilt
-            return Result(record["key"], Outcome.SKIPPED, "the record lacks its source ID")
+            return Result(record["key"], Outcome.SKIPPED, "the record lacks its source ID"), None
         if dry_run:
             state, attempts = record["state"], int(record.get("attempts", 0))
         else:
             state, attempts = self.store.reopen(operation, force=force, actor=self.actor)
         decision = _decide(state, attempts, force=force)
         if decision.outcome is not Outcome.QUEUED:
-            return Result(key, decision.outcome, decision.detail, key)
+            return Result(key, decision.outcome, decision.detail, key), None
         if dry_run:
-            return Result(key, Outcome.WOULD_QUEUE, decision.detail, key)
+            return Result(key, Outcome.WOULD_QUEUE, decision.detail, key), None
         if state not in (State.FAILED, State.SUCCEEDED):
-            self.store.requeued([operation])
-        publish(self._app, [operation])
+            self.store.requeued([operation])  # reopen stamped the others
         what = "forced-replay" if state == State.SUCCEEDED else "replay"
-        self._audit([AuditEntry(self.actor, what, key, "queued", detail=decision.detail)])
-        return Result(key, Outcome.QUEUED, decision.detail, key)
+        entry = AuditEntry(self.actor, what, key, "queued", detail=decision.detail)
+        return Result(key, Outcome.QUEUED, decision.detail, key), (operation, entry)
 
     # --- the quarantine -------------------------------------------------------------------
 
