@@ -31,12 +31,12 @@ from tests.scalekit_standin import (
     create_scalekit_app,
 )
 from webhooks import create_app
-from worker.chilipiper.sandbox import Faults, Sandbox, create_sandbox_app
-from worker.redis_server import RedisServer
-from worker.runtime import redis_client, retention
-from worker.salesforce_ids import checksum
+from worker.dev.redis_server import RedisServer
+from worker.dev.sandbox import Faults, Sandbox, create_sandbox_app
+from worker.domain.salesforce_ids import checksum
 from worker.settings import Settings, load_settings
-from worker.store import Store
+from worker.store.claims import Store
+from worker.tasks.runtime import redis_client, retention
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SALESFORCE = FIXTURES / "salesforce"

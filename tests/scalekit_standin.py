@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from worker.chilipiper.sandbox import TOOLS, Sandbox
+from worker.dev.sandbox import TOOLS, Sandbox
 
 CLIENT_ID = "skc_test_client"
 CLIENT_SECRET = "test-client-secret-0123456789"

@@ -20,8 +20,8 @@ from tests.conftest import (
     random_event_id,
     wait_for,
 )
-from worker.celery_app import QUEUE
-from worker.store import Store
+from worker.store.claims import Store
+from worker.tasks.app import QUEUE
 
 pytestmark = pytest.mark.slow
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'}

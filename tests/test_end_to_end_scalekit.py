@@ -22,10 +22,10 @@ from tests.conftest import (
 )
 from tests.scalekit_standin import CLIENT_ID, CLIENT_SECRET, IDENTIFIER
 from webhooks import create_app
-from worker.redis_server import RedisServer
-from worker.runtime import redis_client, retention
+from worker.dev.redis_server import RedisServer
 from worker.settings import Settings
-from worker.store import Store
+from worker.store.claims import Store
+from worker.tasks.runtime import redis_client, retention
 
 pytestmark = pytest.mark.slow
 SCALEKIT_DB = 3

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ORG_ID, SALESFORCE, TOKEN, SandboxServer, wait_for
-from worker.redis_server import RedisServer, free_port
+from worker.dev.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent

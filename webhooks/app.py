@@ -13,10 +13,10 @@ from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from webhooks.metrics import EdgeMetrics, edge_metrics
-from worker.celery_app import make_celery
 from worker.errors import ConfigError
-from worker.runtime import redis_client
 from worker.settings import Settings, load_settings
+from worker.tasks.app import make_celery
+from worker.tasks.runtime import redis_client
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     logging.getLogger("webhooks").setLevel(logging.INFO)
 
-    from webhooks import admin, events, health, openapi, outbound
+    from webhooks.routes import admin, events, health, openapi, outbound
 
     app.register_blueprint(outbound.blueprint)
     app.register_blueprint(events.blueprint)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from pydantic import SecretStr
 
+from worker.domain.salesforce_ids import same_org
 from worker.errors import Forbidden, InsufficientScope, Unauthorized
-from worker.salesforce_ids import same_org
 from worker.settings import AdminScope, AdminToken
 
 

@@ -15,8 +15,8 @@ from xml.sax.saxutils import escape
 import defusedxml
 from defusedxml.ElementTree import fromstring
 
+from worker.domain.notifications import Notification
 from worker.errors import MalformedRequest
-from worker.notifications import Notification
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 OUTBOUND = "http://soap.sforce.com/2005/09/outbound"

@@ -13,9 +13,9 @@ from typing import Any
 
 @cache
 def _app() -> Any:
-    from worker.celery_app import make_celery
     from worker.errors import ConfigError
     from worker.settings import load_settings
+    from worker.tasks.app import make_celery
 
     try:
         settings = load_settings().require_worker()

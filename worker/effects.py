@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.chilipiper import ToolResult
+from worker.domain.operations import Action, Operation
 from worker.errors import (
     DeferredError,
     GatewayError,
@@ -20,9 +21,8 @@ from worker.errors import (
     RetryableError,
     ToolError,
 )
-from worker.operations import Action, Operation
-from worker.runtime import Runtime
-from worker.store import Claim, State, Verdict
+from worker.store.claims import Claim, State, Verdict
+from worker.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import redis
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
+from worker.domain.notifications import Rejection
+from worker.domain.operations import Action, Operation
 from worker.errors import QueueUnavailable
-from worker.notifications import Rejection
-from worker.operations import Action, Operation
-from worker.store import Store
+from worker.store.claims import Store
 
 FAN_OUT_TASK = "crmhook.fan_out"
 PERFORM_TASK = "crmhook.perform"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SALESFORCE, TOKEN, outbound_message
-from worker.salesforce_ids import checksum
+from worker.domain.salesforce_ids import checksum
 
 EXAMPLES_PER_ROUTE = 5000
 FIXTURES = [path.read_bytes() for path in sorted(SALESFORCE.glob("*.xml"))]

@@ -9,11 +9,11 @@ import pytest
 import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
+from worker.dev.redis_server import RedisServer
+from worker.domain.operations import Action, Operation
 from worker.effects import Outcome, RetryLater, perform
 from worker.errors import InDoubtError, RetryableError
-from worker.operations import Action, Operation
-from worker.redis_server import RedisServer
-from worker.runtime import Runtime, build_runtime
+from worker.tasks.runtime import Runtime, build_runtime
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.domain.operations import KEY_PREFIX
 from worker.errors import DeferredError, GatewayError, RetryableError
-from worker.operations import KEY_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from tests.conftest import SandboxServer, random_event_id
 from worker.chilipiper.mcp import McpGateway
+from worker.dev.redis_server import free_port
 from worker.errors import PermanentError
-from worker.redis_server import free_port
 
 
 def chilipiper_lookalike() -> MCPServer:

@@ -1,0 +1,85 @@
+"""`POST /salesforce/outbound/<action>`: Salesforce Outbound Messages (SOAP 1.1).
+
+Ack only once every valid notification is in the broker; quarantine the invalid ones and
+still ack, since Salesforce would otherwise retry for 24 hours a message that cannot succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, request
+
+from webhooks.app import edge
+from webhooks.auth import verify_org, verify_token
+from webhooks.body import read_body
+from webhooks.soap import ACK, CONTENT_TYPE, fault, parse_outbound
+from worker.domain.notifications import triage
+from worker.domain.operations import parse_action
+from worker.errors import IngressError, MalformedRequest, QueueUnavailable
+from worker.ingest import Batch, submit
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("outbound", __name__)
+ROUTE = "/salesforce/outbound/<action>"
+
+
+@blueprint.post(ROUTE)
+def receive(action: str) -> Response:
+    current = edge()
+    settings = current.settings
+    verify_token(request.args.get("token"), settings.webhook_tokens)
+    try:
+        chosen = parse_action(action)
+    except ValueError as exc:
+        raise MalformedRequest(str(exc)) from None
+    message = parse_outbound(read_body(), settings.salesforce_event_id_field)
+    verify_org(message.organization_id, settings.salesforce_org_ids)
+
+    result = triage(
+        message.notifications,
+        chosen,
+        settings.salesforce_id_prefixes,
+        settings.salesforce_event_id_field,
+    )
+    with current.metrics.enqueue_seconds.time():
+        submit(
+            current.celery,
+            Batch(message.organization_id, result.operations, result.rejections, action=chosen),
+        )
+    current.metrics.notifications.labels(chosen.value, "queued").inc(len(result.operations))
+    current.metrics.notifications.labels(chosen.value, "rejected").inc(len(result.rejections))
+    for rejection in result.rejections:
+        log.warning(
+            "quarantined notification %s (%s): %s",
+            rejection.notification_id,
+            chosen.value,
+            rejection.reason,
+        )
+    log.info(
+        "outbound %s from %s: %d queued, %d quarantined",
+        chosen.value,
+        message.organization_id[:15],
+        len(result.operations),
+        len(result.rejections),
+    )
+    return _soap(ACK, 200)
+
+
+@blueprint.errorhandler(IngressError)
+def refuse(error: IngressError) -> Response:
+    log.info("refused outbound message: %s %s", error.status, error.message)
+    return _soap(fault(error.message), error.status)
+
+
+@blueprint.errorhandler(QueueUnavailable)
+def unavailable(error: QueueUnavailable) -> Response:
+    log.error("no ack, Salesforce will retry: %s", error)
+    return _soap(
+        fault("temporarily unable to queue the notifications; retry later", server=True), 503
+    )
+
+
+def _soap(body: str, status: int) -> Response:
+    edge().metrics.requests.labels("outbound", str(status)).inc()
+    return Response(body, status=status, content_type=CONTENT_TYPE)

@@ -1,0 +1,425 @@
+"""`crmhook`, the operator's command line.
+
+Every command reads the same settings as the services (environment and `.env`). Listings
+print IDs as stored (canonical, 18 characters); `--json` gives machine-readable output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worker.domain.salesforce_ids import canonical_id
+from worker.errors import ConfigError, CrmhookError, InvalidSalesforceId
+from worker.operator import Filters, Operator, Outcome, Result, summarize
+from worker.settings import SANDBOX_PORT, Settings, load_settings
+from worker.store.audit import cli_actor
+
+# Piped output is read by scripts and grep: wide enough that nothing is cut.
+console = Console(width=None if sys.stdout.isatty() else 240)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class _Commands(click.Group):
+    """Turns an unreachable Redis into one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis did not answer ({exc}); check REDIS_URL") from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Salesforce Event notifications to ChiliPiper meeting actions, exactly once."""
+
+
+@main.command()
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("PORT", "8000")),
+    show_default="$PORT or 8000",
+    help="Port of the web app.",
+)
+@click.option(
+    "--sandbox-port",
+    type=int,
+    default=8765,
+    show_default=True,
+    help="Port of the sandbox ChiliPiper.",
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Worker threads (calls in flight).",
+)
+def dev(port: int, sandbox_port: int, concurrency: int) -> None:
+    """Run the whole system here: Redis, sandbox ChiliPiper, web and worker.
+
+    Uses an embedded Redis unless REDIS_URL is set, and the sandbox unless
+    CHILIPIPER_TRANSPORT is set. Ctrl-C stops everything it started.
+    """
+    from worker.dev.runner import DevStack
+
+    sys.exit(DevStack(port=port, sandbox_port=sandbox_port, concurrency=concurrency).run())
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=SANDBOX_PORT, show_default=True)
+def sandbox(host: str, port: int) -> None:
+    """Serve the sandbox ChiliPiper (an MCP server with crm-get, crm-noshow, crm-cancel)."""
+    from werkzeug.serving import make_server
+
+    from worker.dev.sandbox import create_sandbox_app
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_server(host, port, create_sandbox_app(), threaded=True)
+    click.echo(f"sandbox ChiliPiper MCP server on http://{host}:{port}/mcp")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+@main.command()
+@click.option("--event", "event_id", help="Also read this CRM event with crm-get.")
+def check(event_id: str | None) -> None:
+    """Check that the configured transport reaches ChiliPiper and offers the three tools."""
+    from worker.cli.check import check as run_check
+
+    settings = _settings()
+    if event_id:
+        try:
+            event_id = canonical_id(event_id)
+        except InvalidSalesforceId as exc:
+            raise click.BadParameter(str(exc), param_hint="--event") from None
+    report = run_check(settings, event_id)
+    for good, line in report.lines:
+        console.print(("[green]✓[/] " if good else "[red]✗[/] ") + line, highlight=False)
+    sys.exit(0 if report.ok else 1)
+
+
+def _operator(settings: Settings) -> Operator:
+    from worker.store.claims import Store
+    from worker.tasks.app import make_celery
+    from worker.tasks.runtime import redis_client, retention
+
+    client = redis_client(settings.redis_url)
+    return Operator(
+        settings, Store(client, retention(settings)), client, make_celery(settings), cli_actor()
+    )
+
+
+def _filters(action: str | None, since: str | None) -> Filters:
+    try:
+        return Filters.parse(action, since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+ACTION_OPTION = click.option("--action", help="Only this action: get, noshow or cancel.")
+SINCE_OPTION = click.option(
+    "--since", help="Only those failed since: 90s, 30m, 2h, 7d or ISO time."
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@main.command()
+@click.argument("action")
+@click.argument("event_ids", nargs=-1, required=True)
+def enqueue(action: str, event_ids: tuple[str, ...]) -> None:
+    """Queue ACTION (get, noshow, cancel) for EVENT_IDS, validated as the edge does."""
+    try:
+        results = _operator(_settings()).enqueue(action, event_ids)
+    except CrmhookError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # the action
+        raise click.BadParameter(str(exc), param_hint="ACTION") from None
+    for result in results:
+        if result.outcome is Outcome.REJECTED:
+            console.print(f"[red]rejected[/] {result.target}: {result.detail}")
+        else:
+            console.print(f"[green]queued[/]   {result.target} ({result.detail})")
+    sys.exit(1 if any(r.outcome is Outcome.REJECTED for r in results) else 0)
+
+
+@main.command()
+@click.argument("key_or_event_id")
+@JSON_OPTION
+def status(key_or_event_id: str, as_json: bool) -> None:
+    """Show what happened to an operation KEY or to every operation of an EVENT_ID:
+    state, attempts, timestamps, last error, result and audit trail."""
+    try:
+        records = _operator(_settings()).status(key_or_event_id)
+    except InvalidSalesforceId as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY_OR_EVENT_ID") from None
+    if as_json:
+        click.echo(json.dumps(records, indent=2, sort_keys=True))
+    elif not records:
+        console.print(f"nothing recorded for {key_or_event_id}")
+    for record in records if not as_json else []:
+        console.print(_record_table(record))
+    sys.exit(0 if records else 1)
+
+
+@main.command()
+@ACTION_OPTION
+@SINCE_OPTION
+@click.option("--limit", type=int, default=100, show_default=True)
+@JSON_OPTION
+def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters (operations that failed for good), newest first."""
+    records, total = _operator(_settings()).failed(_filters(action, since), limit=limit)
+    if as_json:
+        click.echo(json.dumps(records, indent=2, sort_keys=True))
+        return
+    title = f"{total} dead letter(s)" + (f", newest {limit}" if total > limit else "")
+    rows = [
+        (
+            _when(record["failed_at"] * 1000),
+            record["action"],
+            record["crm_event_id"],
+            record.get("attempts", ""),
+            record.get("last_error", ""),
+        )
+        for record in records
+    ]
+    console.print(_listing(title, ("failed", "action", "event", "attempts", "last error"), rows))
+    if records:
+        console.print("Replay them with: crmhook replay --failed (add --dry-run to see first)")
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Replay every dead letter.")
+@click.option("--quarantined", is_flag=True, help="Judge quarantined notifications again.")
+@ACTION_OPTION
+@SINCE_OPTION
+@click.option("--force", is_flag=True, help="Run succeeded operations again (audited).")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say what would happen.")
+@JSON_OPTION
+def replay(
+    targets: tuple[str, ...],
+    all_failed: bool,
+    quarantined: bool,
+    action: str | None,
+    since: str | None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Replay operation KEYS or EVENT IDS, every dead letter (--failed), or the quarantine
+    (--quarantined, under today's settings).
+
+    Replays go through the same claim as every task: a succeeded operation is skipped unless
+    --force is given. Every replay is audited with your OS user name.
+    """
+    chosen = [
+        name
+        for name, on in (
+            ("TARGETS", targets),
+            ("--failed", all_failed),
+            ("--quarantined", quarantined),
+        )
+        if on
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError("give operation keys or event IDs, or --failed, or --quarantined")
+    if (action or since) and not all_failed:
+        raise click.UsageError("--action and --since filter --failed")
+    if force and quarantined:
+        raise click.UsageError("--force applies to keys and event IDs, not --quarantined")
+    operator = _operator(_settings())
+    try:
+        with _progress(disable=as_json) as advance:
+            if all_failed:
+                results = operator.replay_failed(
+                    _filters(action, since), dry_run=dry_run, progress=advance
+                )
+            elif quarantined:
+                results = operator.replay_quarantined(dry_run=dry_run, progress=advance)
+            else:
+                results = operator.replay(targets, force=force, dry_run=dry_run, progress=advance)
+    except CrmhookError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        _print_results(results, dry_run=dry_run)
+    sys.exit(1 if any(r.outcome in (Outcome.NOT_FOUND, Outcome.REJECTED) for r in results) else 0)
+
+
+@main.command(name="audit")
+@click.option("--limit", type=int, default=50, show_default=True)
+@JSON_OPTION
+def audit_log(limit: int, as_json: bool) -> None:
+    """List the newest audit entries: replays and manual tasks, who, when, outcome."""
+    operator = _operator(_settings())
+    entries, _ = operator.audit_log(limit=limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, sort_keys=True))
+        return
+    title = f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}"
+    rows = [
+        (
+            _when(entry["at"] * 1000),
+            entry["actor"],
+            entry["what"],
+            entry["outcome"],
+            entry["target"],
+            entry.get("detail", ""),
+        )
+        for entry in entries
+    ]
+    columns = ("when", "actor", "what", "outcome", "target", "detail")
+    console.print(_listing(title, columns, rows))
+
+
+def _listing(title: str, columns: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Table:
+    """A table whose last column (prose) wraps; the others hold IDs and times, copied from
+    here, so they never wrap."""
+    table = Table(title=title)
+    for column in columns[:-1]:
+        table.add_column(column, no_wrap=True)
+    table.add_column(columns[-1], ratio=1)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+PROGRESS_LINE_EVERY = 100
+
+
+@contextlib.contextmanager
+def _progress(*, disable: bool) -> Iterator[Callable[[Result], None]]:
+    """Progress fed one result at a time: a live bar on a terminal, a line every hundred
+    results when piped (logs of a long bulk replay), nothing with --json."""
+    errors = Console(stderr=True)
+    if disable or not errors.is_terminal:
+        done = 0
+
+        def count(_result: Result) -> None:
+            nonlocal done
+            done += 1
+            if not disable and done % PROGRESS_LINE_EVERY == 0:
+                errors.print(f"replayed {done}…", highlight=False)
+
+        yield count
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=errors, transient=True) as bar:
+        task = bar.add_task("replaying", total=None)
+        yield lambda _result: bar.advance(task)
+
+
+def _print_results(results: list[Result], *, dry_run: bool) -> None:
+    colour = {
+        Outcome.QUEUED: "green",
+        Outcome.WOULD_QUEUE: "cyan",
+        Outcome.SKIPPED: "yellow",
+        Outcome.NOT_FOUND: "red",
+        Outcome.REJECTED: "red",
+    }
+    for result in results:
+        shown = result.outcome.value.replace("_", " ")
+        console.print(
+            f"[{colour[result.outcome]}]{shown:<11}[/] {result.target}  {result.detail}",
+            highlight=False,
+        )
+    counts = ", ".join(
+        f"{count} {name.replace('_', ' ')}" for name, count in summarize(results).items()
+    )
+    console.print(
+        f"{'dry run: ' if dry_run else ''}{len(results)} target(s): {counts or 'nothing to do'}"
+    )
+
+
+@main.command()
+@click.option("--limit", type=int, default=100, show_default=True)
+@JSON_OPTION
+def quarantine(limit: int, as_json: bool) -> None:
+    """List quarantined (rejected) notifications, newest first, with the reason."""
+    operator = _operator(_settings())
+    entries = [
+        {name: value for name, value in entry.items() if name != "entry"}
+        for entry in operator.store.quarantined(limit)
+    ]
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{len(entries)} quarantined notification(s)")
+    for column in ("received", "action", "org", "notification", "value as sent"):
+        table.add_column(column, no_wrap=True, min_width=18 if column != "action" else 6)
+    table.add_column("reason", ratio=1)  # IDs are copied from here: only the reason wraps
+    for entry in entries:
+        table.add_row(
+            _when(entry["received_at"] * 1000),
+            entry["action"],
+            entry["organization_id"],
+            entry["notification_id"],
+            entry.get("value") or "",
+            entry["reason"],
+        )
+    console.print(table)
+    if entries:
+        console.print("After fixing the settings: crmhook replay --quarantined --dry-run")
+
+
+def _record_table(record: dict[str, Any]) -> Table:
+    table = Table(show_header=False, title=record["key"], title_justify="left")
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for name in (
+        "action",
+        "crm_event_id",
+        "state",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "succeeded_at",
+        "last_error",
+        "sources",
+        "replayed_at",
+        "replayed_by",
+        "forced",
+        "result",
+    ):
+        value = record.get(name)
+        if value in (None, ""):
+            continue
+        if name.endswith("_at"):
+            value = _when(float(value))
+        elif not isinstance(value, str):
+            value = json.dumps(value)
+        table.add_row(name, str(value))
+    for entry in record.get("audit", []):
+        when = _when(entry["at"] * 1000)
+        line = f"{when} {entry['actor']} {entry['what']}: {entry['outcome']}"
+        table.add_row("audit", line + (f" ({entry['detail']})" if entry.get("detail") else ""))
+    return table
+
+
+def _when(milliseconds: float) -> str:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")

@@ -1,0 +1,202 @@
+"""`crmhook dev`: the whole system on one machine, from nothing but the installed package.
+
+Starts an embedded Redis (unless REDIS_URL is set), the sandbox ChiliPiper, the web app under
+gunicorn and a Celery worker; prints where to post and a ready-to-paste curl; on Ctrl-C (or
+when any process dies) stops every process it started, by pid, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from pydantic import SecretStr
+
+from worker.dev.redis_server import RedisServer
+from worker.settings import parse_admin_token
+
+SAMPLE_ORG_ID = "00D5g000004XyZqEAK"  # the bundled sample message's OrganizationId
+COLOURS = {"redis": "31", "sandbox": "35", "web": "36", "worker": "33"}
+
+
+def sample_message() -> Path:
+    """The bundled Outbound Message with two Event notifications."""
+    return Path(str(resources.files("worker.dev") / "samples" / "outbound_event.xml"))
+
+
+@dataclass
+class DevStack:
+    port: int
+    sandbox_port: int
+    concurrency: int
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    redis: RedisServer | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def environment(self, redis_url: str) -> dict[str, str]:
+        """The children's environment: the caller's, with development defaults for gaps."""
+        env = dict(self.environ)
+        env["REDIS_URL"] = redis_url
+        env.setdefault("CHILIPIPER_TRANSPORT", "sandbox")
+        env.setdefault("CHILIPIPER_SANDBOX_URL", f"http://127.0.0.1:{self.sandbox_port}/mcp")
+        env.setdefault("WEBHOOK_TOKENS", "dev-" + secrets.token_urlsafe(18))
+        env.setdefault("ADMIN_TOKENS", "dev:write:dev-admin-" + secrets.token_urlsafe(18))
+        env.setdefault("SALESFORCE_ORG_IDS", SAMPLE_ORG_ID)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def run(self) -> int:
+        redis_url = self.environ.get("REDIS_URL")
+        if not redis_url:
+            self.redis = RedisServer().start()
+            redis_url = self.redis.url
+            _say("redis", f"embedded redis-server on {redis_url} (AOF in {self.redis.directory})")
+        env = self.environment(redis_url)
+        python = sys.executable
+        commands = {
+            "sandbox": [python, "-m", "worker.cli", "sandbox", "--port", str(self.sandbox_port)],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "--app",
+                "worker",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            "web": [
+                python,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--preload",
+                "--no-control-socket",
+                "webhooks:create_app()",
+            ],
+        }
+        if env.get("CHILIPIPER_TRANSPORT") != "sandbox":
+            del commands["sandbox"]
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            for name, command in commands.items():
+                self._start(name, command, env)
+            if self._wait_ready(env) and not self._stopping.is_set():
+                print(self.banner(env), flush=True)
+            while not self._stopping.is_set():
+                for name, process in self.processes.items():
+                    if process.poll() is not None:
+                        _say(name, f"exited with status {process.returncode}; stopping")
+                        return 1
+                self._stopping.wait(0.5)
+            return 0
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
+
+    def banner(self, env: Mapping[str, str]) -> str:
+        token = env["WEBHOOK_TOKENS"].split(",")[0].strip()
+        url = f"http://127.0.0.1:{self.port}/salesforce/outbound/cancel?token={token}"
+        return "\n".join(
+            [
+                "",
+                f"crmhook is up: web http://127.0.0.1:{self.port}  "
+                f"(ChiliPiper: {env['CHILIPIPER_TRANSPORT']})",
+                "Post the bundled sample Outbound Message (two Event notifications) with:",
+                "",
+                f"  curl -sS -X POST '{url}' -H 'Content-Type: text/xml; charset=UTF-8' "
+                f"-H 'SOAPAction: \"\"' --data-binary @{sample_message()}",
+                "",
+                "and watch the sandbox cancel both meetings below. Ctrl-C stops everything.",
+                "",
+                "Operators, from another shell:",
+                f"  REDIS_URL={env['REDIS_URL']} crmhook status 00U5g00000MnOpQ",
+                f"  curl -sS -H 'Authorization: Bearer {admin_secret(env)}' "
+                f"http://127.0.0.1:{self.port}/admin/failed",
+                "",
+            ]
+        )
+
+    def stop(self) -> None:
+        """Stop our children (SIGTERM, then SIGKILL after 10 s), then the embedded Redis."""
+        self._stopping.set()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.redis is not None:
+            self.redis.close()
+            self.redis = None
+
+    def _start(self, name: str, command: list[str], env: Mapping[str, str]) -> None:
+        process = subprocess.Popen(
+            command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.processes[name] = process
+        threading.Thread(target=_relay, args=(name, process), daemon=True).start()
+
+    def _wait_ready(self, env: Mapping[str, str], timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if any(process.poll() is not None for process in self.processes.values()):
+                return False
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).is_success:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        return False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping.set()
+
+
+def _relay(name: str, process: subprocess.Popen[bytes]) -> None:
+    if process.stdout is None:
+        return
+    for raw in iter(process.stdout.readline, b""):
+        _say(name, raw.decode("utf-8", "replace").rstrip())
+
+
+def _say(name: str, line: str) -> None:
+    colour = COLOURS.get(name, "0")
+    prefix = f"\033[{colour}m{name:>7} |\033[0m" if sys.stdout.isatty() else f"{name:>7} |"
+    print(f"{prefix} {line}", flush=True)
+
+
+def admin_secret(env: Mapping[str, str]) -> str:
+    """The secret of the first admin token, for the banner."""
+    first = SecretStr(env["ADMIN_TOKENS"].split(",")[0].strip())
+    return parse_admin_token(first, 0).secret.get_secret_value()

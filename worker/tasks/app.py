@@ -1,0 +1,70 @@
+"""The Celery application: task defaults in one place, built from Settings.
+
+Why these defaults (ARCHITECTURE.md, "Exactly-once effects"): a task's message is acknowledged
+only after it ran (`acks_late`) and goes back to the queue if its worker dies
+(`reject_on_worker_lost`); one message reserved per slot (prefetch 1) so a dying worker strands
+little; JSON only, so a message can never carry code; results ignored (outcomes live in the
+idempotency store). The visibility timeout is short so a killed worker's tasks run again within
+two minutes, and kombu's unacked mutex expires well before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.settings import Settings
+
+QUEUE = "crmhook"
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.25,
+    "interval_max": 0.5,
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    visibility = settings.broker_visibility_timeout_seconds
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "unacked_mutex_expire": max(5, visibility // 3),
+            # kombu sweeps for a dead worker's messages every interval x throttle seconds
+            # (100 s by default): sweep every ~5 s so they return soon after the timeout.
+            "unacked_restore_interval": max(1, visibility // 18),
+            "unacked_restore_throttle": 1,
+            # Fail fast when Redis is down: the edge answers 503 within seconds.
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            "retry_on_timeout": False,
+            "health_check_interval": 25,
+        },
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_channel_error_retry": True,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for `settings`. The worker's tasks register themselves on it."""
+    app = Celery("crmhook", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.crmhook_settings = settings
+    app.conf.imports = ("worker.tasks.tasks",)
+    return app
