@@ -7,7 +7,6 @@ import os
 import random
 import string
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +30,14 @@ from tests.scalekit_standin import (
     create_scalekit_app,
 )
 from webhooks import create_app
+from worker.dev.procfile import Procfile, child_environment
 from worker.dev.redis_server import RedisServer
 from worker.dev.sandbox import Faults, Sandbox, create_sandbox_app
 from worker.domain.salesforce_ids import checksum
 from worker.settings import Settings, load_settings
-from worker.store.claims import Store
-from worker.tasks.runtime import redis_client, retention
+from worker.store import Store
+from worker.store.connection import redis_client
+from worker.tasks.runtime import retention
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SALESFORCE = FIXTURES / "salesforce"
@@ -232,27 +233,14 @@ def start_worker(
     concurrency: int = 16,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "--app",
-        "worker",
-        "worker",
-        "--pool",
-        "threads",
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
+    """Start the Procfile's `worker` line, as production runs it, and wait until it is ready."""
+    command = Procfile.load().argv("worker")
+    command[-1] += " --without-heartbeat"  # as the tests' workers always ran
+    env = {**worker_environment(settings), "WORKER_CONCURRENCY": str(concurrency)}
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             command,
-            env={**worker_environment(settings), **(extra_env or {})},
+            env=child_environment({**env, **(extra_env or {})}),
             stdout=handle,
             stderr=subprocess.STDOUT,
             cwd=log.parent,

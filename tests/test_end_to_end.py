@@ -20,7 +20,7 @@ from tests.conftest import (
     random_event_id,
     wait_for,
 )
-from worker.store.claims import Store
+from worker.store import Store
 from worker.tasks.app import QUEUE
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_sample_message_cancels_both_meetings(
     for event in events:
         [record] = wait_for(
             lambda event=event: [
-                r for r in worker_store.records_for_event(event) if r["state"] == "succeeded"
+                r for r in worker_store.records.for_event(event) if r["state"] == "succeeded"
             ]
         )
         assert record["sources"]
@@ -81,7 +81,7 @@ def test_hundred_notifications_with_ten_bad_ids_end_to_end(
     wait_for(lambda: all(sandbox.calls(event, "crm-noshow") for _, event in good))
     wait_for(
         lambda: (
-            {entry["notification_id"] for entry in worker_store.quarantined(1000)}
+            {entry["notification_id"] for entry in worker_store.quarantine.list(1000)}
             >= {note for note, _ in bad}
         )
     )

@@ -24,8 +24,9 @@ from tests.scalekit_standin import CLIENT_ID, CLIENT_SECRET, IDENTIFIER
 from webhooks import create_app
 from worker.dev.redis_server import RedisServer
 from worker.settings import Settings
-from worker.store.claims import Store
-from worker.tasks.runtime import redis_client, retention
+from worker.store import Store
+from worker.store.connection import redis_client
+from worker.tasks.runtime import retention
 
 pytestmark = pytest.mark.slow
 SCALEKIT_DB = 3
@@ -73,7 +74,7 @@ def test_sample_message_cancels_both_meetings_through_scalekit(
     for event in EVENTS:
         [record] = wait_for(
             lambda event=event: [
-                r for r in store.records_for_event(event) if r["state"] == "succeeded"
+                r for r in store.records.for_event(event) if r["state"] == "succeeded"
             ]
         )
         assert record["result"]["execution_id"]  # Scalekit's execution, kept with the key

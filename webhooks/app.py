@@ -15,8 +15,8 @@ from werkzeug.exceptions import HTTPException
 from webhooks.metrics import EdgeMetrics, edge_metrics
 from worker.errors import ConfigError
 from worker.settings import Settings, load_settings
+from worker.store.connection import redis_client
 from worker.tasks.app import make_celery
-from worker.tasks.runtime import redis_client
 
 
 @dataclass(frozen=True)

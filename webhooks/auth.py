@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pydantic import SecretStr
 
 from worker.domain.salesforce_ids import same_org
-from worker.errors import Forbidden, InsufficientScope, Unauthorized
+from worker.errors import Forbidden, InsufficientScope, MissingToken, UnknownToken
 from worker.settings import AdminScope, AdminToken
 
 
@@ -24,14 +24,14 @@ def verify_token(presented: str | None, tokens: Sequence[SecretStr]) -> int:
     the lengths; every token is compared, so timing does not reveal which one matched.
     """
     if not presented:
-        raise Unauthorized("missing token")
+        raise MissingToken("missing token")
     offered = hashlib.sha256(presented.encode()).digest()
     matches = [
         hmac.compare_digest(offered, hashlib.sha256(token.get_secret_value().encode()).digest())
         for token in tokens
     ]
     if not any(matches):
-        raise Unauthorized("unknown token")
+        raise UnknownToken("unknown token")
     return matches.index(True)
 
 

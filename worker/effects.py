@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.chilipiper import ToolResult
-from worker.domain.operations import Action, Operation
+from worker.domain.operations import Action, Operation, State
 from worker.errors import (
     DeferredError,
     GatewayError,
@@ -21,7 +21,8 @@ from worker.errors import (
     RetryableError,
     ToolError,
 )
-from worker.store.claims import Claim, State, Verdict
+from worker.store import keys
+from worker.store.claims import Claim, Verdict
 from worker.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -61,17 +62,17 @@ def perform(runtime: Runtime, operation: Operation, *, owner: str) -> Outcome:
     TASK_MAX_ATTEMPTS or TASK_MAX_AGE_SECONDS, end as a dead letter (state `failed`).
     """
     settings = runtime.settings
-    claim = runtime.store.claim(operation, owner, settings.claim_lease_seconds)
+    claim = runtime.store.claims.claim(operation, owner, settings.claim_lease_seconds)
     if claim.verdict is not Verdict.CLAIMED:
-        log.info("%s: %s, standing down", operation.key, claim.verdict)
+        log.info("%s: %s, standing down", keys.operation(operation), claim.verdict)
         return STAND_DOWN[claim.verdict]
     try:
         return _attempt(runtime, operation, claim)
     except DeferredError as exc:
         # Nothing was sent: hand the claim back uncounted and come back when the limit,
         # pause or circuit allows.
-        runtime.store.release(operation, claim)
-        log.info("%s deferred %.1f s: %s", operation.key, exc.retry_after, exc)
+        runtime.store.claims.release(operation, claim)
+        log.info("%s deferred %.1f s: %s", keys.operation(operation), exc.retry_after, exc)
         raise RetryLater(exc, claim.attempts - 1, delay=exc.retry_after) from exc
     except PermanentError as exc:
         return _settle_error(runtime, operation, claim, State.FAILED, str(exc))
@@ -93,12 +94,14 @@ def _attempt(runtime: Runtime, operation: Operation, claim: Claim) -> Outcome:
         current = _in_effect(runtime, operation)
         if current is not None:
             return _succeed(runtime, operation, claim, current, Outcome.RECONCILED)
-        log.warning("%s was interrupted before it took effect; sending it again", operation.key)
-    if action.irreversible and not store.renew(
+        log.warning(
+            "%s was interrupted before it took effect; sending it again", keys.operation(operation)
+        )
+    if action.irreversible and not store.claims.renew(
         operation, claim, runtime.settings.claim_lease_seconds
     ):
         # Fencing: another worker took over while we checked; it owns the call now.
-        log.error("%s: claim lost before the call; not sending it", operation.key)
+        log.error("%s: claim lost before the call; not sending it", keys.operation(operation))
         return Outcome.LOST_CLAIM
     try:
         result = runtime.gateway.call(action.tool, operation.crm_event_id)
@@ -138,8 +141,8 @@ def _succeed(
     record = result.to_record()
     if outcome is Outcome.RECONCILED:
         record["reconciled"] = True
-    if not runtime.store.settle(operation, claim, State.SUCCEEDED, result=record):
-        log.error("%s: succeeded, but the claim had been taken over", operation.key)
+    if not runtime.store.claims.settle(operation, claim, State.SUCCEEDED, result=record):
+        log.error("%s: succeeded, but the claim had been taken over", keys.operation(operation))
         return Outcome.LOST_CLAIM
     log.info("%s %s: %s", operation.action.tool, operation.crm_event_id, outcome)
     return outcome
@@ -149,6 +152,6 @@ def _settle_error(
     runtime: Runtime, operation: Operation, claim: Claim, state: State, error: str
 ) -> Outcome:
     log.warning("%s %s: %s (%s)", operation.action.tool, operation.crm_event_id, state, error)
-    if not runtime.store.settle(operation, claim, state, error=error):
+    if not runtime.store.claims.settle(operation, claim, state, error=error):
         return Outcome.LOST_CLAIM
     return Outcome.FAILED

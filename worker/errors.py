@@ -4,6 +4,8 @@
     ├── ConfigError                  a setting is missing or malformed (names the variable)
     ├── IngressError                 a request the edge refuses; carries its HTTP status
     │   ├── Unauthorized             401: no or unknown shared secret
+    │   │   ├── MissingToken         401: no credentials at all
+    │   │   └── UnknownToken         401: credentials we do not know
     │   ├── Forbidden                403: Organization ID not on the allow-list
     │   │   └── InsufficientScope    403: an admin token whose scope does not allow this
     │   ├── NotFound                 404: nothing recorded under that key or ID
@@ -14,6 +16,8 @@
     └── GatewayError                 a ChiliPiper call did not succeed
         ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
         ├── PermanentError           will not succeed by retrying: 400/401/403/404...
+        │   ├── CredentialsRefused   our credentials were refused (token, client secret)
+        │   ├── UnknownAccount       Scalekit has no connected account for the identifier
         │   └── ToolError            the tool ran and said no ("already cancelled"...)
         │       └── NoMeetingError   no ChiliPiper meeting is linked to the CRM event
         ├── InDoubtError             an irreversible call may have happened without an answer
@@ -46,6 +50,14 @@ class IngressError(CrmhookError):
 
 class Unauthorized(IngressError):
     status = 401
+
+
+class MissingToken(Unauthorized):
+    """No credentials were presented (RFC 6750: answer without an error code)."""
+
+
+class UnknownToken(Unauthorized):
+    """Credentials were presented but match none we know (RFC 6750: `invalid_token`)."""
 
 
 class Forbidden(IngressError):
@@ -110,6 +122,14 @@ class RetryableError(GatewayError):
 
 class PermanentError(GatewayError):
     """Retrying cannot help: bad credentials, no such meeting, a tool that said no."""
+
+
+class CredentialsRefused(PermanentError):
+    """ChiliPiper or Scalekit refused our credentials: fix the settings, retrying cannot."""
+
+
+class UnknownAccount(PermanentError):
+    """Scalekit knows no connected account for SCALEKIT_IDENTIFIER on this connection."""
 
 
 class ToolError(PermanentError):

@@ -1,8 +1,7 @@
 """From validated notifications to queued operations, in two steps.
 
-1. `submit` (on the request path): the whole message's valid operations and rejections go to
-   the broker as ONE fan-out task: one publish per message, not one per notification, so the
-   edge answers in milliseconds. The Ack is sent only after this returns.
+1. `tasks.publish.submit` (on the request path): the whole message's valid operations and
+   rejections go to the broker as ONE fan-out task. The Ack is sent only after it returns.
 2. `fan_out` (in the worker): quarantine the rejections, skip notifications already queued by
    an earlier delivery, record the rest as queued and publish one task per operation.
 
@@ -14,21 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-from celery import Celery
-from kombu.exceptions import KombuError, OperationalError
-
 from worker.domain.notifications import Rejection
 from worker.domain.operations import Action, Operation
-from worker.errors import QueueUnavailable
-from worker.store.claims import Store
+from worker.store import Store
 
-FAN_OUT_TASK = "crmhook.fan_out"
-PERFORM_TASK = "crmhook.perform"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,7 +29,8 @@ class Batch:
     """One inbound message's work: what to queue and what to quarantine.
 
     `organization_id` names the sender (`api` for JSON callers); `action` is the route's
-    action, recorded with the rejections (operations carry their own).
+    action, recorded with the rejections (operations carry their own). `received_at` is
+    epoch seconds.
     """
 
     organization_id: str
@@ -65,33 +59,6 @@ class Batch:
         )
 
 
-BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
-
-
-def submit(app: Celery, batch: Batch) -> None:
-    """Hand `batch` to the broker, or raise QueueUnavailable (the caller answers 503)."""
-    if not batch.operations and not batch.rejections:
-        return
-    try:
-        app.send_task(FAN_OUT_TASK, args=[batch.to_message()])
-    except BROKER_ERRORS as exc:
-        raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
-
-
-def publish(app: Celery, operations: list[Operation]) -> None:
-    """Enqueue one task per operation whose record is already written (a replay), over one
-    connection; QueueUnavailable if the broker refuses (the lost-message sweeper would
-    still enqueue them later, from the store)."""
-    if not operations:
-        return
-    try:
-        with app.producer_or_acquire() as producer:
-            for operation in operations:
-                app.send_task(PERFORM_TASK, args=[operation.to_message()], producer=producer)
-    except BROKER_ERRORS as exc:
-        raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
-
-
 @dataclass(frozen=True)
 class FanOut:
     queued: list[Operation]
@@ -100,19 +67,22 @@ class FanOut:
 
 
 def fan_out(
-    store: Store, batch: Batch, *, ingest_id: str, enqueue: Callable[[Operation], None]
+    store: Store,
+    batch: Batch,
+    *,
+    ingest_id: str,
+    publish: Callable[[Sequence[Operation]], None],
 ) -> FanOut:
-    """Quarantine, dedupe on notification ID, record and enqueue one batch."""
+    """Quarantine, dedupe on notification ID, record and publish one batch."""
     quarantined = batch.rejections
     # Rejections carry received_at from the edge, so a redelivered fan-out stores the same
     # entries again rather than new ones.
     if quarantined and batch.action is not None:
-        store.quarantine(batch.action, batch.organization_id, quarantined, at=batch.received_at)
-    fresh = store.first_sightings(batch.operations, ingest_id)
-    store.mark_queued(fresh)
-    for operation in fresh:
-        enqueue(operation)
+        store.quarantine.add(batch.action, batch.organization_id, quarantined, at=batch.received_at)
+    fresh = store.records.first_sightings(batch.operations, ingest_id)
+    store.records.mark_queued(fresh)
+    publish(fresh)
     skipped = len(batch.operations) - len(fresh)
     if skipped:
-        logging.getLogger(__name__).info("skipped %d notification(s) already queued", skipped)
+        log.info("skipped %d notification(s) already queued", skipped)
     return FanOut(queued=fresh, skipped=skipped, quarantined=len(quarantined))

@@ -22,18 +22,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import redis
 from celery import Celery
 
 from worker.domain.notifications import Rejection, triage
-from worker.domain.operations import KEY_PREFIX, Action, Operation, parse_action
+from worker.domain.operations import Action, Operation, State, parse_action
 from worker.domain.salesforce_ids import canonical_id, require_prefix
 from worker.errors import InvalidSalesforceId
-from worker.ingest import Batch, publish, submit
+from worker.ingest import Batch
 from worker.settings import Settings
-from worker.store import audit
+from worker.store import Store, keys
 from worker.store.audit import AuditEntry
-from worker.store.claims import State, Store
+from worker.tasks.publish import publish, submit
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.I)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -115,12 +114,9 @@ Progress = Callable[[Result], None]
 class Operator:
     """One operator (`actor`) acting on the store and the broker."""
 
-    def __init__(
-        self, settings: Settings, store: Store, client: redis.Redis, app: Celery, actor: str
-    ) -> None:
+    def __init__(self, settings: Settings, store: Store, app: Celery, actor: str) -> None:
         self.settings = settings
         self.store = store
-        self._redis = client
         self._app = app
         self.actor = actor
 
@@ -129,18 +125,18 @@ class Operator:
     def status(self, key_or_event_id: str) -> list[dict[str, Any]]:
         """The record of an operation key, or of every operation of an event ID (raises
         InvalidSalesforceId for an ID that is not one)."""
-        if key_or_event_id.startswith(f"{KEY_PREFIX}:op:"):
-            record = self.store.record(key_or_event_id)
+        if keys.is_operation(key_or_event_id):
+            record = self.store.records.read(key_or_event_id)
             return [record] if record else []
-        return self.store.records_for_event(canonical_id(key_or_event_id))
+        return self.store.records.for_event(canonical_id(key_or_event_id))
 
     def failed(
         self, filters: Filters = Filters(), *, offset: int = 0, limit: int = 100
     ) -> tuple[list[dict[str, Any]], int]:
         """A page of dead letters, newest first, and how many match in all."""
-        entries = self.store.dead_letters_since(filters.since, filters.action)
+        entries = self.store.dead_letters.since(filters.since, filters.action)
         page = entries[offset : offset + limit]
-        records = self.store.records([key for key, _ in page])
+        records = self.store.records.read_many([key for key, _ in page])
         shown = []
         for (_key, failed_at), record in zip(page, records, strict=True):
             if record is not None:  # expired since: its retention ran out
@@ -151,7 +147,7 @@ class Operator:
         self, *, limit: int = 100, before: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The newest audit entries (before the cursor `before`), and the next cursor."""
-        return audit.recent(self._redis, limit=limit, before=before)
+        return self.store.audit.recent(limit=limit, before=before)
 
     # --- replays --------------------------------------------------------------------------
 
@@ -190,8 +186,8 @@ class Operator:
         progress: Progress | None = None,
     ) -> list[Result]:
         """Replay every dead letter that `filters` match."""
-        keys = [key for key, _ in self.store.dead_letters_since(filters.since, filters.action)]
-        return self.replay(keys, dry_run=dry_run, progress=progress)
+        dead = self.store.dead_letters.since(filters.since, filters.action)
+        return self.replay([key for key, _ in dead], dry_run=dry_run, progress=progress)
 
     def _replay_target(
         self, target: str, *, force: bool, dry_run: bool
@@ -210,20 +206,20 @@ class Operator:
         """The result for one record and, when it must be enqueued, the operation and the
         audit entry that go with it."""
         operation = _operation(record)
-        key = operation.key
+        key = keys.operation(operation)
         if key != record["key"]:  # a record without its source: cannot be rebuilt
             return Result(record["key"], Outcome.SKIPPED, "the record lacks its source ID"), None
         if dry_run:
             state, attempts = record["state"], int(record.get("attempts", 0))
         else:
-            state, attempts = self.store.reopen(operation, force=force, actor=self.actor)
+            state, attempts = self.store.claims.reopen(operation, force=force, actor=self.actor)
         decision = _decide(state, attempts, force=force)
         if decision.outcome is not Outcome.QUEUED:
             return Result(key, decision.outcome, decision.detail, key), None
         if dry_run:
             return Result(key, Outcome.WOULD_QUEUE, decision.detail, key), None
         if state not in (State.FAILED, State.SUCCEEDED):
-            self.store.requeued([operation])  # reopen stamped the others
+            self.store.pending.stamp([operation])  # reopen stamped the others
         what = "forced-replay" if state == State.SUCCEEDED else "replay"
         entry = AuditEntry(self.actor, what, key, "queued", detail=decision.detail)
         return Result(key, Outcome.QUEUED, decision.detail, key), (operation, entry)
@@ -236,7 +232,7 @@ class Operator:
         """Judge every quarantined notification again under today's settings; queue those
         that pass (as a new delivery would be) and release them from the quarantine."""
         settings = self.settings
-        entries = self.store.quarantined(limit=self.store.quarantine_count() or 1)
+        entries = self.store.quarantine.list(limit=self.store.quarantine.count() or 1)
         batches: dict[tuple[str, str], list[tuple[dict[str, Any], Operation]]] = {}
         results: list[Result] = []
         for entry in entries:
@@ -261,11 +257,12 @@ class Operator:
             operations = [operation for _, operation in pairs]
             if not dry_run:
                 submit(self._app, Batch(organization_id, operations, action=Action(action_name)))
-                self.store.unquarantine(entry["entry"] for entry, _ in pairs)
+                self.store.quarantine.release(entry["entry"] for entry, _ in pairs)
             outcome = Outcome.WOULD_QUEUE if dry_run else Outcome.QUEUED
             for entry, operation in pairs:
                 detail = f"{operation.action.tool} {operation.crm_event_id}"
-                results.append(Result(entry["notification_id"], outcome, detail, operation.key))
+                key = keys.operation(operation)
+                results.append(Result(entry["notification_id"], outcome, detail, key))
         if not dry_run:
             self._audit(
                 [
@@ -294,15 +291,15 @@ class Operator:
                 continue
             operation = Operation(chosen, event_id, source)
             operations.append(operation)
-            results.append(Result(event_id, Outcome.QUEUED, chosen.tool, operation.key))
+            results.append(Result(event_id, Outcome.QUEUED, chosen.tool, keys.operation(operation)))
         submit(self._app, Batch(source.split(":", 1)[0], operations))
         self._audit(
-            [AuditEntry(self.actor, "enqueue", operation.key, "queued") for operation in operations]
+            [AuditEntry(self.actor, "enqueue", keys.operation(op), "queued") for op in operations]
         )
         return results
 
     def _audit(self, entries: list[AuditEntry]) -> None:
-        audit.write(self._redis, entries, ttl_seconds=self.settings.action_key_ttl_seconds)
+        self.store.audit.write(entries)
 
 
 @dataclass(frozen=True)

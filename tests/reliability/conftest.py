@@ -32,9 +32,10 @@ from webhooks import create_app
 from worker.dev.redis_server import RedisServer
 from worker.dev.sandbox import Sandbox, create_sandbox_app
 from worker.settings import Settings
-from worker.store.claims import Store
+from worker.store import Store
+from worker.store.connection import redis_client
 from worker.tasks.app import QUEUE
-from worker.tasks.runtime import redis_client, retention
+from worker.tasks.runtime import retention
 
 # Timings scaled down so a killed worker's tasks return in seconds, and still nested as the
 # worker checks at start-up: call budget (2 x (1.5 + 1) + 1 = 6 s) + 2 <= lease 8 <

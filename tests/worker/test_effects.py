@@ -13,6 +13,7 @@ from worker.dev.redis_server import RedisServer
 from worker.domain.operations import Action, Operation
 from worker.effects import Outcome, RetryLater, perform
 from worker.errors import InDoubtError, RetryableError
+from worker.store import keys
 from worker.tasks.runtime import Runtime, build_runtime
 
 
@@ -41,7 +42,7 @@ def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxSe
     assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
     assert perform(runtime, operation, owner="t2") is Outcome.ALREADY_DONE
     assert len(sandbox.calls(operation.crm_event_id, "crm-cancel")) == 1
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert record["state"] == "succeeded"
     assert record["result"]["data"]["status"] == "CANCELLED"
@@ -50,7 +51,7 @@ def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxSe
 def test_get_result_is_kept_with_the_key(runtime: Runtime) -> None:
     operation = Operation(Action.GET, random_event_id(), random_event_id("04l"))
     assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert record["result"]["data"] == {"crmEventId": operation.crm_event_id, "status": "BOOKED"}
 
@@ -59,7 +60,7 @@ def test_a_live_claim_elsewhere_means_busy_and_no_call(
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
-    runtime.store.claim(operation, "other-worker", lease_seconds=60)
+    runtime.store.claims.claim(operation, "other-worker", lease_seconds=60)
     assert perform(runtime, operation, owner="t1") is Outcome.BUSY
     assert sandbox.calls(operation.crm_event_id) == []
 
@@ -68,13 +69,13 @@ def test_interrupted_cancel_that_took_effect_is_reconciled_without_a_second_call
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
-    runtime.store.claim(operation, "killed-worker", lease_seconds=0)  # died mid-call...
+    runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)  # died mid-call...
     with sandbox.state.lock:
         sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"  # ...after ChiliPiper acted
     time.sleep(0.01)
     assert perform(runtime, operation, owner="t2") is Outcome.RECONCILED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get"]
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert (record["state"], record["result"]["reconciled"]) == ("succeeded", True)
 
@@ -83,7 +84,7 @@ def test_interrupted_cancel_that_did_not_take_effect_is_sent(
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
-    runtime.store.claim(operation, "killed-worker", lease_seconds=0)
+    runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)
     time.sleep(0.01)
     assert perform(runtime, operation, owner="t2") is Outcome.SUCCEEDED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get", "crm-cancel"]
@@ -98,7 +99,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
     with pytest.raises(RetryLater) as later:
         perform(runtime, operation, owner="t1")
     assert isinstance(later.value.error, InDoubtError)
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert record["state"] == "in_doubt"
     sandbox.set_faults()
@@ -110,7 +111,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
 def test_permanent_error_fails_at_once(runtime: Runtime, sandbox: SandboxServer) -> None:
     operation = Operation(Action.NOSHOW, random_event_id("00V"), "04l")  # no meeting linked
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert record["state"] == "failed"
     assert "No meeting linked" in record["last_error"]
@@ -128,14 +129,14 @@ def test_transient_errors_retry_until_max_attempts_then_dead_letter(
             perform(runtime, operation, owner="t1")
         assert isinstance(later.value.error, RetryableError)
         assert later.value.attempts == attempt
-        record = runtime.store.record(operation.key)
+        record = runtime.store.records.read(keys.operation(operation))
         assert record is not None
         assert record["state"] == "retrying"
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert record["last_error"].startswith(f"gave up after {max_attempts} attempts")
-    assert operation.key in runtime.store.dead_letters()
+    assert keys.operation(operation) in [key for key, _ in runtime.store.dead_letters.since()]
     assert sandbox.calls(operation.crm_event_id) == []  # every try was refused with 503
 
 
@@ -146,7 +147,7 @@ def test_transient_errors_past_max_age_dead_letter(
     operation = cancel()
     sandbox.set_faults(fail_next=1000, status=503)
     assert perform(aged, operation, owner="t1") is Outcome.FAILED
-    record = aged.store.record(operation.key)
+    record = aged.store.records.read(keys.operation(operation))
     assert record is not None
     assert "gave up after" in record["last_error"]
     aged.redis.close()
@@ -169,7 +170,7 @@ def test_noshow_of_a_cancelled_meeting_fails_after_the_check(
     with sandbox.state.lock:
         sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert "already CANCELLED" in record["last_error"]
 
@@ -186,7 +187,9 @@ def test_redelivery_of_a_failed_notification_stays_failed_but_a_new_one_tries_ag
         sandbox.state.meetings[event] = "BOOKED"  # the world changed: the meeting got linked
     later = Operation(Action.CANCEL, event, random_event_id("04l"))
     assert perform(runtime, later, owner="t2") is Outcome.SUCCEEDED
-    assert first.key not in runtime.store.dead_letters()  # succeeded since: no dead letter
+    assert keys.operation(first) not in [
+        key for key, _ in runtime.store.dead_letters.since()
+    ]  # succeeded since: no dead letter
 
 
 def test_an_open_circuit_defers_without_spending_an_attempt(
@@ -198,7 +201,7 @@ def test_an_open_circuit_defers_without_spending_an_attempt(
         perform(runtime, operation, owner="t1")
     assert later.value.delay is not None
     assert 4 < later.value.delay <= 5
-    record = runtime.store.record(operation.key)
+    record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert (record["state"], record["attempts"]) == ("queued", "0")  # as if never claimed
     assert sandbox.calls(operation.crm_event_id) == []

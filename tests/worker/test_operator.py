@@ -18,8 +18,8 @@ from tests.conftest import (
     wait_for,
 )
 from worker.cli import main
-from worker.domain.operations import Action, Operation
-from worker.store.claims import State, Store
+from worker.domain.operations import Action, Operation, State
+from worker.store import Store, keys
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def runner(celery_worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch) -> Cli
 
 
 def state_of(store: Store, event: str, action: Action = Action.CANCEL) -> str | None:
-    record = store.record(Operation(action, event, "").key)
+    record = store.records.read(keys.operation(Operation(action, event, "")))
     return record["state"] if record else None
 
 
@@ -72,7 +72,7 @@ def test_replayed_dead_letter_after_the_fix_is_called_exactly_once(
 ) -> None:
     event = dead_letter(runner, sandbox, worker_store)
     link(sandbox, event)
-    key = Operation(Action.CANCEL, event, "").key
+    key = keys.operation(Operation(Action.CANCEL, event, ""))
     replayed = runner.invoke(main, ["replay", key])
     assert replayed.exit_code == 0, replayed.output
     assert "1 queued" in replayed.output
@@ -80,8 +80,8 @@ def test_replayed_dead_letter_after_the_fix_is_called_exactly_once(
     calls = [(call["tool"], call["ok"]) for call in sandbox.calls(event)]
     # The dead letter; then the replay: reopened in doubt, it reads the meeting first.
     assert calls == [("crm-cancel", False), ("crm-get", True), ("crm-cancel", True)]
-    assert key not in worker_store.dead_letters(10_000)
-    trail = worker_store.record(key)["audit"]  # type: ignore[index]
+    assert key not in [dead for dead, _ in worker_store.dead_letters.since()]
+    trail = worker_store.records.read(key)["audit"]  # type: ignore[index]
     assert [(e["what"], e["outcome"]) for e in trail] == [
         ("enqueue", "queued"),
         ("replay", "queued"),
@@ -94,16 +94,18 @@ def test_replay_of_a_dead_cancel_that_had_taken_effect_sends_no_second_cancel(
 ) -> None:
     event = random_event_id()
     operation = Operation(Action.CANCEL, event, random_event_id("04l"))
-    worker_store.mark_queued([operation])
-    claim = worker_store.claim(operation, "earlier-worker", 60)
+    worker_store.records.mark_queued([operation])
+    claim = worker_store.claims.claim(operation, "earlier-worker", 60)
     # Its last attempts timed out after sending: ChiliPiper did cancel, unbeknown to us.
-    worker_store.settle(operation, claim, State.FAILED, error="gave up after 12 attempts: timeout")
+    worker_store.claims.settle(
+        operation, claim, State.FAILED, error="gave up after 12 attempts: timeout"
+    )
     with sandbox.state.lock:
         sandbox.state.meetings[event] = "CANCELLED"
-    assert runner.invoke(main, ["replay", operation.key]).exit_code == 0
+    assert runner.invoke(main, ["replay", keys.operation(operation)]).exit_code == 0
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
     assert [call["tool"] for call in sandbox.calls(event)] == ["crm-get"]
-    record = worker_store.record(operation.key)
+    record = worker_store.records.read(keys.operation(operation))
     assert record is not None
     assert record["result"]["reconciled"] is True
 
@@ -129,7 +131,7 @@ def test_replaying_a_succeeded_cancel_sends_nothing_unless_forced(
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
     shown = runner.invoke(main, ["status", event], terminal_width=250)
     assert "forced-replay: queued" in shown.output
-    record = worker_store.record(Operation(Action.CANCEL, event, "").key)
+    record = worker_store.records.read(keys.operation(Operation(Action.CANCEL, event, "")))
     assert record is not None
     assert record["forced"].startswith("cli:")
     audited = json.loads(runner.invoke(main, ["audit", "--json"]).output)
@@ -147,7 +149,7 @@ def test_dry_run_of_the_failed_changes_nothing(
     assert "dry run" in dry.output
     assert state_of(worker_store, event) == State.FAILED
     assert len(sandbox.calls(event, "crm-cancel")) == 1
-    record = worker_store.record(Operation(Action.CANCEL, event, "").key)
+    record = worker_store.records.read(keys.operation(Operation(Action.CANCEL, event, "")))
     assert record is not None
     assert [e["what"] for e in record["audit"]] == ["enqueue"]  # no replay audited
 
@@ -178,7 +180,7 @@ def test_quarantine_replay_after_fixing_the_event_id_field_queues_and_performs(
     body = custom_object_message(note, random_event_id("a0D"), event)
     posted = live_app.test_client().post(f"/salesforce/outbound/cancel?token={TOKEN}", data=body)
     assert posted.status_code == 200  # acknowledged; quarantined for its a0D… Id
-    wait_for(lambda: any(e["notification_id"] == note for e in worker_store.quarantined(1000)))
+    wait_for(lambda: any(e["notification_id"] == note for e in worker_store.quarantine.list(1000)))
 
     unchanged = runner.invoke(main, ["replay", "--quarantined", "--json"])
     [still] = [r for r in json.loads(unchanged.output) if r["target"] == note]
@@ -196,7 +198,7 @@ def test_quarantine_replay_after_fixing_the_event_id_field_queues_and_performs(
     assert done["detail"] == f"crm-cancel {event}"
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
     assert len(sandbox.calls(event, "crm-cancel")) == 1
-    assert all(e["notification_id"] != note for e in worker_store.quarantined(1000))
+    assert all(e["notification_id"] != note for e in worker_store.quarantine.list(1000))
     again = runner.invoke(main, ["replay", "--quarantined", "--json"])
     assert all(r["target"] != note for r in json.loads(again.output))
 
@@ -206,12 +208,12 @@ def test_bulk_replay_of_500_dead_letters_shows_progress_and_a_summary(
 ) -> None:
     events = [random_event_id() for _ in range(500)]
     operations = [Operation(Action.NOSHOW, event, random_event_id("04l")) for event in events]
-    worker_store.mark_queued(operations)
+    worker_store.records.mark_queued(operations)
     for operation in operations:  # each failed for good, as a worker records it
-        claim = worker_store.claim(operation, "earlier-worker", 60)
-        assert worker_store.settle(operation, claim, State.FAILED, error="HTTP 503, gave up")
+        claim = worker_store.claims.claim(operation, "earlier-worker", 60)
+        assert worker_store.claims.settle(operation, claim, State.FAILED, error="HTTP 503, gave up")
 
-    failed = len(worker_store.dead_letters_since(time.time() - 300, Action.NOSHOW))
+    failed = len(worker_store.dead_letters.since(time.time() - 300, Action.NOSHOW))
     assert failed >= 500  # ours, and any other test's no-show dead letters
     replayed = runner.invoke(main, ["replay", "--failed", "--action", "noshow", "--since", "5m"])
     assert replayed.exit_code == 0

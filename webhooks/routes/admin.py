@@ -23,13 +23,13 @@ from worker.errors import (
     InsufficientScope,
     InvalidSalesforceId,
     MalformedRequest,
+    MissingToken,
     NotFound,
     QueueUnavailable,
 )
 from worker.operator import Filters, Operator, Result, summarize
 from worker.settings import AdminScope
-from worker.store.claims import Store
-from worker.tasks.runtime import retention
+from worker.tasks.runtime import build_store
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
@@ -44,8 +44,8 @@ def _operator(scope: AdminScope) -> Operator:
     token = verify_admin(
         request.headers.get("Authorization"), current.settings.admin_credentials, scope
     )
-    store = Store(current.redis, retention(current.settings))
-    return Operator(current.settings, store, current.redis, current.celery, f"admin:{token.name}")
+    store = build_store(current.settings, current.redis)
+    return Operator(current.settings, store, current.celery, f"admin:{token.name}")
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -75,9 +75,9 @@ def failed() -> Response:
 def quarantine() -> Response:
     operator = _operator("read")
     offset, limit = _page()
-    entries = operator.store.quarantined(limit, offset)
+    entries = operator.store.quarantine.list(limit, offset)
     items = [{name: value for name, value in e.items() if name != "entry"} for e in entries]
-    return jsonify(_paged(items, operator.store.quarantine_count(), offset, limit))
+    return jsonify(_paged(items, operator.store.quarantine.count(), offset, limit))
 
 
 @blueprint.get("/audit")
@@ -224,7 +224,7 @@ def refuse(error: IngressError) -> tuple[Response, int]:
     response = jsonify({"error": error.message})
     if error.status == 401:
         # RFC 6750 §3: no credentials → no error code; a bad one → invalid_token.
-        detail = ', error="invalid_token"' if error.message != "missing token" else ""
+        detail = "" if isinstance(error, MissingToken) else ', error="invalid_token"'
         response.headers["WWW-Authenticate"] = f'Bearer realm="crmhook-admin"{detail}'
     if isinstance(error, InsufficientScope):
         response.headers["WWW-Authenticate"] = (

@@ -9,7 +9,6 @@ event: queued, duplicate (earlier in this request, or the whole request under a 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import uuid
@@ -21,10 +20,12 @@ from flask import Blueprint, Response, jsonify, request
 from webhooks.app import edge
 from webhooks.auth import bearer, verify_token
 from webhooks.body import read_body
-from worker.domain.operations import KEY_PREFIX, Operation, parse_action
+from worker.domain.operations import Operation, parse_action
 from worker.domain.salesforce_ids import canonical_id, require_prefix
 from worker.errors import IngressError, MalformedRequest, QueueUnavailable
-from worker.ingest import Batch, submit
+from worker.ingest import Batch
+from worker.store import keys
+from worker.tasks.publish import submit
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("events", __name__)
@@ -123,16 +124,14 @@ def _idempotency_key() -> str | None:
     return key or None
 
 
-def _marker(key: str) -> str:
-    return f"{KEY_PREFIX}:idempotency:{{{hashlib.sha256(key.encode()).hexdigest()}}}"
-
-
 def _first_use(key: str) -> bool:
     """Record `key` for the retention window; False if a request already used it."""
     current = edge()
     try:
         return bool(
-            current.redis.set(_marker(key), "1", nx=True, ex=current.settings.get_key_ttl_seconds)
+            current.redis.set(
+                keys.idempotency(key), "1", nx=True, ex=current.settings.get_key_ttl_seconds
+            )
         )
     except redis.RedisError as exc:
         raise QueueUnavailable(f"Redis did not answer: {exc}") from exc
@@ -140,7 +139,7 @@ def _first_use(key: str) -> bool:
 
 def _forget(key: str) -> None:
     with contextlib.suppress(redis.RedisError):
-        edge().redis.delete(_marker(key))
+        edge().redis.delete(keys.idempotency(key))
 
 
 @blueprint.errorhandler(IngressError)

@@ -17,7 +17,8 @@ from webhooks.soap import ACK, CONTENT_TYPE, fault, parse_outbound
 from worker.domain.notifications import triage
 from worker.domain.operations import parse_action
 from worker.errors import IngressError, MalformedRequest, QueueUnavailable
-from worker.ingest import Batch, submit
+from worker.ingest import Batch
+from worker.tasks.publish import submit
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("outbound", __name__)

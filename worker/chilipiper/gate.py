@@ -21,14 +21,11 @@ from dataclasses import dataclass
 
 import redis
 
-from worker.domain.operations import KEY_PREFIX
 from worker.errors import DeferredError, GatewayError, RetryableError
+from worker.store import keys
 
 log = logging.getLogger(__name__)
 
-RATE_KEY = f"{KEY_PREFIX}:{{chilipiper}}:rate"
-PAUSE_KEY = f"{KEY_PREFIX}:{{chilipiper}}:paused_until"
-CIRCUIT_KEY = f"{KEY_PREFIX}:{{chilipiper}}:circuit"
 
 _NOW = """
 local t = redis.call('TIME')
@@ -116,7 +113,7 @@ class Gate:
         DeferredError saying for how long calls are held back, and why."""
         interval = 1000.0 / self._settings.rate_per_second
         allowed, wait_ms, reason = self._enter(
-            keys=[RATE_KEY, PAUSE_KEY, CIRCUIT_KEY],
+            keys=[keys.GATE_RATE, keys.GATE_PAUSE, keys.GATE_CIRCUIT],
             args=[
                 interval,
                 interval,  # burst: one interval's worth, so no request jumps the queue
@@ -137,22 +134,22 @@ class Gate:
     def deferral(self) -> float:
         """Seconds until calls may go at all (pause or open circuit); 0 when they may."""
         now = time.time() * 1000
-        paused = float(self._redis.get(PAUSE_KEY) or 0)
-        state, until = self._redis.hmget(CIRCUIT_KEY, ["state", "until"])
+        paused = float(self._redis.get(keys.GATE_PAUSE) or 0)
+        state, until = self._redis.hmget(keys.GATE_CIRCUIT, ["state", "until"])
         opened = float(until or 0) if state not in (None, "closed", b"closed") else 0.0
         return max(0.0, max(paused, opened) - now) / 1000
 
     def succeeded(self) -> None:
-        self._record(keys=[CIRCUIT_KEY], args=["1", 0, 0])
+        self._record(keys=[keys.GATE_CIRCUIT], args=["1", 0, 0])
 
     def failed(self, error: GatewayError) -> None:
         """Count a transient failure toward the circuit; a 429's Retry-After pauses everyone."""
         if isinstance(error, RetryableError) and error.status == 429 and error.retry_after:
-            self._pause(keys=[PAUSE_KEY], args=[int(error.retry_after * 1000)])
+            self._pause(keys=[keys.GATE_PAUSE], args=[int(error.retry_after * 1000)])
             log.warning("ChiliPiper asked to wait %.1f s: every worker pauses", error.retry_after)
             return  # being told to slow down is not a failure of ChiliPiper
         state = self._record(
-            keys=[CIRCUIT_KEY],
+            keys=[keys.GATE_CIRCUIT],
             args=[
                 "0",
                 self._settings.failure_threshold,

@@ -7,28 +7,21 @@ print IDs as stored (canonical, 18 characters); `--json` gives machine-readable 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 import redis
-from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from worker.cli.rendering import console, listing, print_results, progress, record_table, when
 from worker.domain.salesforce_ids import canonical_id
 from worker.errors import ConfigError, CrmhookError, InvalidSalesforceId
-from worker.operator import Filters, Operator, Outcome, Result, summarize
+from worker.operator import Filters, Operator, Outcome
 from worker.settings import SANDBOX_PORT, Settings, load_settings
-from worker.store.audit import cli_actor
-
-# Piped output is read by scripts and grep: wide enough that nothing is cut.
-console = Console(width=None if sys.stdout.isatty() else 240)
 
 
 def _settings() -> Settings:
@@ -103,6 +96,27 @@ def sandbox(host: str, port: int) -> None:
         server.serve_forever()
 
 
+@main.command(name="run")
+@click.argument("name")
+def run_process(name: str) -> None:
+    """Become the Procfile's process NAME (web or worker), as a Procfile runner would.
+
+    The Docker image and docker-compose start the services this way, so the Procfile stays
+    the one place their command lines are written.
+    """
+    from worker.dev.procfile import Procfile, child_environment
+
+    try:
+        procfile = Procfile.load()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        argv = procfile.argv(name)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    os.execvpe(argv[0], argv, child_environment())  # noqa: S606 (argv is `sh -c ...`)
+
+
 @main.command()
 @click.option("--event", "event_id", help="Also read this CRM event with crm-get.")
 def check(event_id: str | None) -> None:
@@ -122,14 +136,18 @@ def check(event_id: str | None) -> None:
 
 
 def _operator(settings: Settings) -> Operator:
-    from worker.store.claims import Store
     from worker.tasks.app import make_celery
-    from worker.tasks.runtime import redis_client, retention
+    from worker.tasks.runtime import build_store
 
-    client = redis_client(settings.redis_url)
-    return Operator(
-        settings, Store(client, retention(settings)), client, make_celery(settings), cli_actor()
-    )
+    return Operator(settings, build_store(settings), make_celery(settings), cli_actor())
+
+
+def cli_actor() -> str:
+    """The OS user running `crmhook`: whoever replays from a shell is named in the trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (containers with arbitrary UIDs)
+        return "cli:unknown"
 
 
 def _filters(action: str | None, since: str | None) -> Filters:
@@ -180,7 +198,7 @@ def status(key_or_event_id: str, as_json: bool) -> None:
     elif not records:
         console.print(f"nothing recorded for {key_or_event_id}")
     for record in records if not as_json else []:
-        console.print(_record_table(record))
+        console.print(record_table(record))
     sys.exit(0 if records else 1)
 
 
@@ -198,7 +216,7 @@ def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> 
     title = f"{total} dead letter(s)" + (f", newest {limit}" if total > limit else "")
     rows = [
         (
-            _when(record["failed_at"] * 1000),
+            when(record["failed_at"]),
             record["action"],
             record["crm_event_id"],
             record.get("attempts", ""),
@@ -206,7 +224,7 @@ def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> 
         )
         for record in records
     ]
-    console.print(_listing(title, ("failed", "action", "event", "attempts", "last error"), rows))
+    console.print(listing(title, ("failed", "action", "event", "attempts", "last error"), rows))
     if records:
         console.print("Replay them with: crmhook replay --failed (add --dry-run to see first)")
 
@@ -253,7 +271,7 @@ def replay(
         raise click.UsageError("--force applies to keys and event IDs, not --quarantined")
     operator = _operator(_settings())
     try:
-        with _progress(disable=as_json) as advance:
+        with progress(disable=as_json) as advance:
             if all_failed:
                 results = operator.replay_failed(
                     _filters(action, since), dry_run=dry_run, progress=advance
@@ -267,7 +285,7 @@ def replay(
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
-        _print_results(results, dry_run=dry_run)
+        print_results(results, dry_run=dry_run)
     sys.exit(1 if any(r.outcome in (Outcome.NOT_FOUND, Outcome.REJECTED) for r in results) else 0)
 
 
@@ -284,7 +302,7 @@ def audit_log(limit: int, as_json: bool) -> None:
     title = f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}"
     rows = [
         (
-            _when(entry["at"] * 1000),
+            when(entry["at"]),
             entry["actor"],
             entry["what"],
             entry["outcome"],
@@ -294,66 +312,7 @@ def audit_log(limit: int, as_json: bool) -> None:
         for entry in entries
     ]
     columns = ("when", "actor", "what", "outcome", "target", "detail")
-    console.print(_listing(title, columns, rows))
-
-
-def _listing(title: str, columns: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Table:
-    """A table whose last column (prose) wraps; the others hold IDs and times, copied from
-    here, so they never wrap."""
-    table = Table(title=title)
-    for column in columns[:-1]:
-        table.add_column(column, no_wrap=True)
-    table.add_column(columns[-1], ratio=1)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-PROGRESS_LINE_EVERY = 100
-
-
-@contextlib.contextmanager
-def _progress(*, disable: bool) -> Iterator[Callable[[Result], None]]:
-    """Progress fed one result at a time: a live bar on a terminal, a line every hundred
-    results when piped (logs of a long bulk replay), nothing with --json."""
-    errors = Console(stderr=True)
-    if disable or not errors.is_terminal:
-        done = 0
-
-        def count(_result: Result) -> None:
-            nonlocal done
-            done += 1
-            if not disable and done % PROGRESS_LINE_EVERY == 0:
-                errors.print(f"replayed {done}…", highlight=False)
-
-        yield count
-        return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=errors, transient=True) as bar:
-        task = bar.add_task("replaying", total=None)
-        yield lambda _result: bar.advance(task)
-
-
-def _print_results(results: list[Result], *, dry_run: bool) -> None:
-    colour = {
-        Outcome.QUEUED: "green",
-        Outcome.WOULD_QUEUE: "cyan",
-        Outcome.SKIPPED: "yellow",
-        Outcome.NOT_FOUND: "red",
-        Outcome.REJECTED: "red",
-    }
-    for result in results:
-        shown = result.outcome.value.replace("_", " ")
-        console.print(
-            f"[{colour[result.outcome]}]{shown:<11}[/] {result.target}  {result.detail}",
-            highlight=False,
-        )
-    counts = ", ".join(
-        f"{count} {name.replace('_', ' ')}" for name, count in summarize(results).items()
-    )
-    console.print(
-        f"{'dry run: ' if dry_run else ''}{len(results)} target(s): {counts or 'nothing to do'}"
-    )
+    console.print(listing(title, columns, rows))
 
 
 @main.command()
@@ -364,62 +323,23 @@ def quarantine(limit: int, as_json: bool) -> None:
     operator = _operator(_settings())
     entries = [
         {name: value for name, value in entry.items() if name != "entry"}
-        for entry in operator.store.quarantined(limit)
+        for entry in operator.store.quarantine.list(limit)
     ]
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
-    table = Table(title=f"{len(entries)} quarantined notification(s)")
-    for column in ("received", "action", "org", "notification", "value as sent"):
-        table.add_column(column, no_wrap=True, min_width=18 if column != "action" else 6)
-    table.add_column("reason", ratio=1)  # IDs are copied from here: only the reason wraps
-    for entry in entries:
-        table.add_row(
-            _when(entry["received_at"] * 1000),
+    rows = [
+        (
+            when(entry["received_at"]),
             entry["action"],
             entry["organization_id"],
             entry["notification_id"],
             entry.get("value") or "",
             entry["reason"],
         )
-    console.print(table)
+        for entry in entries
+    ]
+    columns = ("received", "action", "org", "notification", "value as sent", "reason")
+    console.print(listing(f"{len(entries)} quarantined notification(s)", columns, rows))
     if entries:
         console.print("After fixing the settings: crmhook replay --quarantined --dry-run")
-
-
-def _record_table(record: dict[str, Any]) -> Table:
-    table = Table(show_header=False, title=record["key"], title_justify="left")
-    table.add_column("field", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for name in (
-        "action",
-        "crm_event_id",
-        "state",
-        "attempts",
-        "created_at",
-        "updated_at",
-        "succeeded_at",
-        "last_error",
-        "sources",
-        "replayed_at",
-        "replayed_by",
-        "forced",
-        "result",
-    ):
-        value = record.get(name)
-        if value in (None, ""):
-            continue
-        if name.endswith("_at"):
-            value = _when(float(value))
-        elif not isinstance(value, str):
-            value = json.dumps(value)
-        table.add_row(name, str(value))
-    for entry in record.get("audit", []):
-        when = _when(entry["at"] * 1000)
-        line = f"{when} {entry['actor']} {entry['what']}: {entry['outcome']}"
-        table.add_row("audit", line + (f" ({entry['detail']})" if entry.get("detail") else ""))
-    return table
-
-
-def _when(milliseconds: float) -> str:
-    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")

@@ -1,8 +1,9 @@
-"""`crmhook dev`: the whole system on one machine, from nothing but the installed package.
+"""`crmhook dev`: the whole system on one machine, from a checkout (or beside a Procfile).
 
-Starts an embedded Redis (unless REDIS_URL is set), the sandbox ChiliPiper, the web app under
-gunicorn and a Celery worker; prints where to post and a ready-to-paste curl; on Ctrl-C (or
-when any process dies) stops every process it started, by pid, and nothing else.
+Starts an embedded Redis (unless REDIS_URL is set), the sandbox ChiliPiper, and the Procfile's
+`web` (gunicorn, on loopback) and `worker` (Celery); prints where to post and a ready-to-paste
+curl; on Ctrl-C (or when any process dies) stops every process it started, by pid, and nothing
+else.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from types import FrameType
 import httpx
 from pydantic import SecretStr
 
+from worker.dev.procfile import Procfile, child_environment
 from worker.dev.redis_server import RedisServer
+from worker.errors import ConfigError
 from worker.settings import parse_admin_token
 
 SAMPLE_ORG_ID = "00D5g000004XyZqEAK"  # the bundled sample message's OrganizationId
@@ -46,8 +49,9 @@ class DevStack:
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def environment(self, redis_url: str) -> dict[str, str]:
-        """The children's environment: the caller's, with development defaults for gaps."""
-        env = dict(self.environ)
+        """The children's environment: the caller's, with development defaults for gaps and
+        this runner's values for what the Procfile's lines leave open."""
+        env = child_environment(self.environ)
         env["REDIS_URL"] = redis_url
         env.setdefault("CHILIPIPER_TRANSPORT", "sandbox")
         env.setdefault("CHILIPIPER_SANDBOX_URL", f"http://127.0.0.1:{self.sandbox_port}/mcp")
@@ -55,51 +59,40 @@ class DevStack:
         env.setdefault("ADMIN_TOKENS", "dev:write:dev-admin-" + secrets.token_urlsafe(18))
         env.setdefault("SALESFORCE_ORG_IDS", SAMPLE_ORG_ID)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.procfile_settings())
         return env
 
+    def procfile_settings(self) -> dict[str, str]:
+        """Loopback only (a dev machine is not a server), on --port, sized by --concurrency."""
+        return {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": "2",
+            "WORKER_CONCURRENCY": str(self.concurrency),
+        }
+
+    def commands(self, procfile: Procfile) -> dict[str, list[str]]:
+        """What to start, in order: the sandbox unless CHILIPIPER_TRANSPORT names another
+        transport (it stands in for ChiliPiper, so it is no Procfile process), then the
+        Procfile's worker and web; a ConfigError if the Procfile lacks either."""
+        commands = {name: procfile.argv(name) for name in ("worker", "web")}
+        if self.environ.get("CHILIPIPER_TRANSPORT", "sandbox") != "sandbox":
+            return commands
+        sandbox = [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(self.sandbox_port)]
+        return {"sandbox": sandbox} | commands
+
     def run(self) -> int:
+        try:
+            commands = self.commands(Procfile.load())
+        except ConfigError as exc:  # nothing is started yet, so nothing to stop
+            print(f"crmhook dev: {exc}", file=sys.stderr)
+            return 2
         redis_url = self.environ.get("REDIS_URL")
         if not redis_url:
             self.redis = RedisServer().start()
             redis_url = self.redis.url
             _say("redis", f"embedded redis-server on {redis_url} (AOF in {self.redis.directory})")
         env = self.environment(redis_url)
-        python = sys.executable
-        commands = {
-            "sandbox": [python, "-m", "worker.cli", "sandbox", "--port", str(self.sandbox_port)],
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "--app",
-                "worker",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(self.concurrency),
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            "web": [
-                python,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-                "--preload",
-                "--no-control-socket",
-                "webhooks:create_app()",
-            ],
-        }
-        if env.get("CHILIPIPER_TRANSPORT") != "sandbox":
-            del commands["sandbox"]
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         try:
             for name, command in commands.items():

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-KEY_PREFIX = "crmhook"
-
 
 class Action(StrEnum):
     GET = "get"
@@ -31,6 +29,22 @@ class Action(StrEnum):
     def final_status(self) -> str | None:
         """The meeting status `crm-get` reports once this action has taken effect."""
         return {Action.CANCEL: "CANCELLED", Action.NOSHOW: "NO_SHOW"}.get(self)
+
+
+class State(StrEnum):
+    """Where an operation stands (CLAIMS.md draws the machine): queued → running →
+    succeeded | retrying | in_doubt | failed (a dead letter)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    IN_DOUBT = "in_doubt"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+# Still to be done: somewhere a message, a scheduled retry or the pending index holds it.
+UNSETTLED = frozenset({State.QUEUED, State.RUNNING, State.RETRYING, State.IN_DOUBT})
 
 
 def parse_action(raw: str) -> Action:
@@ -60,16 +74,6 @@ class Operation:
         if self.action.irreversible:
             return f"{self.action}:{self.crm_event_id}"
         return f"{self.action}:{self.crm_event_id}:{self.source_id}"
-
-    @property
-    def key(self) -> str:
-        """Redis key of the operation's record. The braces are a Redis Cluster hash tag, so
-        every key of one operation lands in one slot and one Lua script may touch them all."""
-        return f"{KEY_PREFIX}:op:{{{self.identity}}}"
-
-    @property
-    def sources_key(self) -> str:
-        return f"{self.key}:sources"
 
     def to_message(self) -> dict[str, str]:
         """Task arguments: IDs only, never payloads (broker messages are stored in Redis)."""

@@ -8,7 +8,6 @@ as long as the record. Actors are the OS user (`cli:alice`) or the admin token's
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,9 +15,8 @@ from typing import Any, cast
 
 import redis
 
-from worker.domain.operations import KEY_PREFIX
+from worker.store import keys
 
-AUDIT_STREAM = f"{KEY_PREFIX}:audit"
 AUDIT_STREAM_LENGTH = 100_000
 
 
@@ -28,58 +26,44 @@ class AuditEntry:
     what: str  # replay, forced-replay, enqueue, quarantine-replay
     target: str  # an operation key, or a notification ID for the quarantine
     outcome: str
-    at: float = field(default_factory=time.time)
+    at: float = field(default_factory=time.time)  # epoch seconds
     detail: str = ""
 
 
-def cli_actor() -> str:
-    """The OS user running `crmhook`: whoever replays from a shell is named in the trail."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (containers with arbitrary UIDs)
-        return "cli:unknown"
+class Audit:
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self._redis = client
+        self._ttl_seconds = ttl_seconds
 
+    def write(self, entries: list[AuditEntry]) -> None:
+        """Append `entries` to the stream and to their operations' trails, in one round trip."""
+        if not entries:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for entry in entries:
+            fields: dict[Any, Any] = {name: str(value) for name, value in asdict(entry).items()}
+            pipe.xadd(keys.AUDIT_STREAM, fields, maxlen=AUDIT_STREAM_LENGTH, approximate=True)
+            if keys.is_operation(entry.target):
+                trail = keys.audit_trail(entry.target)
+                pipe.rpush(trail, json.dumps(asdict(entry)))
+                pipe.expire(trail, self._ttl_seconds)
+        pipe.execute()
 
-def operation_audit_key(operation_key: str) -> str:
-    # Same hash tag as the record: one slot on Redis Cluster.
-    return f"{operation_key}:audit"
-
-
-def write(client: redis.Redis, entries: list[AuditEntry], *, ttl_seconds: int) -> None:
-    """Append `entries` to the stream and to their operations' trails, in one round trip."""
-    if not entries:
-        return
-    pipe = client.pipeline(transaction=False)
-    for entry in entries:
-        fields: dict[Any, Any] = {name: str(value) for name, value in asdict(entry).items()}
-        pipe.xadd(AUDIT_STREAM, fields, maxlen=AUDIT_STREAM_LENGTH, approximate=True)
-        if entry.target.startswith(f"{KEY_PREFIX}:op:"):
-            trail = operation_audit_key(entry.target)
-            pipe.rpush(trail, json.dumps(asdict(entry)))
-            pipe.expire(trail, ttl_seconds)
-    pipe.execute()
-
-
-def trail(client: redis.Redis, operation_key: str) -> list[dict[str, Any]]:
-    """One operation's audit entries, oldest first."""
-    return [json.loads(raw) for raw in client.lrange(operation_audit_key(operation_key), 0, -1)]
-
-
-def recent(
-    client: redis.Redis, *, limit: int = 100, before: str | None = None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """The newest entries (before the stream ID `before`, exclusive), and the cursor for
-    the page after them (None at the end)."""
-    newest = f"({before}" if before else "+"
-    rows = cast(
-        "list[tuple[str, dict[str, str]]]",
-        client.xrevrange(AUDIT_STREAM, max=newest, min="-", count=limit),
-    )
-    entries = []
-    for stream_id, fields in rows:
-        entry: dict[str, Any] = dict(fields)
-        entry["at"] = float(entry["at"])
-        entry["id"] = stream_id
-        entries.append(entry)
-    cursor = entries[-1]["id"] if len(entries) == limit else None
-    return entries, cursor
+    def recent(
+        self, *, limit: int = 100, before: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The newest entries (before the stream ID `before`, exclusive), and the cursor for
+        the page after them (None at the end)."""
+        newest = f"({before}" if before else "+"
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]",
+            self._redis.xrevrange(keys.AUDIT_STREAM, max=newest, min="-", count=limit),
+        )
+        entries = []
+        for stream_id, fields in rows:
+            entry: dict[str, Any] = dict(fields)
+            entry["at"] = float(entry["at"])
+            entry["id"] = stream_id
+            entries.append(entry)
+        cursor = entries[-1]["id"] if len(entries) == limit else None
+        return entries, cursor

@@ -1,7 +1,9 @@
-"""The clients a worker process needs, built once per process on first use.
+"""The clients a worker process needs, built once per Celery app on first use.
 
-Built lazily rather than at import so that forked children and tests get their own
-connections; guarded by a lock because the thread pool's first tasks arrive together.
+Tasks reach them as `self.runtime` (the `RuntimeTask` base class, as Celery's "Instantiation"
+docs do for a database connection). Built lazily rather than at import so that forked
+children and tests get their own connections; guarded by a lock because the thread pool's
+first tasks arrive together.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from celery import Task
 
 from worker.chilipiper import Gateway, build_gateway
 from worker.chilipiper.gate import Gate, GateSettings
 from worker.settings import RATE_LIMIT_MAX_BLOCK_SECONDS, Settings
-from worker.store.claims import Retention, Store
+from worker.store import Retention, Store
+from worker.store.connection import redis_client
 
 
 @dataclass(frozen=True)
@@ -27,17 +32,6 @@ class Runtime:
     gateway: Gateway
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client with explicit timeouts: a dead Redis fails fast instead of hanging."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=25,
-        decode_responses=True,
-    )
-
-
 def retention(settings: Settings) -> Retention:
     return Retention(
         action_seconds=settings.action_key_ttl_seconds,
@@ -47,12 +41,17 @@ def retention(settings: Settings) -> Retention:
     )
 
 
+def build_store(settings: Settings, client: redis.Redis | None = None) -> Store:
+    """The store on `REDIS_URL` (or on `client`), kept as long as the settings say."""
+    return Store(client or redis_client(settings.redis_url), retention(settings))
+
+
 def build_runtime(settings: Settings) -> Runtime:
     # One line per ChiliPiper request at INFO drowns the task log; our own lines say enough.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    client = redis_client(settings.redis_url)
+    store = build_store(settings)
     gate = Gate(
-        client,
+        store.redis,
         GateSettings(
             rate_per_second=settings.rate_per_second,
             max_block_seconds=RATE_LIMIT_MAX_BLOCK_SECONDS,
@@ -63,21 +62,31 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     return Runtime(
         settings=settings,
-        redis=client,
-        store=Store(client, retention(settings)),
+        redis=store.redis,
+        store=store,
         gate=gate,
         gateway=build_gateway(settings, gate=gate),
     )
 
 
 _lock = threading.Lock()
-_runtimes: dict[int, Runtime] = {}
 
 
-def runtime_for(settings: Settings) -> Runtime:
-    """This process's runtime for `settings` (one per settings object)."""
+def runtime_of(app: Any) -> Runtime:
+    """The runtime of a Celery app built by `make_celery`, built on first use."""
     with _lock:
-        runtime = _runtimes.get(id(settings))
+        runtime: Runtime | None = getattr(app, "crmhook_runtime", None)
         if runtime is None:
-            runtime = _runtimes[id(settings)] = build_runtime(settings)
+            runtime = app.crmhook_runtime = build_runtime(app.crmhook_settings)
         return runtime
+
+
+class RuntimeTask(Task):  # type: ignore[misc]  # Celery is untyped
+    """Base of the service's tasks: `self.runtime` is the process's clients, shared by every
+    task of the app and every thread of the pool."""
+
+    abstract = True
+
+    @property
+    def runtime(self) -> Runtime:
+        return runtime_of(self.app)

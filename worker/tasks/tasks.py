@@ -1,14 +1,13 @@
 """The Celery tasks: thin wrappers that unpack arguments and call the core.
 
 Retries of transient failures are Celery's (minutes, exponential back-off with full jitter);
-the in-call retries of seconds happen inside the gateway. Countdowns stay below the broker
-visibility timeout: a longer ETA would be redelivered while it waits (kombu#337).
+the in-call retries of seconds happen inside the gateway. When and where an operation waits
+is `domain.retry_policy`'s decision; this module only carries it out.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Any, cast
 
@@ -17,28 +16,21 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
 from worker.domain.operations import Operation
+from worker.domain.retry_policy import NextRun, RetryPolicy, backoff
 from worker.effects import RetryLater, perform
-from worker.ingest import BROKER_ERRORS, FAN_OUT_TASK, PERFORM_TASK, Batch, fan_out
+from worker.errors import QueueUnavailable
+from worker.ingest import Batch, fan_out
+from worker.store import keys
 from worker.tasks.dispatcher import Dispatcher
-from worker.tasks.runtime import Runtime, runtime_for
+from worker.tasks.publish import BROKER_ERRORS, FAN_OUT_TASK, PERFORM_TASK, publish
+from worker.tasks.runtime import RuntimeTask, runtime_of
 
 log = logging.getLogger(__name__)
 
-RETRY_BASE_SECONDS = 2.0
-RETRY_CAP_SECONDS = 60.0
-
-
-def _runtime(task: Task) -> Runtime:
-    return runtime_for(task.app.crmhook_settings)
-
-
-def backoff(
-    attempts: int, *, base: float = RETRY_BASE_SECONDS, cap: float = RETRY_CAP_SECONDS
-) -> float:
-    """Full jitter: uniform in [0, min(cap, base·2^(attempts-1))], so workers that failed
-    together do not come back together."""
-    ceiling = min(cap, base * 2 ** max(0, min(attempts - 1, 30)))
-    return random.uniform(0, ceiling)  # noqa: S311 (jitter, not cryptography)
+# Infrastructure trouble around a task (Redis or the broker down) is retried soon: seconds.
+INFRASTRUCTURE_RETRY_BASE_SECONDS = 2.0
+FAN_OUT_RETRY_CAP_SECONDS = 30.0
+PERFORM_RETRY_CAP_SECONDS = 10.0
 
 
 def retry_or_requeue(task: Task, exc: BaseException, countdown: float) -> BaseException:
@@ -58,23 +50,23 @@ def retry_or_requeue(task: Task, exc: BaseException, countdown: float) -> BaseEx
     return cast(BaseException, retry)  # Celery is untyped: both are exceptions
 
 
-@shared_task(bind=True, name=FAN_OUT_TASK, max_retries=None)
-def fan_out_task(self: Task, batch: dict[str, Any]) -> dict[str, int]:
+def _infrastructure_delay(retries: int, cap: float) -> float:
+    return backoff(retries, base=INFRASTRUCTURE_RETRY_BASE_SECONDS, cap=cap)
+
+
+@shared_task(bind=True, base=RuntimeTask, name=FAN_OUT_TASK, max_retries=None)
+def fan_out_task(self: RuntimeTask, batch: dict[str, Any]) -> dict[str, int]:
     """Queue one task per new operation of one inbound message."""
-    runtime = _runtime(self)
-    perform_task: Task = self.app.tasks[PERFORM_TASK]
     try:
-        with self.app.producer_or_acquire() as producer:
-            result = fan_out(
-                runtime.store,
-                Batch.from_message(batch),
-                ingest_id=self.request.id,
-                enqueue=lambda op: perform_task.apply_async(
-                    args=[op.to_message()], producer=producer
-                ),
-            )
-    except BROKER_ERRORS as exc:  # the same ingest again, soon
-        raise retry_or_requeue(self, exc, backoff(self.request.retries, cap=30)) from exc
+        result = fan_out(
+            self.runtime.store,
+            Batch.from_message(batch),
+            ingest_id=self.request.id,
+            publish=lambda operations: publish(self.app, operations),
+        )
+    except (QueueUnavailable, *BROKER_ERRORS) as exc:  # the same ingest again, soon
+        delay = _infrastructure_delay(self.request.retries, FAN_OUT_RETRY_CAP_SECONDS)
+        raise retry_or_requeue(self, exc, delay) from exc
     return {
         "queued": len(result.queued),
         "skipped": result.skipped,
@@ -82,47 +74,43 @@ def fan_out_task(self: Task, batch: dict[str, Any]) -> dict[str, int]:
     }
 
 
-@shared_task(bind=True, name=PERFORM_TASK, max_retries=None)
-def perform_task(self: Task, operation: dict[str, str]) -> str:
-    """Perform one operation exactly once; retry later on transient failure."""
-    runtime = _runtime(self)
+@shared_task(bind=True, base=RuntimeTask, name=PERFORM_TASK, max_retries=None)
+def perform_task(self: RuntimeTask, operation: dict[str, str]) -> str:
+    """Perform one operation exactly once; run it again later on a transient failure."""
+    runtime = self.runtime
     settings = runtime.settings
+    policy = RetryPolicy(
+        settings.retry_base_seconds, settings.retry_max_seconds, settings.countdown_limit_seconds
+    )
     parsed = Operation.from_message(operation)
     try:
         held = runtime.gate.deferral()  # paused or circuit open: do not even claim
         if held > 0:
-            return _run_later(self, runtime, parsed, held + _spread(), None)
+            return run_later(self, parsed, policy.next_run(0, held_for=held), None)
         outcome = perform(runtime, parsed, owner=self.request.id)
     except RetryLater as later:
-        if later.delay is not None:  # the shared limits said when: spread arrivals a little
-            delay = later.delay + _spread()
-        else:
-            delay = backoff(
-                later.attempts, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
-            )
-            delay = max(delay, getattr(later.error, "retry_after", None) or 0.0)
-        return _run_later(self, runtime, parsed, delay, later.error)
+        next_run = policy.next_run(
+            later.attempts,
+            held_for=later.delay,
+            retry_after=getattr(later.error, "retry_after", None),
+        )
+        return run_later(self, parsed, next_run, later.error)
     except BROKER_ERRORS as exc:
         # Redis failed around the call: the retry's claim sees the interrupted attempt and
         # reconciles through crm-get before any irreversible call is repeated.
-        raise retry_or_requeue(self, exc, backoff(1, cap=10)) from exc
+        delay = _infrastructure_delay(1, PERFORM_RETRY_CAP_SECONDS)
+        raise retry_or_requeue(self, exc, delay) from exc
     return outcome.value
 
 
-def _spread() -> float:
-    """Up to a second of jitter, so tasks held back together do not return together."""
-    return random.uniform(0, 1)  # noqa: S311 (jitter, not cryptography)
-
-
-def _run_later(
-    task: Task, runtime: Runtime, operation: Operation, delay: float, error: BaseException | None
+def run_later(
+    task: RuntimeTask, operation: Operation, next_run: NextRun, error: BaseException | None
 ) -> str:
-    """Soon: a Celery countdown. Later than a third of the visibility timeout: parked in
-    Redis by due time (a long countdown would be redelivered while it waits, kombu#337)."""
-    if delay < runtime.settings.countdown_limit_seconds:
-        raise retry_or_requeue(task, error or Exception("deferred"), delay)
-    runtime.store.schedule(operation, time.time() + delay)
-    log.info("%s: parked for %.0f s", operation.key, delay)
+    """Carry out `next_run`: a Celery countdown (raises), or an entry parked in Redis."""
+    if not next_run.parked:
+        raise retry_or_requeue(task, error or Exception("deferred"), next_run.delay)
+    task.runtime.store.schedule.add(operation, time.time() + next_run.delay)
+    log.info("%s: parked for %.0f s", keys.operation(operation), next_run.delay)
     return "scheduled"
 
 
@@ -132,7 +120,7 @@ def _start_dispatcher(sender: Any, **_: Any) -> None:
     app = sender.app
     if getattr(app, "crmhook_settings", None) is None:
         return
-    dispatcher = Dispatcher(app, runtime_for(app.crmhook_settings))
+    dispatcher = Dispatcher(app, runtime_of(app))
     dispatcher.start()
     app.crmhook_dispatcher = dispatcher
 

@@ -13,9 +13,9 @@ from pydantic import SecretStr
 
 from tests.conftest import random_event_id
 from webhooks import create_app
-from worker.domain.operations import Action, Operation
+from worker.domain.operations import Action, Operation, State
 from worker.settings import Settings
-from worker.store.claims import State, Store
+from worker.store import Store, keys
 from worker.tasks.runtime import retention
 
 OPS_TOKEN = "ops-secret-0123456789abcdef"
@@ -55,10 +55,10 @@ def dead_letters(store: Store, count: int, action: Action = Action.CANCEL) -> li
     operations = [
         Operation(action, random_event_id(), random_event_id("04l")) for _ in range(count)
     ]
-    store.mark_queued(operations)
+    store.records.mark_queued(operations)
     for operation in operations:
-        claim = store.claim(operation, "worker-1", 60)
-        assert store.settle(operation, claim, State.FAILED, error="No meeting linked")
+        claim = store.claims.claim(operation, "worker-1", 60)
+        assert store.claims.settle(operation, claim, State.FAILED, error="No meeting linked")
     return operations
 
 
@@ -89,11 +89,13 @@ def test_webhook_tokens_do_not_open_the_admin_api(admin: FlaskClient) -> None:
 def test_a_read_only_token_may_list_but_not_replay(admin: FlaskClient, store: Store) -> None:
     [operation] = dead_letters(store, 1)
     assert admin.get("/admin/failed", headers=VIEWER).status_code == 200
-    refused = admin.post("/admin/replay", json={"targets": [operation.key]}, headers=VIEWER)
+    refused = admin.post(
+        "/admin/replay", json={"targets": [keys.operation(operation)]}, headers=VIEWER
+    )
     assert refused.status_code == 403
     assert 'error="insufficient_scope", scope="write"' in refused.headers["WWW-Authenticate"]
     assert "grafana" in refused.get_json()["error"]
-    assert store.record(operation.key)["state"] == "failed"  # type: ignore[index]
+    assert store.records.read(keys.operation(operation))["state"] == "failed"  # type: ignore[index]
 
 
 def test_no_admin_tokens_means_no_admin_api(client: FlaskClient) -> None:
@@ -104,13 +106,13 @@ def test_failed_is_paginated_newest_first(admin: FlaskClient, store: Store) -> N
     operations = dead_letters(store, 7)
     first = admin.get("/admin/failed?limit=3", headers=OPS).get_json()
     assert (first["total"], first["offset"], first["limit"], first["next_offset"]) == (7, 0, 3, 3)
-    keys: list[str] = []
+    listed: list[str] = []
     offset: int | None = 0
     while offset is not None:
         page = admin.get(f"/admin/failed?limit=3&offset={offset}", headers=OPS).get_json()
-        keys += [item["key"] for item in page["items"]]
+        listed += [item["key"] for item in page["items"]]
         offset = page["next_offset"]
-    assert keys == [operation.key for operation in reversed(operations)]
+    assert listed == [keys.operation(operation) for operation in reversed(operations)]
     assert all(item["state"] == "failed" for item in first["items"])
 
 
@@ -118,7 +120,7 @@ def test_failed_filters_by_action_and_time(admin: FlaskClient, store: Store) -> 
     dead_letters(store, 2, Action.CANCEL)
     [noshow] = dead_letters(store, 1, Action.NOSHOW)
     page = admin.get("/admin/failed?action=noshow&since=1h", headers=OPS).get_json()
-    assert [item["key"] for item in page["items"]] == [noshow.key]
+    assert [item["key"] for item in page["items"]] == [keys.operation(noshow)]
     future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
     assert admin.get(f"/admin/failed?since={future}", headers=OPS).get_json()["total"] == 0
 
@@ -138,37 +140,41 @@ def test_replay_through_the_api_is_queued_and_audited_under_the_token_name(
 ) -> None:
     [operation] = dead_letters(store, 1)
     dry = admin.post(
-        "/admin/replay", json={"targets": [operation.key], "dry_run": True}, headers=OPS
+        "/admin/replay", json={"targets": [keys.operation(operation)], "dry_run": True}, headers=OPS
     )
     assert dry.get_json()["summary"] == {"would_queue": 1}
-    assert store.record(operation.key)["state"] == "failed"  # type: ignore[index]
+    assert store.records.read(keys.operation(operation))["state"] == "failed"  # type: ignore[index]
 
-    response = admin.post("/admin/replay", json={"targets": [operation.key]}, headers=OPS)
+    response = admin.post(
+        "/admin/replay", json={"targets": [keys.operation(operation)]}, headers=OPS
+    )
     assert response.status_code == 200
     assert response.get_json()["results"][0]["outcome"] == "queued"
-    record = store.record(operation.key)
+    record = store.records.read(keys.operation(operation))
     assert record is not None
     assert record["state"] == "in_doubt"  # a dead cancel: crm-get decides before a new call
     assert record["attempts"] == "0"  # a fresh budget
     assert record["audit"][0]["actor"] == "admin:ops-bot"
     assert idle_redis.llen("crmhook") == 1  # one perform task on the broker queue
     audit = admin.get("/admin/audit", headers=VIEWER).get_json()
-    assert audit["items"][0]["target"] == operation.key
+    assert audit["items"][0]["target"] == keys.operation(operation)
 
 
 def test_replay_of_a_succeeded_operation_is_skipped_unless_forced(
     admin: FlaskClient, store: Store
 ) -> None:
     operation = Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
-    store.mark_queued([operation])
-    store.settle(operation, store.claim(operation, "w", 60), State.SUCCEEDED, result={})
+    store.records.mark_queued([operation])
+    store.claims.settle(
+        operation, store.claims.claim(operation, "w", 60), State.SUCCEEDED, result={}
+    )
     skipped = admin.post("/admin/replay", json={"targets": [operation.crm_event_id]}, headers=OPS)
     assert skipped.get_json()["results"][0]["outcome"] == "skipped"
     forced = admin.post(
         "/admin/replay", json={"targets": [operation.crm_event_id], "force": True}, headers=OPS
     )
     assert forced.get_json()["results"][0]["outcome"] == "queued"
-    record = store.record(operation.key)
+    record = store.records.read(keys.operation(operation))
     assert record is not None
     assert record["forced"] == "admin:ops-bot"
     assert [entry["what"] for entry in record["audit"]] == ["forced-replay"]
@@ -177,8 +183,8 @@ def test_replay_of_a_succeeded_operation_is_skipped_unless_forced(
 def test_operations_by_event_id_and_404(admin: FlaskClient, store: Store) -> None:
     [operation] = dead_letters(store, 1)
     found = admin.get(f"/admin/operations/{operation.crm_event_id[:15]}", headers=VIEWER)
-    assert found.get_json()["operations"][0]["key"] == operation.key
-    by_key = admin.get(f"/admin/operations/{operation.key}", headers=VIEWER)
+    assert found.get_json()["operations"][0]["key"] == keys.operation(operation)
+    by_key = admin.get(f"/admin/operations/{keys.operation(operation)}", headers=VIEWER)
     assert by_key.status_code == 200
     assert admin.get(f"/admin/operations/{random_event_id()}", headers=VIEWER).status_code == 404
     assert admin.get("/admin/operations/not-an-id", headers=VIEWER).status_code == 400

@@ -10,7 +10,7 @@ from flask import Flask
 
 from tests.conftest import TOKEN, SandboxServer, WorkerProcess, random_event_id, wait_for
 from worker.cli import main
-from worker.store.claims import Store
+from worker.store import Store
 
 pytestmark = pytest.mark.slow  # most commands here talk to the running worker
 
@@ -45,7 +45,7 @@ def test_status_shows_state_attempts_and_result(
 ) -> None:
     event = random_event_id()
     runner.invoke(main, ["enqueue", "cancel", event])
-    wait_for(lambda: any(r["state"] == "succeeded" for r in worker_store.records_for_event(event)))
+    wait_for(lambda: any(r["state"] == "succeeded" for r in worker_store.records.for_event(event)))
     shown = runner.invoke(main, ["status", event.lower()])  # repaired from its checksum
     assert shown.exit_code == 0
     assert f"crmhook:op:{{cancel:{event}}}" in shown.output
@@ -82,7 +82,7 @@ def test_quarantine_lists_rejected_notifications_as_sent(
         .status_code
         == 200
     )
-    wait_for(lambda: any(e["notification_id"] == bad_note for e in worker_store.quarantined()))
+    wait_for(lambda: any(e["notification_id"] == bad_note for e in worker_store.quarantine.list()))
     listing = runner.invoke(main, ["quarantine", "--json"])
     [entry] = [e for e in json.loads(listing.output) if e["notification_id"] == bad_note]
     assert entry["value"] == "00U-not-an-id"
@@ -118,7 +118,7 @@ def test_status_of_a_dead_letter_shows_attempts_and_last_error(
     with sandbox.state.lock:
         sandbox.state.unlinked.add(event)  # ChiliPiper has no meeting for it
     runner.invoke(main, ["enqueue", "cancel", event])
-    wait_for(lambda: any(r["state"] == "failed" for r in worker_store.records_for_event(event)))
+    wait_for(lambda: any(r["state"] == "failed" for r in worker_store.records.for_event(event)))
     shown = runner.invoke(main, ["status", event], terminal_width=200)
     assert shown.exit_code == 0
     assert "failed" in shown.output

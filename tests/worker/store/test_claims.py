@@ -11,9 +11,10 @@ import redis
 
 from tests.conftest import db_url, random_event_id
 from worker.dev.redis_server import RedisServer
-from worker.domain.operations import Action, Operation
-from worker.store.claims import Retention, State, Store, Verdict
-from worker.tasks.runtime import redis_client
+from worker.domain.operations import Action, Operation, State
+from worker.store import Retention, Store, keys
+from worker.store.claims import Verdict
+from worker.store.connection import redis_client
 
 STORE_DB = 2
 RETENTION = Retention(
@@ -43,8 +44,8 @@ def cancel() -> Operation:
 
 def test_first_claim_wins_and_a_second_owner_is_told_busy(store: Store) -> None:
     operation = cancel()
-    first = store.claim(operation, "task-1", lease_seconds=60)
-    second = store.claim(operation, "task-2", lease_seconds=60)
+    first = store.claims.claim(operation, "task-1", lease_seconds=60)
+    second = store.claims.claim(operation, "task-2", lease_seconds=60)
     assert (first.verdict, first.previous_state) == (Verdict.CLAIMED, "new")
     assert second.verdict is Verdict.BUSY
 
@@ -56,7 +57,7 @@ def test_exactly_one_of_many_concurrent_claims_wins(store: Store) -> None:
 
     def contend(owner: str) -> None:
         barrier.wait()
-        verdicts.append(store.claim(operation, owner, lease_seconds=60).verdict)
+        verdicts.append(store.claims.claim(operation, owner, lease_seconds=60).verdict)
 
     threads = [threading.Thread(target=contend, args=(f"task-{i}",)) for i in range(20)]
     for thread in threads:
@@ -69,11 +70,11 @@ def test_exactly_one_of_many_concurrent_claims_wins(store: Store) -> None:
 
 def test_succeeded_operation_is_done_for_everyone(store: Store) -> None:
     operation = cancel()
-    claim = store.claim(operation, "task-1", lease_seconds=60)
-    assert store.settle(operation, claim, State.SUCCEEDED, result={"status": "CANCELLED"})
-    later = store.claim(operation, "task-9", lease_seconds=60)
+    claim = store.claims.claim(operation, "task-1", lease_seconds=60)
+    assert store.claims.settle(operation, claim, State.SUCCEEDED, result={"status": "CANCELLED"})
+    later = store.claims.claim(operation, "task-9", lease_seconds=60)
     assert later.verdict is Verdict.DONE
-    record = store.record(operation.key)
+    record = store.records.read(keys.operation(operation))
     assert record is not None
     assert record["state"] == "succeeded"
     assert record["result"] == {"status": "CANCELLED"}
@@ -82,33 +83,33 @@ def test_succeeded_operation_is_done_for_everyone(store: Store) -> None:
 
 def test_expired_lease_is_taken_over_and_the_old_owner_cannot_settle(store: Store) -> None:
     operation = cancel()
-    stale = store.claim(operation, "killed-worker", lease_seconds=0)
+    stale = store.claims.claim(operation, "killed-worker", lease_seconds=0)
     time.sleep(0.01)
-    fresh = store.claim(operation, "task-2", lease_seconds=60)
+    fresh = store.claims.claim(operation, "task-2", lease_seconds=60)
     assert fresh.verdict is Verdict.CLAIMED
     assert fresh.after_interruption  # the killed worker may have called ChiliPiper
     assert int(fresh.token) > int(stale.token)
-    assert not store.settle(operation, stale, State.SUCCEEDED)  # fenced off
-    assert store.settle(operation, fresh, State.SUCCEEDED)
+    assert not store.claims.settle(operation, stale, State.SUCCEEDED)  # fenced off
+    assert store.claims.settle(operation, fresh, State.SUCCEEDED)
 
 
 def test_redelivery_to_the_same_owner_reclaims_as_interrupted(store: Store) -> None:
     operation = cancel()
-    store.claim(operation, "task-1", lease_seconds=60)
-    again = store.claim(operation, "task-1", lease_seconds=60)
+    store.claims.claim(operation, "task-1", lease_seconds=60)
+    again = store.claims.claim(operation, "task-1", lease_seconds=60)
     assert again.verdict is Verdict.CLAIMED
     assert again.after_interruption
 
 
 def test_failed_and_retrying_operations_can_be_claimed_again(store: Store) -> None:
     operation = cancel()
-    claim = store.claim(operation, "task-1", lease_seconds=60)
-    store.settle(operation, claim, State.RETRYING, error="HTTP 503")
-    retry = store.claim(operation, "task-1", lease_seconds=60)
+    claim = store.claims.claim(operation, "task-1", lease_seconds=60)
+    store.claims.settle(operation, claim, State.RETRYING, error="HTTP 503")
+    retry = store.claims.claim(operation, "task-1", lease_seconds=60)
     assert (retry.verdict, retry.previous_state) == (Verdict.CLAIMED, "retrying")
     assert not retry.after_interruption
-    store.settle(operation, retry, State.FAILED, error="HTTP 404")
-    record = store.record(operation.key)
+    store.claims.settle(operation, retry, State.FAILED, error="HTTP 404")
+    record = store.records.read(keys.operation(operation))
     assert record is not None
     assert (record["state"], record["last_error"], record["attempts"]) == (
         "failed",
@@ -119,26 +120,26 @@ def test_failed_and_retrying_operations_can_be_claimed_again(store: Store) -> No
 
 def test_keys_expire_after_their_retention(store: Store, client: redis.Redis) -> None:
     irreversible, get = cancel(), Operation(Action.GET, random_event_id(), "04l")
-    store.claim(irreversible, "a", lease_seconds=60)
-    store.claim(get, "b", lease_seconds=60)
-    assert 29 * 86400 < client.ttl(irreversible.key) <= 30 * 86400
-    assert 71 * 3600 < client.ttl(get.key) <= 72 * 3600
+    store.claims.claim(irreversible, "a", lease_seconds=60)
+    store.claims.claim(get, "b", lease_seconds=60)
+    assert 29 * 86400 < client.ttl(keys.operation(irreversible)) <= 30 * 86400
+    assert 71 * 3600 < client.ttl(keys.operation(get)) <= 72 * 3600
 
 
 def test_first_sightings_skip_queued_notifications_but_not_our_own_redelivery(store: Store) -> None:
     operations = [cancel(), cancel()]
-    assert store.first_sightings(operations, "ingest-1") == operations
-    assert store.first_sightings(operations, "ingest-2") == []  # Salesforce redelivered
-    assert store.first_sightings(operations, "ingest-1") == operations  # we crashed mid-way
+    assert store.records.first_sightings(operations, "ingest-1") == operations
+    assert store.records.first_sightings(operations, "ingest-2") == []  # Salesforce redelivered
+    assert store.records.first_sightings(operations, "ingest-1") == operations  # we crashed mid-way
 
 
 def test_mark_queued_records_state_and_sources(store: Store) -> None:
     event = random_event_id()
     first = Operation(Action.CANCEL, event, "04lAAAAAAAAAAAAAAA")
     second = Operation(Action.CANCEL, event, "04lBBBBBBBBBBBBBBB")
-    store.mark_queued([first, second])
-    record = store.record(first.key)
+    store.records.mark_queued([first, second])
+    record = store.records.read(keys.operation(first))
     assert record is not None
     assert record["state"] == "queued"
     assert record["sources"] == ["04lAAAAAAAAAAAAAAA", "04lBBBBBBBBBBBBBBB"]
-    assert [r["key"] for r in store.records_for_event(event)] == [first.key]
+    assert [r["key"] for r in store.records.for_event(event)] == [keys.operation(first)]

@@ -11,9 +11,8 @@ import pytest
 import redis
 
 from tests.conftest import random_event_id
-from worker.domain.operations import Action, Operation
+from worker.domain.operations import Action, Operation, State
 from worker.settings import Settings
-from worker.store.claims import State
 from worker.tasks.app import QUEUE, make_celery
 from worker.tasks.dispatcher import Dispatcher
 from worker.tasks.runtime import Runtime, build_runtime
@@ -41,12 +40,12 @@ def test_due_retries_are_enqueued_once_and_later_ones_wait(
 ) -> None:
     due = Operation(Action.CANCEL, random_event_id(), "04l")
     later = Operation(Action.CANCEL, random_event_id(), "04l")
-    runtime.store.schedule(due, time.time() - 1)
-    runtime.store.schedule(later, time.time() + 3600)
+    runtime.store.schedule.add(due, time.time() - 1)
+    runtime.store.schedule.add(later, time.time() + 3600)
     dispatcher = Dispatcher(make_celery(settings), runtime)
     assert dispatcher.dispatch_due() == 1
     assert dispatcher.dispatch_due() == 0  # removed once sent
-    assert runtime.store.scheduled_count() == 1
+    assert runtime.store.schedule.count() == 1
     [raw] = idle_redis.lrange(QUEUE, 0, -1)
     envelope = json.loads(raw)
     assert envelope["headers"]["task"] == "crmhook.perform"
@@ -55,27 +54,29 @@ def test_due_retries_are_enqueued_once_and_later_ones_wait(
 
 def test_an_entry_taken_but_not_sent_comes_back_after_its_lease(runtime: Runtime) -> None:
     operation = Operation(Action.NOSHOW, random_event_id(), "04l")
-    runtime.store.schedule(operation, time.time() - 1)
-    [(entry, taken)] = runtime.store.take_due(lease_seconds=0.5)  # the dispatcher dies here
+    runtime.store.schedule.add(operation, time.time() - 1)
+    [(entry, taken)] = runtime.store.schedule.take_due(
+        lease_seconds=0.5
+    )  # the dispatcher dies here
     assert taken == operation
-    assert runtime.store.take_due(lease_seconds=0.5) == []  # leased: nobody else sends it
+    assert runtime.store.schedule.take_due(lease_seconds=0.5) == []  # leased: nobody else sends it
     time.sleep(0.6)
-    assert [op for _, op in runtime.store.take_due(lease_seconds=0.5)] == [operation]
-    runtime.store.done(entry)
-    assert runtime.store.scheduled_count() == 0
+    assert [op for _, op in runtime.store.schedule.take_due(lease_seconds=0.5)] == [operation]
+    runtime.store.schedule.done(entry)
+    assert runtime.store.schedule.count() == 0
 
 
 def test_an_operation_whose_message_was_lost_is_enqueued_again(
     runtime: Runtime, settings: Settings, idle_redis: redis.Redis
 ) -> None:
     lost = Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
-    runtime.store.mark_queued([lost])  # queued in the store, but its message never arrived
+    runtime.store.records.mark_queued([lost])  # queued in the store, but its message never arrived
     swept = replace(runtime, settings=settings.model_copy(update={"requeue_after_seconds": 0}))
     dispatcher = Dispatcher(make_celery(settings), swept)
     assert dispatcher.requeue_stale() == 1
     [raw] = idle_redis.lrange(QUEUE, 0, -1)
     assert lost.crm_event_id in json.loads(raw)["headers"]["argsrepr"]
-    claim = runtime.store.claim(lost, "t1", lease_seconds=60)
-    runtime.store.settle(lost, claim, State.SUCCEEDED)
+    claim = runtime.store.claims.claim(lost, "t1", lease_seconds=60)
+    runtime.store.claims.settle(lost, claim, State.SUCCEEDED)
     assert dispatcher.requeue_stale() == 0  # settled: dropped from the index
-    assert runtime.store.pending_count() == 0
+    assert runtime.store.pending.count() == 0

@@ -1,0 +1,85 @@
+"""Every Redis key the service writes, built here and nowhere else.
+
+Keys of one operation (its record, sources and audit trail) share a Redis Cluster hash tag,
+the braces around the operation's identity, so one Lua script may touch them all. Indexes
+across operations (pending, dead letters, the schedule, per event) live in their own slots
+and are kept beside the records, never inside a script.
+
+    crmhook:op:{cancel:00U…EAV}             operation record (hash)
+    crmhook:op:{cancel:00U…EAV}:sources     notification IDs that asked for it (set)
+    crmhook:op:{cancel:00U…EAV}:audit       what operators did to it (list)
+    crmhook:event:{00U…EAV}                 keys of every operation of one event (set)
+    crmhook:seen:{04l…}:cancel:00U…EAV      a notification already queued (string)
+    crmhook:idempotency:{sha256}            an `Idempotency-Key` already used (string)
+    crmhook:{chilipiper}:rate|paused_until|circuit   limits shared by every worker
+    crmhook:pending  crmhook:dead  crmhook:scheduled  crmhook:quarantine   (sorted sets)
+    crmhook:audit                           the audit stream
+    crmhook:migrations                      one-off migrations already applied (hash)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from worker.domain.operations import Action, Operation
+
+PREFIX = "crmhook"
+_OPERATION = f"{PREFIX}:op:"
+
+PENDING = f"{PREFIX}:pending"
+DEAD_LETTERS = f"{PREFIX}:dead"
+SCHEDULE = f"{PREFIX}:scheduled"
+QUARANTINE = f"{PREFIX}:quarantine"
+AUDIT_STREAM = f"{PREFIX}:audit"
+MIGRATIONS = f"{PREFIX}:migrations"
+
+GATE_RATE = f"{PREFIX}:{{chilipiper}}:rate"
+GATE_PAUSE = f"{PREFIX}:{{chilipiper}}:paused_until"
+GATE_CIRCUIT = f"{PREFIX}:{{chilipiper}}:circuit"
+
+# SCAN pattern of operation records alone (not their `:sources` or `:audit` companions).
+OPERATION_PATTERN = f"{_OPERATION}{{*}}"
+
+
+def operation(op: Operation) -> str:
+    """The record of one operation; the braces are its hash tag."""
+    return f"{_OPERATION}{{{op.identity}}}"
+
+
+def is_operation(key: str) -> bool:
+    """Whether `key` names an operation record (what operators paste from listings)."""
+    return key.startswith(_OPERATION) and key.endswith("}")
+
+
+def action_of(key: str) -> Action | None:
+    """The action of an operation record's key, or None when `key` is not one."""
+    if not is_operation(key):
+        return None
+    try:
+        return Action(key[len(_OPERATION) + 1 :].split(":", 1)[0])
+    except ValueError:
+        return None
+
+
+def sources(record: str) -> str:
+    return f"{record}:sources"
+
+
+def audit_trail(record: str) -> str:
+    return f"{record}:audit"
+
+
+def event_index(crm_event_id: str) -> str:
+    """Keys of every operation of one canonical event ID, so `status` and replays by event
+    ID read one set instead of scanning the keyspace (a SCAN on Cluster sees one node)."""
+    return f"{PREFIX}:event:{{{crm_event_id}}}"
+
+
+def seen(op: Operation) -> str:
+    """Marks a notification as queued, per operation: one API request may carry many events."""
+    return f"{PREFIX}:seen:{{{op.source_id}}}:{op.action}:{op.crm_event_id}"
+
+
+def idempotency(idempotency_key: str) -> str:
+    """An API caller's `Idempotency-Key`, hashed: its text is the caller's, of any shape."""
+    return f"{PREFIX}:idempotency:{{{hashlib.sha256(idempotency_key.encode()).hexdigest()}}}"

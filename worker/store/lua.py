@@ -1,0 +1,134 @@
+"""The store's Lua scripts: each decision about one operation record is one atomic script.
+
+Times are epoch seconds with millisecond decimals, from Redis's own clock (`TIME`), so every
+worker judges a lease by the same clock. Records written before times were seconds held
+milliseconds; `seconds()` reads both, until the migration has rewritten them.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stamp = string.format('%.3f', now)
+local function seconds(value)
+  local number = tonumber(value or '0') or 0
+  if number > 100000000000 then return number / 1000 end
+  return number
+end
+"""
+
+# KEYS: record. ARGV: owner, lease s, ttl s, action, event id, source.
+# Returns {verdict, previous state, token, attempts, since}; verdict is claimed | done
+# (succeeded) | busy (live claim elsewhere) | failed (this source already failed). `since`
+# starts the age budget: the replay's time if replayed, else the creation's.
+CLAIM = (
+    _PRELUDE
+    + """
+local key = KEYS[1]
+local state = redis.call('HGET', key, 'state') or 'new'
+local function answer(verdict)
+  local since = redis.call('HGET', key, 'replayed_at') or redis.call('HGET', key, 'created_at')
+  return {verdict, state, redis.call('HGET', key, 'token') or '0',
+          redis.call('HGET', key, 'attempts') or '0',
+          string.format('%.3f', seconds(since))}
+end
+if state == 'succeeded' then return answer('done') end
+if state == 'failed' and redis.call('HGET', key, 'last_source') == ARGV[6] then
+  return answer('failed')
+end
+if state == 'running' then
+  local lease = seconds(redis.call('HGET', key, 'lease_until'))
+  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
+end
+redis.call('HINCRBY', key, 'token', 1)
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HSETNX', key, 'created_at', stamp)
+redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1],
+           'lease_until', string.format('%.3f', now + tonumber(ARGV[2])), 'updated_at', stamp,
+           'action', ARGV[4], 'crm_event_id', ARGV[5], 'previous_state', state,
+           'last_source', ARGV[6])
+redis.call('EXPIRE', key, tonumber(ARGV[3]))
+return answer('claimed')
+"""
+)
+
+# KEYS: record. ARGV: token, lease s. Extends the lease if the token is still current.
+RENEW = (
+    _PRELUDE
+    + """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
+redis.call('HSET', key, 'lease_until', string.format('%.3f', now + tonumber(ARGV[2])))
+return 1
+"""
+)
+
+# KEYS: record. ARGV: token. Undo a claim whose call was never sent (deferred by the shared
+# limits): back to the state before it, and the attempt not counted.
+RELEASE = """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
+local previous = redis.call('HGET', key, 'previous_state') or 'queued'
+if previous == 'new' then previous = 'queued' end
+redis.call('HSET', key, 'state', previous)
+redis.call('HINCRBY', key, 'attempts', -1)
+redis.call('HDEL', key, 'lease_until')
+return 1
+"""
+
+# KEYS: record. ARGV: token, new state, ttl s, last error, result JSON ('' = keep).
+# Returns 1 when recorded, 0 when the caller no longer owns the claim.
+SETTLE = (
+    _PRELUDE
+    + """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
+redis.call('HSET', key, 'state', ARGV[2], 'updated_at', stamp, 'last_error', ARGV[4])
+redis.call('HDEL', key, 'lease_until')
+if ARGV[5] ~= '' then redis.call('HSET', key, 'result', ARGV[5]) end
+if ARGV[2] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', stamp) end
+redis.call('EXPIRE', key, tonumber(ARGV[3]))
+return 1
+"""
+)
+
+# KEYS: record. ARGV: force ('1' | '0'), actor, state for a reopened dead letter. An operator's
+# replay: a failed operation (or, forced, a succeeded one, which goes back to queued) is
+# reopened with a fresh attempt budget; anything else is left as it is.
+# Returns {previous state ('missing' when there is no record), attempts}.
+REOPEN = (
+    _PRELUDE
+    + """
+local key = KEYS[1]
+local state = redis.call('HGET', key, 'state')
+if not state then return {'missing', '0'} end
+local attempts = redis.call('HGET', key, 'attempts') or '0'
+if state == 'failed' or (state == 'succeeded' and ARGV[1] == '1') then
+  local after = ARGV[3]
+  if state == 'succeeded' then
+    after = 'queued'
+    redis.call('HSET', key, 'forced', ARGV[2])
+  end
+  redis.call('HSET', key, 'state', after, 'attempts', 0, 'updated_at', stamp,
+             'replayed_at', stamp, 'replayed_by', ARGV[2])
+end
+return {state, attempts}
+"""
+)
+
+# KEYS: schedule. ARGV: now s, lease s, limit. Due entries are pushed `lease` into the
+# future (so a dispatcher that dies re-dispatches them later) and returned.
+TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), member)
+end
+return due
+"""
