@@ -104,7 +104,7 @@ def _attempt(runtime: Runtime, operation: Operation, claim: Claim) -> Outcome:
         log.error("%s: claim lost before the call; not sending it", keys.operation(operation))
         return Outcome.LOST_CLAIM
     try:
-        result = runtime.gateway.call(action.tool, operation.crm_event_id)
+        result = runtime.gateway.call(action, operation.crm_event_id)
     except ToolError as refused:
         # "Already cancelled": fine if the meeting is in the state we wanted, else a failure.
         if action.irreversible and not isinstance(refused, NoMeetingError):
@@ -124,7 +124,7 @@ def _in_effect(runtime: Runtime, operation: Operation) -> ToolResult | None:
     Raises PermanentError when ChiliPiper reports no status: calling again blind could email
     a customer twice, so an operator decides.
     """
-    current = runtime.gateway.call(Action.GET.tool, operation.crm_event_id)
+    current = runtime.gateway.call(Action.GET, operation.crm_event_id)
     status = current.meeting_status
     if status is None:
         raise PermanentError(

@@ -94,7 +94,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
-    runtime.gateway.call("crm-get", operation.crm_event_id)  # session open, meeting booked
+    runtime.gateway.call(Action.GET, operation.crm_event_id)  # session open, meeting booked
     sandbox.set_faults(delay_seconds=1.5)
     with pytest.raises(RetryLater) as later:
         perform(runtime, operation, owner="t1")

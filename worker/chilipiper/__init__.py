@@ -1,4 +1,4 @@
-"""The ChiliPiper gateway: one interface, `call(tool, crm_event_id) -> ToolResult`.
+"""The ChiliPiper gateway: one interface, `call(action, crm_event_id) -> ToolResult`.
 
 Transports: `mcp` (ChiliPiper's MCP server), `scalekit` (Scalekit AgentKit's REST API) and
 `sandbox` (the local stand-in, spoken to over the MCP client, so development exercises the
@@ -17,6 +17,7 @@ from worker.chilipiper.mcp import McpGateway
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
 from worker.chilipiper.scalekit import TOKEN_PATH, ClientCredentials, ScalekitGateway
+from worker.domain.operations import Action
 from worker.settings import Settings
 
 __all__ = ["Gateway", "ToolResult", "build_gateway", "http_client"]
@@ -25,7 +26,7 @@ MAX_CONNECTIONS = 64
 
 
 class Gateway(Protocol):
-    def call(self, tool: str, crm_event_id: str) -> ToolResult: ...
+    def call(self, action: Action, crm_event_id: str) -> ToolResult: ...
     def list_tools(self) -> list[str]: ...
 
 

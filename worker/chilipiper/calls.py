@@ -4,12 +4,31 @@ in-call retry policy around them, and the gate told how each try went."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from tenacity import Retrying
 
 from worker.chilipiper.result import ToolResult
+from worker.domain.operations import Action
 from worker.errors import InDoubtError, RetryableError
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request is for: the tool it runs (for messages; empty for protocol requests
+    such as listing tools) and whether repeating it could repeat an effect. Irreversibility
+    comes from the `Action`, the one place that knows which actions email customers."""
+
+    tool: str
+    irreversible: bool
+
+    @classmethod
+    def of(cls, action: Action) -> Target:
+        return cls(action.tool, action.irreversible)
+
+
+PROTOCOL = Target("", irreversible=False)
 
 
 class GateLike(Protocol):

@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from worker.errors import (
+    CredentialsRefused,
     GatewayError,
     InDoubtError,
     NoMeetingError,
@@ -49,6 +50,8 @@ def error_for_status(
         if irreversible:
             return InDoubtError(message, tool=tool, status=status)
         return RetryableError(message, tool=tool, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return CredentialsRefused(message, tool=tool, status=status)
     return PermanentError(message, tool=tool, status=status)
 
 

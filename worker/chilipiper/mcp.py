@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import GateLike, call_through
+from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_rpc,
@@ -30,11 +30,11 @@ from worker.chilipiper.errors import (
 from worker.chilipiper.gate import OpenGate
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
+from worker.domain.operations import Action
 from worker.errors import PermanentError
 
 PROTOCOL_VERSION = "2025-11-25"
 KNOWN_PROTOCOL_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
-IRREVERSIBLE_TOOLS = frozenset({"crm-cancel", "crm-noshow"})
 CLIENT_INFO = {"name": "crmhook", "version": "0.1.0"}
 
 
@@ -49,7 +49,7 @@ class _SessionExpired(Exception):
 
 
 class McpGateway:
-    """`call(tool, crm_event_id)` against one MCP server. Safe to share between threads."""
+    """`call(action, crm_event_id)` against one MCP server. Safe to share between threads."""
 
     def __init__(
         self,
@@ -69,13 +69,15 @@ class McpGateway:
         self._session: _Session | None = None
         self._ids = itertools.count(1)
 
-    def call(self, tool: str, crm_event_id: str) -> ToolResult:
-        """Call `tool` for one event; raises a GatewayError subclass when it does not succeed."""
-        params = {"name": tool, "arguments": {"crmEventId": crm_event_id}}
+    def call(self, action: Action, crm_event_id: str) -> ToolResult:
+        """Run `action`'s tool for one event; raises a GatewayError subclass when it does not
+        succeed."""
+        target = Target.of(action)
+        params = {"name": target.tool, "arguments": {"crmEventId": crm_event_id}}
 
         def send() -> ToolResult:
-            result = self._request("tools/call", params, tool=tool)
-            return self._tool_result(tool, crm_event_id, result)
+            result = self._request("tools/call", params, target=target)
+            return self._tool_result(target.tool, crm_event_id, result)
 
         return call_through(self._gate, self._retrying(), send)
 
@@ -84,7 +86,9 @@ class McpGateway:
         names: list[str] = []
         cursor: str | None = None
         while True:
-            page = self._request("tools/list", {"cursor": cursor} if cursor else {}, tool="")
+            page = self._request(
+                "tools/list", {"cursor": cursor} if cursor else {}, target=PROTOCOL
+            )
             names.extend(tool["name"] for tool in page.get("tools", []) if "name" in tool)
             cursor = page.get("nextCursor")
             if not cursor:
@@ -92,13 +96,13 @@ class McpGateway:
 
     # --- one request, within a session ------------------------------------------------------
 
-    def _request(self, method: str, params: dict[str, Any], *, tool: str) -> dict[str, Any]:
+    def _request(self, method: str, params: dict[str, Any], *, target: Target) -> dict[str, Any]:
         session = self._open_session()
         try:
-            return self._rpc(method, params, session, tool=tool)
+            return self._rpc(method, params, session, target=target)
         except _SessionExpired:
             self._forget(session)
-            return self._rpc(method, params, self._open_session(), tool=tool)
+            return self._rpc(method, params, self._open_session(), target=target)
 
     def _open_session(self) -> _Session:
         with self._lock:
@@ -121,32 +125,32 @@ class McpGateway:
         with self._post(
             {"jsonrpc": "2.0", "id": message_id, "method": "initialize", "params": params},
             None,
-            tool="",
+            target=PROTOCOL,
         ) as response:
-            result = self._result(response, message_id, tool="")
+            result = self._result(response, message_id, target=PROTOCOL)
             session_id = response.headers.get("mcp-session-id")
         version = result.get("protocolVersion", "")
         if version not in KNOWN_PROTOCOL_VERSIONS:
             raise PermanentError(f"MCP server speaks protocol {version!r}, which we do not")
         session = _Session(session_id, version)
         with self._post(
-            {"jsonrpc": "2.0", "method": "notifications/initialized"}, session, tool=""
+            {"jsonrpc": "2.0", "method": "notifications/initialized"}, session, target=PROTOCOL
         ) as response:
             if response.status_code >= 400:
                 raise error_for_status(response.status_code, tool="", irreversible=False)
         return session
 
     def _rpc(
-        self, method: str, params: dict[str, Any], session: _Session, *, tool: str
+        self, method: str, params: dict[str, Any], session: _Session, *, target: Target
     ) -> dict[str, Any]:
         message_id = next(self._ids)
         body = {"jsonrpc": "2.0", "id": message_id, "method": method, "params": params}
-        with self._post(body, session, tool=tool) as response:
+        with self._post(body, session, target=target) as response:
             if response.status_code == 404 and session.session_id:
                 raise _SessionExpired
-            return self._result(response, message_id, tool=tool)
+            return self._result(response, message_id, target=target)
 
-    def _post(self, body: dict[str, Any], session: _Session | None, *, tool: str) -> _Response:
+    def _post(self, body: dict[str, Any], session: _Session | None, *, target: Target) -> _Response:
         headers = {
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
@@ -158,10 +162,12 @@ class McpGateway:
             if session.session_id:
                 headers["Mcp-Session-Id"] = session.session_id
         request = self._client.build_request("POST", self.url, json=body, headers=headers)
-        return _Response(self._client, request, tool=tool)
+        return _Response(self._client, request, target=target)
 
-    def _result(self, response: httpx.Response, message_id: int, *, tool: str) -> dict[str, Any]:
-        irreversible = tool in IRREVERSIBLE_TOOLS
+    def _result(
+        self, response: httpx.Response, message_id: int, *, target: Target
+    ) -> dict[str, Any]:
+        tool, irreversible = target.tool, target.irreversible
         if response.status_code != 200:
             detail = _short(response.read().decode("utf-8", "replace"))
             raise error_for_status(
@@ -200,10 +206,10 @@ class McpGateway:
 class _Response:
     """Context manager that sends a request as a stream and maps transport errors."""
 
-    def __init__(self, client: httpx.Client, request: httpx.Request, *, tool: str) -> None:
+    def __init__(self, client: httpx.Client, request: httpx.Request, *, target: Target) -> None:
         self._client = client
         self._request = request
-        self._tool = tool
+        self._target = target
         self._response: httpx.Response | None = None
 
     def __enter__(self) -> httpx.Response:
@@ -211,7 +217,7 @@ class _Response:
             self._response = self._client.send(self._request, stream=True)
         except httpx.HTTPError as exc:
             raise error_for_exception(
-                exc, tool=self._tool, irreversible=self._tool in IRREVERSIBLE_TOOLS
+                exc, tool=self._target.tool, irreversible=self._target.irreversible
             ) from exc
         return self._response
 

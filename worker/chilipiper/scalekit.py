@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import GateLike, call_through
+from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_status,
@@ -25,10 +25,15 @@ from worker.chilipiper.errors import (
     tool_failure,
 )
 from worker.chilipiper.gate import OpenGate
-from worker.chilipiper.mcp import IRREVERSIBLE_TOOLS
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
-from worker.errors import GatewayError, PermanentError, RetryableError
+from worker.domain.operations import Action
+from worker.errors import (
+    CredentialsRefused,
+    GatewayError,
+    RetryableError,
+    UnknownAccount,
+)
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 (a URL path, not a password)
 EXECUTE_PATH = "/api/v1/execute_tool"
@@ -52,7 +57,6 @@ class ClientCredentials:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
-        self.fetched = 0
 
     def get(self) -> str:
         with self._lock:
@@ -74,7 +78,7 @@ class ClientCredentials:
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, tool="Scalekit token", irreversible=False) from exc
         if response.status_code in (400, 401, 403):
-            raise PermanentError(
+            raise CredentialsRefused(
                 f"Scalekit refused the client credentials (HTTP {response.status_code}): check "
                 "SCALEKIT_CLIENT_ID and SCALEKIT_CLIENT_SECRET",
                 status=response.status_code,
@@ -90,12 +94,11 @@ class ClientCredentials:
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise RetryableError("Scalekit token answer has no access_token")
-        self.fetched += 1
         return token, float(body.get("expires_in") or 300)
 
 
 class ScalekitGateway:
-    """`call(tool, crm_event_id)` through Scalekit. Safe to share between threads."""
+    """`call(action, crm_event_id)` through Scalekit. Safe to share between threads."""
 
     def __init__(
         self,
@@ -118,7 +121,9 @@ class ScalekitGateway:
         self._retrying = retrying
         self._gate = gate or OpenGate()
 
-    def call(self, tool: str, crm_event_id: str) -> ToolResult:
+    def call(self, action: Action, crm_event_id: str) -> ToolResult:
+        target = Target.of(action)
+        tool = target.tool
         body = {
             "tool_name": f"{self.tool_prefix}_{tool}",
             "connector": self.connection_name,
@@ -127,13 +132,13 @@ class ScalekitGateway:
         }
 
         def send() -> ToolResult:
-            response = self._send("POST", EXECUTE_PATH, tool=tool, json=body)
+            response = self._send("POST", EXECUTE_PATH, target=target, json=body)
             payload = _json(response)
             if payload is None:  # a 200 we cannot read: the tool may have run
                 raise error_for_exception(
                     httpx.RemoteProtocolError("unreadable execute_tool answer"),
                     tool=tool,
-                    irreversible=tool in IRREVERSIBLE_TOOLS,
+                    irreversible=target.irreversible,
                 )
             return ToolResult.from_scalekit(tool, crm_event_id, payload)
 
@@ -154,7 +159,7 @@ class ScalekitGateway:
             }
             if page:
                 params["page_token"] = page
-            payload = _json(self._send("GET", SCOPED_TOOLS_PATH, tool="", params=params))
+            payload = _json(self._send("GET", SCOPED_TOOLS_PATH, target=PROTOCOL, params=params))
             if payload is None:
                 raise RetryableError("Scalekit answered the tool listing without JSON")
             for item in payload.get("tools") or []:
@@ -166,8 +171,8 @@ class ScalekitGateway:
                 break
         return names
 
-    def _send(self, method: str, path: str, *, tool: str, **kwargs: Any) -> httpx.Response:
-        irreversible = tool in IRREVERSIBLE_TOOLS
+    def _send(self, method: str, path: str, *, target: Target, **kwargs: Any) -> httpx.Response:
+        tool, irreversible = target.tool, target.irreversible
         for refreshed in (False, True):
             token = self.credentials.get()
             try:
@@ -183,7 +188,7 @@ class ScalekitGateway:
                 break
             self.credentials.invalidate(token)  # expired or revoked: fetch a new one, once
             if refreshed:
-                raise PermanentError(
+                raise CredentialsRefused(
                     "Scalekit refused a freshly issued token (HTTP 401 twice): check the "
                     "environment URL and that the client may use AgentKit",
                     tool=tool,
@@ -196,7 +201,9 @@ class ScalekitGateway:
 
 def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> GatewayError:
     """A non-200 from Scalekit. A tool that ran and refused (`TOOL_ERROR`, or a 404 saying no
-    meeting is linked) is the tool's answer, whatever the status; the rest by status."""
+    meeting is linked) is the tool's answer, whatever the status; a 404 for the connected
+    account means the identifier is unknown; the rest by status. Scalekit's words are read
+    here, once, where its answer becomes one of our errors."""
     body = _json(response) or {}
     message = str(body.get("message") or body.get("error") or response.text[:300]).strip()
     code = str(body.get("error_code") or body.get("code") or "")
@@ -204,6 +211,8 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         response.status_code == 404 and "meeting" in message.lower()
     ):
         return tool_failure(tool, message)
+    if response.status_code == 404 and "connected account" in message.lower():
+        return UnknownAccount(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
     return error_for_status(
         response.status_code,
         tool=tool or "Scalekit",

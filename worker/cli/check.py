@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 import httpx
 
 from worker.chilipiper import build_gateway
-from worker.errors import GatewayError, NoMeetingError, PermanentError
+from worker.domain.operations import Action
+from worker.errors import (
+    CredentialsRefused,
+    GatewayError,
+    NoMeetingError,
+    PermanentError,
+    UnknownAccount,
+)
 from worker.settings import Settings
-
-REQUIRED_TOOLS = ("crm-get", "crm-noshow", "crm-cancel")
 
 
 @dataclass
@@ -44,7 +49,7 @@ def check(
         report.add(False, explain(error, settings))
         return report
     report.add(True, f"authenticated with {where}; {len(names)} tool(s) available")
-    expected = {tool: _tool_name(settings, tool) for tool in REQUIRED_TOOLS}
+    expected = {action: _tool_name(settings, action.tool) for action in Action}
     missing = [name for name in expected.values() if name not in names]
     if not names and settings.chilipiper_transport == "scalekit":
         report.add(
@@ -64,7 +69,7 @@ def check(
     report.add(True, "tools present: " + ", ".join(expected.values()))
     if event_id:
         try:
-            result = gateway.call("crm-get", event_id)
+            result = gateway.call(Action.GET, event_id)
         except NoMeetingError:
             report.add(False, f"crm-get {event_id}: no ChiliPiper meeting is linked to it")
         except GatewayError as error:
@@ -76,12 +81,11 @@ def check(
 
 def explain(error: GatewayError, settings: Settings) -> str:
     """What went wrong, in terms of the settings to fix."""
-    text = str(error)
     cause = error.__cause__
     if settings.chilipiper_transport == "scalekit":
-        if "client credentials" in text or "401 twice" in text:
-            return text
-        if "connected account not found" in text:
+        if isinstance(error, CredentialsRefused):
+            return str(error)
+        if isinstance(error, UnknownAccount):
             return (
                 f"Scalekit has no connected account {settings.scalekit_identifier!r} for "
                 f"connection {settings.scalekit_connection_name!r}: check "
@@ -94,13 +98,13 @@ def explain(error: GatewayError, settings: Settings) -> str:
             if settings.chilipiper_transport == "mcp"
             else ("CHILIPIPER_SANDBOX_URL (is `crmhook sandbox` running?)")
         )
-        if isinstance(error, PermanentError) and error.status in (401, 403):
+        if isinstance(error, CredentialsRefused):
             return f"ChiliPiper refused the token (HTTP {error.status}): check CHILIPIPER_API_TOKEN"
     if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
         return f"cannot reach {_where(settings)} ({type(cause).__name__}): check {url_setting}"
     if isinstance(error, PermanentError) and error.status == 404:
         return f"{_where(settings)} answered 404: check {url_setting}"
-    return text
+    return str(error)
 
 
 def _where(settings: Settings) -> str:

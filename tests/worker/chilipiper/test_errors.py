@@ -15,6 +15,7 @@ from worker.chilipiper.errors import (
     tool_failure,
 )
 from worker.errors import (
+    CredentialsRefused,
     GatewayError,
     InDoubtError,
     NoMeetingError,
@@ -23,15 +24,15 @@ from worker.errors import (
     ToolError,
 )
 
-R, P, D = RetryableError, PermanentError, InDoubtError
+R, P, D, C = RetryableError, PermanentError, InDoubtError, CredentialsRefused
 
 
 @pytest.mark.parametrize(
     ("status", "for_get", "for_cancel"),
     [
         (400, P, P),
-        (401, P, P),
-        (403, P, P),
+        (401, C, C),  # refused credentials: a permanent error the operator can name
+        (403, C, C),
         (404, P, P),
         (405, P, P),
         (406, P, P),

@@ -19,6 +19,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from tests.conftest import SandboxServer, random_event_id
 from worker.chilipiper.mcp import McpGateway
 from worker.dev.redis_server import free_port
+from worker.domain.operations import Action
 from worker.errors import PermanentError
 
 
@@ -76,11 +77,11 @@ def test_our_gateway_drives_an_sdk_server(sdk_server_url: str) -> None:
             "crm-cancel",
             "crm-noshow",
         }
-        assert gateway.call("crm-get", event).meeting_status == "BOOKED"
-        assert gateway.call("crm-cancel", event).meeting_status == "CANCELLED"
-        assert gateway.call("crm-get", event).meeting_status == "CANCELLED"
+        assert gateway.call(Action.GET, event).meeting_status == "BOOKED"
+        assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
+        assert gateway.call(Action.GET, event).meeting_status == "CANCELLED"
         with pytest.raises(PermanentError, match="No meeting linked"):
-            gateway.call("crm-noshow", random_event_id("00V"))
+            gateway.call(Action.NOSHOW, random_event_id("00V"))
 
 
 def test_sdk_client_drives_our_sandbox(sandbox: SandboxServer) -> None:

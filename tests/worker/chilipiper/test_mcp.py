@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import SandboxServer, random_event_id
 from worker.chilipiper.mcp import McpGateway
+from worker.domain.operations import Action
 from worker.errors import InDoubtError, PermanentError, RetryableError
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -75,7 +76,7 @@ def gateway_for(handler: Handler, token: str | None = "cp-token") -> McpGateway:
 @pytest.mark.parametrize("sse", [False, True])
 def test_handshake_then_call_with_session_and_version_echoed(sse: bool) -> None:
     server = FakeServer(sse=sse)
-    result = gateway_for(server).call("crm-cancel", "00U5g00000MnOpQEAV")
+    result = gateway_for(server).call(Action.CANCEL, "00U5g00000MnOpQEAV")
     assert result.meeting_status == "CANCELLED"
     methods = [body.get("method") for _, body in server.requests]
     assert methods == ["initialize", "notifications/initialized", "tools/call"]
@@ -96,13 +97,13 @@ def test_session_is_opened_once_and_shared() -> None:
     server = FakeServer()
     gateway = gateway_for(server)
     for _ in range(3):
-        gateway.call("crm-get", "00U5g00000MnOpQEAV")
+        gateway.call(Action.GET, "00U5g00000MnOpQEAV")
     assert server.sessions == 1
 
 
 def test_expired_session_is_reopened_and_the_call_sent_again() -> None:
     server = FakeServer(expire_once=True)
-    result = gateway_for(server).call("crm-cancel", "00U5g00000MnOpQEAV")
+    result = gateway_for(server).call(Action.CANCEL, "00U5g00000MnOpQEAV")
     assert result.meeting_status == "CANCELLED"
     assert server.sessions == 2
     assert server.requests[-1][0]["mcp-session-id"] == "session-2"
@@ -117,7 +118,7 @@ def test_unknown_protocol_version_is_permanent() -> None:
         )
 
     with pytest.raises(PermanentError, match="1999-01-01"):
-        gateway_for(handler).call("crm-get", "00U5g00000MnOpQEAV")
+        gateway_for(handler).call(Action.GET, "00U5g00000MnOpQEAV")
 
 
 def test_answer_without_our_response_is_in_doubt_for_cancel() -> None:
@@ -134,7 +135,7 @@ def test_answer_without_our_response_is_in_doubt_for_cancel() -> None:
         return server(request)
 
     with pytest.raises(InDoubtError):
-        gateway_for(handler).call("crm-cancel", "00U5g00000MnOpQEAV")
+        gateway_for(handler).call(Action.CANCEL, "00U5g00000MnOpQEAV")
 
 
 # --- against the sandbox, over real HTTP ----------------------------------------------------
@@ -150,10 +151,10 @@ def test_cancel_changes_the_meeting_and_a_second_cancel_is_a_tool_error(
     gateway: McpGateway, sandbox: SandboxServer
 ) -> None:
     event = random_event_id()
-    assert gateway.call("crm-get", event).meeting_status == "BOOKED"
-    assert gateway.call("crm-cancel", event).meeting_status == "CANCELLED"
+    assert gateway.call(Action.GET, event).meeting_status == "BOOKED"
+    assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
     with pytest.raises(PermanentError, match="already CANCELLED"):
-        gateway.call("crm-cancel", event)
+        gateway.call(Action.CANCEL, event)
     assert [call["tool"] for call in sandbox.calls(event)] == [
         "crm-get",
         "crm-cancel",
@@ -166,7 +167,7 @@ def test_no_meeting_linked_is_permanent_after_one_call(
 ) -> None:
     event = random_event_id("00V")  # the sandbox books only 00U events by itself
     with pytest.raises(PermanentError, match="No meeting linked"):
-        gateway.call("crm-noshow", event)
+        gateway.call(Action.NOSHOW, event)
     assert len(sandbox.calls(event)) == 1
 
 
@@ -174,43 +175,43 @@ def test_429_waits_for_retry_after_then_succeeds(
     gateway: McpGateway, sandbox: SandboxServer
 ) -> None:
     event = random_event_id()
-    gateway.call("crm-get", event)  # open the session first
+    gateway.call(Action.GET, event)  # open the session first
     sandbox.set_faults(fail_next=1, status=429, retry_after=1)
     started = time.monotonic()
-    assert gateway.call("crm-get", event).meeting_status == "BOOKED"
+    assert gateway.call(Action.GET, event).meeting_status == "BOOKED"
     assert time.monotonic() - started >= 0.9
 
 
 def test_503_blips_are_retried_in_call(gateway: McpGateway, sandbox: SandboxServer) -> None:
     event = random_event_id()
-    gateway.call("crm-get", event)
+    gateway.call(Action.GET, event)
     sandbox.set_faults(fail_next=2, status=503)
-    assert gateway.call("crm-cancel", event).meeting_status == "CANCELLED"
+    assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
     assert len(sandbox.calls(event, "crm-cancel")) == 1
 
 
 def test_persistent_503_surfaces_as_retryable(gateway: McpGateway, sandbox: SandboxServer) -> None:
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     sandbox.set_faults(fail_next=100, status=503)
     with pytest.raises(RetryableError, match="HTTP 503"):
-        gateway.call("crm-get", random_event_id())
+        gateway.call(Action.GET, random_event_id())
 
 
 def test_401_is_permanent(gateway: McpGateway, sandbox: SandboxServer) -> None:
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     sandbox.set_faults(fail_next=1, status=401)
     with pytest.raises(PermanentError, match="HTTP 401"):
-        gateway.call("crm-get", random_event_id())
+        gateway.call(Action.GET, random_event_id())
 
 
 def test_timeout_on_cancel_is_in_doubt_and_not_retried(
     gateway: McpGateway, sandbox: SandboxServer
 ) -> None:
     event = random_event_id()
-    gateway.call("crm-get", event)
+    gateway.call(Action.GET, event)
     sandbox.set_faults(delay_seconds=1.5)
     with pytest.raises(InDoubtError, match="ReadTimeout"):
-        gateway.call("crm-cancel", event)
+        gateway.call(Action.CANCEL, event)
     sandbox.set_faults()
     time.sleep(0.7)  # let the slow request finish on the server
     assert len(sandbox.calls(event, "crm-cancel")) == 1  # sent once, never repeated blind
@@ -220,9 +221,9 @@ def test_sse_answers_and_expired_sessions_on_the_sandbox(
     gateway: McpGateway, sandbox: SandboxServer
 ) -> None:
     event = random_event_id()
-    gateway.call("crm-get", event)
+    gateway.call(Action.GET, event)
     sandbox.set_faults(sse=True, expire_sessions=True)
-    assert gateway.call("crm-cancel", event).meeting_status == "CANCELLED"
+    assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
     assert set(gateway.list_tools()) == {
         "crm-get",
         "crm-cancel",

@@ -12,6 +12,7 @@ from tests.conftest import SandboxServer, ScalekitServer, random_event_id, scale
 from tests.scalekit_standin import CLIENT_ID, CONNECTION
 from worker.chilipiper import build_gateway
 from worker.chilipiper.scalekit import ClientCredentials, ScalekitGateway
+from worker.domain.operations import Action
 from worker.errors import InDoubtError, NoMeetingError, PermanentError, RetryableError, ToolError
 from worker.settings import Settings
 
@@ -33,7 +34,7 @@ def test_tools_are_called_with_the_connector_prefix_and_identifier(
     gateway: ScalekitGateway, scalekit: ScalekitServer, sandbox: SandboxServer
 ) -> None:
     event = random_event_id()
-    result = gateway.call("crm-cancel", event)
+    result = gateway.call(Action.CANCEL, event)
     assert result.meeting_status == "CANCELLED"
     assert result.execution_id == scalekit.state.executions[-1]["execution_id"]
     assert scalekit.state.executions[-1]["tool_name"] == f"{CONNECTION}_crm-cancel"
@@ -43,7 +44,7 @@ def test_tools_are_called_with_the_connector_prefix_and_identifier(
 def test_token_is_cached_and_shared(gateway: ScalekitGateway, scalekit: ScalekitServer) -> None:
     before = scalekit.state.tokens_issued
     for _ in range(5):
-        gateway.call("crm-get", random_event_id())
+        gateway.call(Action.GET, random_event_id())
     assert scalekit.state.tokens_issued - before == 1
 
 
@@ -51,29 +52,29 @@ def test_token_is_refreshed_shortly_before_it_expires(
     gateway: ScalekitGateway, scalekit: ScalekitServer
 ) -> None:
     scalekit.state.token_lifetime = 2  # refreshed after 2 - 0.2 s
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     issued = scalekit.state.tokens_issued
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     assert scalekit.state.tokens_issued == issued
     time.sleep(2)
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     assert scalekit.state.tokens_issued == issued + 1
 
 
 def test_one_401_refreshes_the_token_and_the_call_goes_through(
     gateway: ScalekitGateway, scalekit: ScalekitServer
 ) -> None:
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     issued = scalekit.state.tokens_issued
     scalekit.state.reject_tokens = 1  # revoked
-    assert gateway.call("crm-get", random_event_id()).meeting_status == "BOOKED"
+    assert gateway.call(Action.GET, random_event_id()).meeting_status == "BOOKED"
     assert scalekit.state.tokens_issued == issued + 1
 
 
 def test_401_twice_is_permanent(gateway: ScalekitGateway, scalekit: ScalekitServer) -> None:
     scalekit.state.reject_tokens = 2
     with pytest.raises(PermanentError, match="401 twice"):
-        gateway.call("crm-get", random_event_id())
+        gateway.call(Action.GET, random_event_id())
 
 
 def test_wrong_client_secret_is_permanent(
@@ -86,23 +87,23 @@ def test_wrong_client_secret_is_permanent(
 
 def test_no_meeting_linked_is_a_permanent_tool_error(gateway: ScalekitGateway) -> None:
     with pytest.raises(NoMeetingError, match="No meeting linked"):
-        gateway.call("crm-noshow", random_event_id("00V"))
+        gateway.call(Action.NOSHOW, random_event_id("00V"))
 
 
 def test_already_cancelled_is_a_tool_error(gateway: ScalekitGateway) -> None:
     event = random_event_id()
-    gateway.call("crm-cancel", event)
+    gateway.call(Action.CANCEL, event)
     with pytest.raises(ToolError, match="already CANCELLED"):
-        gateway.call("crm-cancel", event)
+        gateway.call(Action.CANCEL, event)
 
 
 def test_429_is_retried_after_retry_after(
     gateway: ScalekitGateway, scalekit: ScalekitServer
 ) -> None:
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     scalekit.state.fail_next, scalekit.state.fail_status, scalekit.state.retry_after = 1, 429, 1
     started = time.monotonic()
-    assert gateway.call("crm-get", random_event_id()).meeting_status == "BOOKED"
+    assert gateway.call(Action.GET, random_event_id()).meeting_status == "BOOKED"
     assert time.monotonic() - started >= 0.9
 
 
@@ -110,10 +111,10 @@ def test_429_is_retried_after_retry_after(
 def test_persistent_5xx_on_cancel(
     gateway: ScalekitGateway, scalekit: ScalekitServer, status: int, kind: type[Exception]
 ) -> None:
-    gateway.call("crm-get", random_event_id())
+    gateway.call(Action.GET, random_event_id())
     scalekit.state.fail_next, scalekit.state.fail_status = 100, status
     with pytest.raises(kind, match=f"HTTP {status}"):
-        gateway.call("crm-cancel", random_event_id())
+        gateway.call(Action.CANCEL, random_event_id())
 
 
 def test_scoped_tools_are_listed_across_pages(gateway: ScalekitGateway) -> None:
@@ -130,4 +131,4 @@ def test_unknown_identifier_is_permanent(
     )
     gateway = build_gateway(wrong, client=client)
     with pytest.raises(PermanentError, match="connected account not found"):
-        gateway.call("crm-get", random_event_id())
+        gateway.call(Action.GET, random_event_id())
