@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 import redis
 
-from tests.conftest import db_url, random_event_id
-from worker.dev.redis_server import RedisServer
+from tests.conftest import random_event_id
+from tests.worker.store.conftest import cancel
 from worker.domain.operations import Action, Operation, State
-from worker.store import Retention, Store, keys
+from worker.store import Store, keys
 from worker.store.claims import Verdict
-from worker.store.connection import redis_client
-
-STORE_DB = 2
-RETENTION = Retention(
-    action_seconds=30 * 86400,
-    get_seconds=72 * 3600,
-    notification_seconds=72 * 3600,
-    quarantine_seconds=7 * 86400,
-)
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis_client(db_url(redis_server, STORE_DB))
-    client.flushdb()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def store(client: redis.Redis) -> Store:
-    return Store(client, RETENTION)
-
-
-def cancel() -> Operation:
-    return Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
 
 
 def test_first_claim_wins_and_a_second_owner_is_told_busy(store: Store) -> None:
@@ -124,22 +96,3 @@ def test_keys_expire_after_their_retention(store: Store, client: redis.Redis) ->
     store.claims.claim(get, "b", lease_seconds=60)
     assert 29 * 86400 < client.ttl(keys.operation(irreversible)) <= 30 * 86400
     assert 71 * 3600 < client.ttl(keys.operation(get)) <= 72 * 3600
-
-
-def test_first_sightings_skip_queued_notifications_but_not_our_own_redelivery(store: Store) -> None:
-    operations = [cancel(), cancel()]
-    assert store.records.first_sightings(operations, "ingest-1") == operations
-    assert store.records.first_sightings(operations, "ingest-2") == []  # Salesforce redelivered
-    assert store.records.first_sightings(operations, "ingest-1") == operations  # we crashed mid-way
-
-
-def test_mark_queued_records_state_and_sources(store: Store) -> None:
-    event = random_event_id()
-    first = Operation(Action.CANCEL, event, "04lAAAAAAAAAAAAAAA")
-    second = Operation(Action.CANCEL, event, "04lBBBBBBBBBBBBBBB")
-    store.records.mark_queued([first, second])
-    record = store.records.read(keys.operation(first))
-    assert record is not None
-    assert record["state"] == "queued"
-    assert record["sources"] == ["04lAAAAAAAAAAAAAAA", "04lBBBBBBBBBBBBBBB"]
-    assert [r["key"] for r in store.records.for_event(event)] == [keys.operation(first)]
