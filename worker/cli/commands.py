@@ -343,3 +343,19 @@ def quarantine(limit: int, as_json: bool) -> None:
     console.print(listing(f"{len(entries)} quarantined notification(s)", columns, rows))
     if entries:
         console.print("After fixing the settings: crmhook replay --quarantined --dry-run")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List the pending migrations; change nothing.")
+def migrate(dry_run: bool) -> None:
+    """Apply the store's pending one-off migrations (workers also apply them at start)."""
+    from worker.store import migrations
+    from worker.tasks.runtime import build_store
+
+    store = build_store(_settings())
+    pending = migrations.pending(store.redis)
+    if dry_run or not pending:
+        console.print(f"pending migrations: {', '.join(pending) or 'none'}")
+        return
+    for name, count in migrations.apply(store.redis, store.records).items():
+        console.print(f"[green]applied[/] {name}: {count} record(s)")

@@ -34,9 +34,6 @@ class Pending:
     def remove(self, pipe: redis.client.Pipeline, key: str) -> None:
         pipe.zrem(keys.PENDING, key)
 
-    def count(self) -> int:
-        return int(self._redis.zcard(keys.PENDING))
-
     def stale(self, older_than: float, limit: int = 100) -> list[Operation]:
         """Unsettled operations last enqueued more than `older_than` seconds ago: their
         message may be lost. Settled ones found on the way are dropped from the index; the

@@ -42,6 +42,3 @@ class Schedule:
 
     def done(self, entry: str) -> None:
         self._redis.zrem(keys.SCHEDULE, entry)
-
-    def count(self) -> int:
-        return int(self._redis.zcard(keys.SCHEDULE))

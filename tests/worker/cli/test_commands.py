@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,8 @@ from flask import Flask
 
 from tests.conftest import TOKEN, SandboxServer, WorkerProcess, random_event_id, wait_for
 from worker.cli import main
-from worker.store import Store
+from worker.domain.operations import Action, Operation
+from worker.store import Store, keys
 
 pytestmark = pytest.mark.slow  # most commands here talk to the running worker
 
@@ -124,3 +126,34 @@ def test_status_of_a_dead_letter_shows_attempts_and_last_error(
     assert "failed" in shown.output
     assert "attempts" in shown.output
     assert "No meeting linked" in shown.output
+
+
+def test_migrate_indexes_records_of_an_older_version(
+    runner: CliRunner, worker_store: Store
+) -> None:
+    client = worker_store.redis
+    wait_for(lambda: client.hexists(keys.MIGRATIONS, "event-index"))  # the worker did, at start
+    client.hdel(keys.MIGRATIONS, "event-index")  # as if this Redis came from an older version
+    old = Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
+    created_ms = int(time.time() * 1000)
+    client.hset(
+        keys.operation(old),
+        mapping={
+            "state": "failed",
+            "action": "cancel",
+            "crm_event_id": old.crm_event_id,
+            "source_id": old.source_id,
+            "created_at": created_ms,
+        },
+    )
+    assert runner.invoke(main, ["status", old.crm_event_id]).exit_code == 1  # not indexed
+
+    pending = runner.invoke(main, ["migrate", "--dry-run"])
+    assert "pending migrations: event-index" in pending.output
+    applied = runner.invoke(main, ["migrate"])
+    assert applied.exit_code == 0, applied.output
+    assert "applied event-index" in applied.output
+
+    shown = json.loads(runner.invoke(main, ["status", "--json", old.crm_event_id]).output)
+    assert shown[0]["created_at"] == created_ms / 1000
+    assert "pending migrations: none" in runner.invoke(main, ["migrate"]).output
