@@ -36,7 +36,7 @@ def clean_environment(**extra: str) -> dict[str, str]:
         "SCALEKIT_",
         "ADMIN_TOKENS",
         "PORT",
-        "HOST",  # the Procfile's web binds to $HOST
+        "WEB_HOST",  # the Procfile's web binds to $WEB_HOST
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(names)}
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")

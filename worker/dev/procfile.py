@@ -2,7 +2,7 @@
 
 `crmhook dev`, `crmhook run` (the Docker image's CMD and docker-compose's worker) and the tests
 start their processes from its lines, as honcho, foreman or Heroku do, so a flag changed there
-changes everywhere. Settings the lines leave open (`$HOST`, `$PORT`, `$WEB_CONCURRENCY`,
+changes everywhere. Settings the lines leave open (`$WEB_HOST`, `$PORT`, `$WEB_CONCURRENCY`,
 `$WORKER_CONCURRENCY`) are passed in the environment.
 """
 

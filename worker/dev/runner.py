@@ -65,7 +65,7 @@ class DevStack:
     def procfile_settings(self) -> dict[str, str]:
         """Loopback only (a dev machine is not a server), on --port, sized by --concurrency."""
         return {
-            "HOST": "127.0.0.1",
+            "WEB_HOST": "127.0.0.1",
             "PORT": str(self.port),
             "WEB_CONCURRENCY": "2",
             "WORKER_CONCURRENCY": str(self.concurrency),

@@ -45,13 +45,13 @@ def expand(line: str, **env: str) -> str:
 def test_parse_skips_comments_and_blanks_and_splits_at_the_first_colon() -> None:
     text = """
 # the web app
-web: gunicorn --bind ${HOST:-0.0.0.0}:${PORT:-8000} 'webhooks:create_app()'
+web: gunicorn --bind ${WEB_HOST:-0.0.0.0}:${PORT:-8000} 'webhooks:create_app()'
 
    # indented comment
 worker:celery --app worker worker
 """
     assert parse(text) == {
-        "web": "gunicorn --bind ${HOST:-0.0.0.0}:${PORT:-8000} 'webhooks:create_app()'",
+        "web": "gunicorn --bind ${WEB_HOST:-0.0.0.0}:${PORT:-8000} 'webhooks:create_app()'",
         "worker": "celery --app worker worker",
     }
 
@@ -112,7 +112,7 @@ def test_children_find_this_interpreters_scripts_first() -> None:
 def test_web_binds_all_interfaces_unless_host_says_otherwise(procfile: Procfile) -> None:
     assert "--bind 0.0.0.0:8000 " in expand(procfile.processes["web"])
     assert "--bind 127.0.0.1:5000 " in expand(
-        procfile.processes["web"], HOST="127.0.0.1", PORT="5000"
+        procfile.processes["web"], WEB_HOST="127.0.0.1", PORT="5000"
     )
 
 
@@ -129,7 +129,7 @@ def test_dev_runs_the_procfile_lines(procfile: Procfile) -> None:
 
 
 def test_dev_fills_the_procfile_lines_with_its_options(procfile: Procfile) -> None:
-    env = dev_stack(HOST="0.0.0.0", PORT="9999", PATH="/usr/bin").environment("redis://x")
+    env = dev_stack(WEB_HOST="0.0.0.0", PORT="9999", PATH="/usr/bin").environment("redis://x")
     assert env["PATH"].split(os.pathsep)[0] == VENV_BIN
     web = expand(procfile.processes["web"], **env)
     assert "--bind 127.0.0.1:8123 " in web
