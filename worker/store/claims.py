@@ -77,7 +77,7 @@ class Claims:
             keys=[keys.operation(operation)],
             args=[
                 owner,
-                lease_seconds,
+                int(lease_seconds * 1000),
                 self._retention.for_operation(operation),
                 operation.action.value,
                 operation.crm_event_id,
@@ -91,7 +91,9 @@ class Claims:
     def renew(self, operation: Operation, claim: Claim, lease_seconds: float) -> bool:
         """Extend the lease; False if the claim was lost (then do not call anything)."""
         return bool(
-            self._renew(keys=[keys.operation(operation)], args=[claim.token, lease_seconds])
+            self._renew(
+                keys=[keys.operation(operation)], args=[claim.token, int(lease_seconds * 1000)]
+            )
         )
 
     def release(self, operation: Operation, claim: Claim) -> bool:

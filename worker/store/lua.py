@@ -1,8 +1,10 @@
 """The store's Lua scripts: each decision about one operation record is one atomic script.
 
-Times are epoch seconds with millisecond decimals, from Redis's own clock (`TIME`), so every
-worker judges a lease by the same clock. Records written before times were seconds held
-milliseconds; `seconds()` reads both, until the migration has rewritten them.
+Times come from Redis's own clock (`TIME`), so every worker judges a lease by the same clock.
+The `_at` times are epoch seconds with millisecond decimals; records written by earlier
+versions held milliseconds, which `seconds()` reads too until the migration rewrites them.
+The lease (`lease_until`) is the one time kept in integer milliseconds, as every version has
+written it: during a rolling upgrade old and new workers must agree on who holds a claim.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stamp = string.format('%.3f', now)
 local function seconds(value)
   local number = tonumber(value or '0') or 0
@@ -18,7 +21,7 @@ local function seconds(value)
 end
 """
 
-# KEYS: record. ARGV: owner, lease s, ttl s, action, event id, source.
+# KEYS: record. ARGV: owner, lease ms, ttl s, action, event id, source.
 # Returns {verdict, previous state, token, attempts, since}; verdict is claimed | done
 # (succeeded) | busy (live claim elsewhere) | failed (this source already failed). `since`
 # starts the age budget: the replay's time if replayed, else the creation's.
@@ -38,14 +41,14 @@ if state == 'failed' and redis.call('HGET', key, 'last_source') == ARGV[6] then
   return answer('failed')
 end
 if state == 'running' then
-  local lease = seconds(redis.call('HGET', key, 'lease_until'))
-  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
+  local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0') or 0
+  if lease > now_ms and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
 end
 redis.call('HINCRBY', key, 'token', 1)
 redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HSETNX', key, 'created_at', stamp)
 redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1],
-           'lease_until', string.format('%.3f', now + tonumber(ARGV[2])), 'updated_at', stamp,
+           'lease_until', now_ms + tonumber(ARGV[2]), 'updated_at', stamp,
            'action', ARGV[4], 'crm_event_id', ARGV[5], 'previous_state', state,
            'last_source', ARGV[6])
 redis.call('EXPIRE', key, tonumber(ARGV[3]))
@@ -53,7 +56,7 @@ return answer('claimed')
 """
 )
 
-# KEYS: record. ARGV: token, lease s. Extends the lease if the token is still current.
+# KEYS: record. ARGV: token, lease ms. Extends the lease if the token is still current.
 RENEW = (
     _PRELUDE
     + """
@@ -61,7 +64,7 @@ local key = KEYS[1]
 if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
   return 0
 end
-redis.call('HSET', key, 'lease_until', string.format('%.3f', now + tonumber(ARGV[2])))
+redis.call('HSET', key, 'lease_until', now_ms + tonumber(ARGV[2]))
 return 1
 """
 )

@@ -24,7 +24,8 @@ from worker.store.records import Records, seconds
 
 log = logging.getLogger(__name__)
 SCAN_BATCH = 500
-_TIMES = ("created_at", "updated_at", "succeeded_at", "replayed_at", "lease_until")
+# The `_at` times; `lease_until` stays in milliseconds, as every version reads it.
+_TIMES = ("created_at", "updated_at", "succeeded_at", "replayed_at")
 
 
 def index_events(client: redis.Redis, records: Records) -> int:

@@ -116,14 +116,14 @@ def test_the_migration_indexes_old_records_and_rewrites_their_times_in_seconds(
     assert migrations.apply(client, store.records) == {}  # once per Redis
 
 
-def test_an_old_lease_in_milliseconds_is_read_as_seconds_before_the_migration(
-    store: Store, client: redis.Redis
-) -> None:
-    """A worker started before the migration ran meets old records: a lease written in
-    milliseconds must not look live forever (busy for ever is a lost operation)."""
+def test_old_and_new_workers_agree_on_a_lease(store: Store, client: redis.Redis) -> None:
+    """During a rolling upgrade old and new workers share records: the lease is in
+    milliseconds for both, so an expired one is taken over and a live one is respected."""
     expired, live = cancel(), cancel()
     now_ms = int(time.time() * 1000)
     legacy_record(client, expired, created_ms=now_ms - 120_000)  # lease ended a minute ago
     legacy_record(client, live, created_ms=now_ms)  # lease runs for another minute
     assert store.claims.claim(expired, "new-worker", lease_seconds=60).verdict == "claimed"
     assert store.claims.claim(live, "new-worker", lease_seconds=60).verdict == "busy"
+    lease_ms = int(client.hget(keys.operation(expired), "lease_until"))  # as old workers read it
+    assert abs(lease_ms - (time.time() + 60) * 1000) < 5000
