@@ -347,15 +347,19 @@ def quarantine(limit: int, as_json: bool) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="List the pending migrations; change nothing.")
-def migrate(dry_run: bool) -> None:
-    """Apply the store's pending one-off migrations (workers also apply them at start)."""
+@click.option("--again", is_flag=True, help="Run every migration again (after an upgrade).")
+def migrate(dry_run: bool, again: bool) -> None:
+    """Apply the store's pending one-off migrations (workers also apply them at start).
+
+    After a rolling upgrade, --again indexes what workers of the older version wrote while
+    the new ones were starting."""
     from worker.store import migrations
     from worker.tasks.runtime import build_store
 
     store = build_store(_settings())
     pending = migrations.pending(store.redis)
-    if dry_run or not pending:
+    if dry_run or not (pending or again):
         console.print(f"pending migrations: {', '.join(pending) or 'none'}")
         return
-    for name, count in migrations.apply(store.redis, store.records).items():
+    for name, count in migrations.apply(store.redis, store.records, again=again).items():
         console.print(f"[green]applied[/] {name}: {count} record(s)")

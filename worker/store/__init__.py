@@ -26,7 +26,7 @@ class Store:
         self.pending = Pending(client)
         self.dead_letters = DeadLetters(client)
         self.records = Records(client, retention, self.pending)
-        self.claims = Claims(client, retention, self.pending, self.dead_letters)
+        self.claims = Claims(client, retention, self.pending, self.dead_letters, self.records)
         self.schedule = Schedule(client)
         self.quarantine = Quarantine(client, retention.quarantine_seconds)
         self.audit = Audit(client, retention.action_seconds)

@@ -21,6 +21,7 @@ from worker.store import keys, lua
 from worker.store.connection import text
 from worker.store.dead_letters import DeadLetters
 from worker.store.pending import Pending
+from worker.store.records import Records, seconds
 from worker.store.retention import Retention
 
 MAX_ERROR_LENGTH = 2000
@@ -58,11 +59,13 @@ class Claims:
         retention: Retention,
         pending: Pending,
         dead_letters: DeadLetters,
+        records: Records,
     ) -> None:
         self._redis = client
         self._retention = retention
         self._pending = pending
         self._dead_letters = dead_letters
+        self._records = records
         self._claim = client.register_script(lua.CLAIM)
         self._renew = client.register_script(lua.RENEW)
         self._release = client.register_script(lua.RELEASE)
@@ -85,7 +88,11 @@ class Claims:
             ],
         )
         return Claim(
-            Verdict(text(verdict)), text(previous), text(token), int(text(attempts)), float(since)
+            Verdict(text(verdict)),
+            text(previous),
+            text(token),
+            int(text(attempts)),
+            seconds(since),
         )
 
     def renew(self, operation: Operation, claim: Claim, lease_seconds: float) -> bool:
@@ -123,12 +130,16 @@ class Claims:
                 ],
             )
         )
-        if recorded and state in (State.FAILED, State.SUCCEEDED):
+        if recorded:
+            # The indexes live in other hash slots (Redis Cluster): kept beside the record.
+            # Settling renewed the record's time to live, so its event's index follows.
             pipe = self._redis.pipeline(transaction=False)
-            self._pending.remove(pipe, key)
+            self._records.index(pipe, operation.crm_event_id, key)
+            if state in (State.FAILED, State.SUCCEEDED):
+                self._pending.remove(pipe, key)
             if state is State.FAILED:
                 self._dead_letters.add(pipe, key)
-            else:
+            elif state is State.SUCCEEDED:
                 self._dead_letters.remove(pipe, key)
             pipe.execute()
         return recorded
@@ -152,5 +163,6 @@ class Claims:
             pipe = self._redis.pipeline(transaction=False)
             self._dead_letters.remove(pipe, key)
             self._pending.add(pipe, key)
+            self._records.index(pipe, operation.crm_event_id, key)
             pipe.execute()
         return previous, int(text(attempts))

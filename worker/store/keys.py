@@ -47,13 +47,13 @@ def operation(op: Operation) -> str:
 
 
 def is_operation(key: str) -> bool:
-    """Whether `key` names an operation record (what operators paste from listings)."""
-    return key.startswith(_OPERATION) and key.endswith("}")
+    """Whether `key` is meant as an operation key (what operators paste from listings)."""
+    return key.startswith(_OPERATION)
 
 
 def action_of(key: str) -> Action | None:
     """The action of an operation record's key, or None when `key` is not one."""
-    if not is_operation(key):
+    if not (is_operation(key) and key.endswith("}")):
         return None
     try:
         return Action(key[len(_OPERATION) + 1 :].split(":", 1)[0])

@@ -1,28 +1,20 @@
 """The store's Lua scripts: each decision about one operation record is one atomic script.
 
-Times come from Redis's own clock (`TIME`), so every worker judges a lease by the same clock.
-The `_at` times are epoch seconds with millisecond decimals; records written by earlier
-versions held milliseconds, which `seconds()` reads too until the migration rewrites them.
-The lease (`lease_until`) is the one time kept in integer milliseconds, as every version has
-written it: during a rolling upgrade old and new workers must agree on who holds a claim.
+Times come from Redis's own clock (`TIME`), so every worker judges a lease by the same clock,
+and are stored as integer epoch milliseconds, as every version of the service has stored
+them: during a rolling upgrade old and new workers share these records and must read them
+alike. What leaves the store (records, claims) is in epoch seconds (`records.seconds`).
 """
 
 from __future__ import annotations
 
 _PRELUDE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local stamp = string.format('%.3f', now)
-local function seconds(value)
-  local number = tonumber(value or '0') or 0
-  if number > 100000000000 then return number / 1000 end
-  return number
-end
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: record. ARGV: owner, lease ms, ttl s, action, event id, source.
-# Returns {verdict, previous state, token, attempts, since}; verdict is claimed | done
+# Returns {verdict, previous state, token, attempts, since ms}; verdict is claimed | done
 # (succeeded) | busy (live claim elsewhere) | failed (this source already failed). `since`
 # starts the age budget: the replay's time if replayed, else the creation's.
 CLAIM = (
@@ -33,22 +25,21 @@ local state = redis.call('HGET', key, 'state') or 'new'
 local function answer(verdict)
   local since = redis.call('HGET', key, 'replayed_at') or redis.call('HGET', key, 'created_at')
   return {verdict, state, redis.call('HGET', key, 'token') or '0',
-          redis.call('HGET', key, 'attempts') or '0',
-          string.format('%.3f', seconds(since))}
+          redis.call('HGET', key, 'attempts') or '0', since or '0'}
 end
 if state == 'succeeded' then return answer('done') end
 if state == 'failed' and redis.call('HGET', key, 'last_source') == ARGV[6] then
   return answer('failed')
 end
 if state == 'running' then
-  local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0') or 0
-  if lease > now_ms and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
+  local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
+  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
 end
 redis.call('HINCRBY', key, 'token', 1)
 redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HSETNX', key, 'created_at', stamp)
+redis.call('HSETNX', key, 'created_at', now)
 redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1],
-           'lease_until', now_ms + tonumber(ARGV[2]), 'updated_at', stamp,
+           'lease_until', now + tonumber(ARGV[2]), 'updated_at', now,
            'action', ARGV[4], 'crm_event_id', ARGV[5], 'previous_state', state,
            'last_source', ARGV[6])
 redis.call('EXPIRE', key, tonumber(ARGV[3]))
@@ -64,7 +55,7 @@ local key = KEYS[1]
 if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
   return 0
 end
-redis.call('HSET', key, 'lease_until', now_ms + tonumber(ARGV[2]))
+redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[2]))
 return 1
 """
 )
@@ -93,10 +84,10 @@ local key = KEYS[1]
 if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
   return 0
 end
-redis.call('HSET', key, 'state', ARGV[2], 'updated_at', stamp, 'last_error', ARGV[4])
+redis.call('HSET', key, 'state', ARGV[2], 'updated_at', now, 'last_error', ARGV[4])
 redis.call('HDEL', key, 'lease_until')
 if ARGV[5] ~= '' then redis.call('HSET', key, 'result', ARGV[5]) end
-if ARGV[2] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', stamp) end
+if ARGV[2] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
 redis.call('EXPIRE', key, tonumber(ARGV[3]))
 return 1
 """
@@ -119,8 +110,8 @@ if state == 'failed' or (state == 'succeeded' and ARGV[1] == '1') then
     after = 'queued'
     redis.call('HSET', key, 'forced', ARGV[2])
   end
-  redis.call('HSET', key, 'state', after, 'attempts', 0, 'updated_at', stamp,
-             'replayed_at', stamp, 'replayed_by', ARGV[2])
+  redis.call('HSET', key, 'state', after, 'attempts', 0, 'updated_at', now,
+             'replayed_at', now, 'replayed_by', ARGV[2])
 end
 return {state, attempts}
 """

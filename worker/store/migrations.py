@@ -1,12 +1,15 @@
 """One-off migrations of what earlier versions wrote, applied once per Redis.
 
-Each migration is idempotent and recorded in one hash when done, so workers that start
-together may both run it without harm, and later starts skip it. Workers apply pending
-migrations in the background at start-up; `crmhook migrate` applies them by hand.
+Each migration only adds what is missing and is recorded in one hash when done, so workers
+that start together may both run it without harm, and later starts skip it. Workers apply
+pending migrations in a background thread at start-up; `crmhook migrate` applies them by
+hand, and `crmhook migrate --again` runs them once more (after a rolling upgrade, for what
+old workers wrote meanwhile).
 
-1. `event-index`: records written before the per-event index existed are added to it, and
-   their times (then milliseconds) are rewritten in seconds. It scans the keyspace once;
-   on Redis Cluster, run `crmhook migrate` against each primary.
+1. `event-index`: records written before the per-event index existed are added to it. It
+   reads the event ID of each record and writes only to the index, never to the record, so
+   it cannot bring back a record that expires meanwhile. It scans the keyspace once; on Redis
+   Cluster, run `crmhook migrate` against each primary (a SCAN sees one node).
 """
 
 from __future__ import annotations
@@ -14,43 +17,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import redis
 
 from worker.store import keys
 from worker.store.connection import text
-from worker.store.records import Records, seconds
+from worker.store.records import Records
 
 log = logging.getLogger(__name__)
 SCAN_BATCH = 500
-# The `_at` times; `lease_until` stays in milliseconds, as every version reads it.
-_TIMES = ("created_at", "updated_at", "succeeded_at", "replayed_at")
 
 
 def index_events(client: redis.Redis, records: Records) -> int:
-    """Index every operation record under its event; rewrite millisecond times in seconds.
-    Returns how many records it saw."""
-    seen = 0
+    """Index every operation record under its event. Returns how many it indexed."""
+    indexed = 0
     for batch in _batches(client.scan_iter(match=keys.OPERATION_PATTERN, count=SCAN_BATCH)):
         reads = client.pipeline(transaction=False)
         for key in batch:
-            reads.hmget(key, ["crm_event_id", *_TIMES])
+            reads.hget(key, "crm_event_id")
         pipe = client.pipeline(transaction=False)
-        for key, (event, *times) in zip(batch, reads.execute(), strict=True):
-            if not event:
-                continue
-            records.index(pipe, text(event), key)
-            rewritten: dict[Any, Any] = {
-                name: f"{seconds(value):.3f}"
-                for name, value in zip(_TIMES, times, strict=True)
-                if value is not None and seconds(value) != float(value)
-            }
-            if rewritten:
-                pipe.hset(key, mapping=rewritten)
-            seen += 1
+        for key, event in zip(batch, reads.execute(), strict=True):
+            if event:  # a record that expired since the scan saw it has none: skipped
+                records.index(pipe, text(event), key)
+                indexed += 1
         pipe.execute()
-    return seen
+    return indexed
 
 
 MIGRATIONS: dict[str, Callable[[redis.Redis, Records], int]] = {"event-index": index_events}
@@ -58,14 +49,14 @@ MIGRATIONS: dict[str, Callable[[redis.Redis, Records], int]] = {"event-index": i
 
 def pending(client: redis.Redis) -> list[str]:
     """Names of the migrations not yet applied to this Redis, in order."""
-    done = client.hkeys(keys.MIGRATIONS)
-    return [name for name in MIGRATIONS if name not in {text(d) for d in done}]
+    done = {text(name) for name in client.hkeys(keys.MIGRATIONS)}
+    return [name for name in MIGRATIONS if name not in done]
 
 
-def apply(client: redis.Redis, records: Records) -> dict[str, int]:
-    """Apply every pending migration; returns what each one saw."""
+def apply(client: redis.Redis, records: Records, *, again: bool = False) -> dict[str, int]:
+    """Apply every pending migration (every migration with `again`); returns what each did."""
     applied = {}
-    for name in pending(client):
+    for name in list(MIGRATIONS) if again else pending(client):
         count = MIGRATIONS[name](client, records)
         client.hset(keys.MIGRATIONS, name, f"{time.time():.3f}")
         log.info("migration %s applied: %d record(s)", name, count)

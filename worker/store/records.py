@@ -21,15 +21,11 @@ from worker.store.connection import text
 from worker.store.pending import Pending
 from worker.store.retention import Retention
 
-# Epoch seconds are about 1.8e9 today; milliseconds are about 1.8e12. Records written before
-# every time was in seconds held milliseconds.
-_MILLISECONDS_ABOVE = 1e11
 
-
-def seconds(value: Any) -> float:
-    """A stored time as epoch seconds, whether it was written in seconds or milliseconds."""
-    number = float(value)
-    return number / 1000 if number > _MILLISECONDS_ABOVE else number
+def seconds(milliseconds: Any) -> float:
+    """A stored time (integer epoch milliseconds, see `lua`) as the epoch seconds that every
+    interface speaks."""
+    return int(float(milliseconds)) / 1000
 
 
 class Records:
@@ -66,11 +62,11 @@ class Records:
         """Create (or touch) each operation's record as queued, remember its source, stamp
         it pending and index it under its event."""
         pipe = self._redis.pipeline(transaction=False)
-        now = time.time()
+        now_ms = int(time.time() * 1000)
         for operation in operations:
             key, ttl = keys.operation(operation), self._retention.for_operation(operation)
             pipe.hsetnx(key, "state", State.QUEUED)
-            pipe.hsetnx(key, "created_at", f"{now:.3f}")
+            pipe.hsetnx(key, "created_at", now_ms)
             pipe.hsetnx(key, "source_id", operation.source_id)
             pipe.hset(
                 key,

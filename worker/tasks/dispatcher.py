@@ -5,8 +5,10 @@ Long retries wait in Redis by due time (see `store.schedule`); this thread enque
 when due. The same thread sweeps the store's index of unsettled operations: one still
 queued, retrying or in doubt (or running on an expired lease) long after it was last
 enqueued (REQUEUE_AFTER_SECONDS) lost its message somewhere, and is enqueued again. The
-store, not the broker, is the record of what must still happen. At start it applies the
-store's pending one-off migrations, in the background.
+store, not the broker, is the record of what must still happen.
+
+At start it also applies the store's pending one-off migrations, in a thread of their own:
+a long scan must not hold up due retries or the lost-message sweep.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import logging
 import threading
 from typing import Any
 
+from worker.domain.retry_policy import backoff
 from worker.store import migrations
 from worker.tasks.publish import publish
 from worker.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_TICKS = 5
+MIGRATION_RETRY_CAP_SECONDS = 300.0
 
 
 class Dispatcher(threading.Thread):
@@ -32,18 +36,28 @@ class Dispatcher(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        ticks, migrated = 0, False
+        threading.Thread(target=self.migrate, name="crmhook-migrations", daemon=True).start()
+        ticks = 0
         while not self._stopping.wait(self._interval):
             ticks += 1
             try:
-                if not migrated:
-                    migrations.apply(self._runtime.redis, self._runtime.store.records)
-                    migrated = True
                 self.dispatch_due()
                 if ticks % SWEEP_EVERY_TICKS == 0:
                     self.requeue_stale()
             except Exception:  # Redis or broker trouble: try again next tick
                 log.warning("dispatcher: Redis or the broker failed; next tick", exc_info=True)
+
+    def migrate(self) -> None:
+        """Apply the pending migrations; after a failure (Redis away), try again later."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                migrations.apply(self._runtime.redis, self._runtime.store.records)
+                return
+            except Exception:
+                failures += 1
+                log.warning("store migration failed; trying again", exc_info=True)
+                self._stopping.wait(backoff(failures, base=5, cap=MIGRATION_RETRY_CAP_SECONDS))
 
     def dispatch_due(self) -> int:
         schedule = self._runtime.store.schedule

@@ -74,8 +74,7 @@ def test_times_are_epoch_seconds(store: Store) -> None:
 
 
 def legacy_record(client: redis.Redis, operation: Operation, *, created_ms: int) -> str:
-    """A record as the version before the per-event index wrote it: no index entry, times
-    in milliseconds."""
+    """A record as a version before the per-event index wrote it: not indexed."""
     key = keys.operation(operation)
     client.hset(
         key,
@@ -92,17 +91,19 @@ def legacy_record(client: redis.Redis, operation: Operation, *, created_ms: int)
             "attempts": "1",
         },
     )
+    client.expire(key, 3600)
     client.sadd(keys.sources(key), operation.source_id)
     return key
 
 
-def test_the_migration_indexes_old_records_and_rewrites_their_times_in_seconds(
+def test_the_migration_indexes_old_records_without_touching_them(
     store: Store, client: redis.Redis
 ) -> None:
     old = [cancel() for _ in range(3)]
     created_ms = int(time.time() * 1000) - 120_000
     for operation in old:
         legacy_record(client, operation, created_ms=created_ms)
+    before = {keys.operation(op): client.hgetall(keys.operation(op)) for op in old}
     assert store.records.for_event(old[0].crm_event_id) == []  # not indexed: invisible
     assert migrations.pending(client) == ["event-index"]
 
@@ -110,15 +111,17 @@ def test_the_migration_indexes_old_records_and_rewrites_their_times_in_seconds(
 
     for operation in old:
         [record] = store.records.for_event(operation.crm_event_id)
-        assert record["created_at"] == created_ms / 1000
-        assert client.hget(keys.operation(operation), "created_at") == f"{created_ms / 1000:.3f}"
+        assert record["created_at"] == created_ms / 1000  # epoch seconds, as every interface
+    assert {key: client.hgetall(key) for key in before} == before  # records untouched
+    assert all(0 < client.ttl(key) <= 3600 for key in before)  # and their expiry too
     assert migrations.pending(client) == []
     assert migrations.apply(client, store.records) == {}  # once per Redis
+    assert migrations.apply(client, store.records, again=True) == {"event-index": 3}
 
 
 def test_old_and_new_workers_agree_on_a_lease(store: Store, client: redis.Redis) -> None:
-    """During a rolling upgrade old and new workers share records: the lease is in
-    milliseconds for both, so an expired one is taken over and a live one is respected."""
+    """During a rolling upgrade old and new workers share records: both keep the lease in
+    milliseconds, so an expired one is taken over and a live one is respected."""
     expired, live = cancel(), cancel()
     now_ms = int(time.time() * 1000)
     legacy_record(client, expired, created_ms=now_ms - 120_000)  # lease ended a minute ago
@@ -127,3 +130,19 @@ def test_old_and_new_workers_agree_on_a_lease(store: Store, client: redis.Redis)
     assert store.claims.claim(live, "new-worker", lease_seconds=60).verdict == "busy"
     lease_ms = int(client.hget(keys.operation(expired), "lease_until"))  # as old workers read it
     assert abs(lease_ms - (time.time() + 60) * 1000) < 5000
+
+
+def test_settling_late_keeps_the_event_index_as_long_as_the_record(
+    store: Store, client: redis.Redis
+) -> None:
+    """A retry or replay settles long after the fan-out and renews the record's time to
+    live; the index must not expire before the record it lists."""
+    operation = cancel()
+    store.records.mark_queued([operation])
+    client.expire(keys.event_index(operation.crm_event_id), 5)  # as if queued a month ago
+    claim = store.claims.claim(operation, "task-1", lease_seconds=60)
+    store.claims.settle(operation, claim, State.FAILED, error="gave up")
+    assert client.ttl(keys.event_index(operation.crm_event_id)) > 29 * 86400
+    client.expire(keys.event_index(operation.crm_event_id), 5)
+    store.claims.reopen(operation, force=False, actor="cli:test")
+    assert client.ttl(keys.event_index(operation.crm_event_id)) > 29 * 86400
