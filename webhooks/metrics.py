@@ -9,8 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from flask import Response, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+# The blueprints whose requests are counted, each under its own name. Not health, metrics or
+# the OpenAPI document: probes and scrapes would count themselves.
+COUNTED_BLUEPRINTS = frozenset({"outbound", "events", "admin"})
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,12 @@ class EdgeMetrics:
     requests: Counter
     notifications: Counter
     enqueue_seconds: Histogram
+
+    def count_request(self, response: Response) -> Response:
+        """`after_request`: count the answer, errors included, by blueprint and status."""
+        if request.blueprint in COUNTED_BLUEPRINTS:
+            self.requests.labels(request.blueprint, str(response.status_code)).inc()
+        return response
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -8,34 +8,32 @@ actor in the audit trail.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from flask import Blueprint, Response, jsonify, request
 
-from webhooks.app import edge
 from webhooks.auth import verify_admin
-from webhooks.body import read_body
-from worker.errors import (
-    IngressError,
-    InsufficientScope,
-    InvalidSalesforceId,
-    MalformedRequest,
-    MissingToken,
-    NotFound,
-    QueueUnavailable,
+from webhooks.body import read_body, read_json
+from webhooks.errors import answer_in_json
+from webhooks.extension import edge
+from webhooks.schemas import (
+    DryRunRequest,
+    EnqueueRequest,
+    Model,
+    ReplayFailedRequest,
+    ReplayRequest,
+    parse,
 )
+from worker.errors import InvalidSalesforceId, MalformedRequest, NotFound
 from worker.operator import Filters, Operator, Result, summarize
 from worker.settings import AdminScope
 from worker.tasks.runtime import build_store
 
-log = logging.getLogger(__name__)
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
+answer_in_json(blueprint)
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
-MAX_TARGETS = 1000
 
 
 def _operator(scope: AdminScope) -> Operator:
@@ -97,54 +95,30 @@ def audit_log() -> Response:
 @blueprint.post("/replay")
 def replay() -> Response:
     operator = _operator("write")
-    body = _json_object()
-    targets = body.get("targets")
-    if (
-        not isinstance(targets, list)
-        or not targets
-        or len(targets) > MAX_TARGETS
-        or not all(isinstance(t, str) and t.strip() for t in targets)
-    ):
-        raise MalformedRequest(
-            f'"targets" must be a list of 1 to {MAX_TARGETS} operation keys or event IDs'
-        )
-    force, dry_run = _flag(body, "force"), _flag(body, "dry_run")
-    return _results(lambda: operator.replay(targets, force=force, dry_run=dry_run))
+    body = _body(ReplayRequest)
+    return _results(lambda: operator.replay(body.targets, force=body.force, dry_run=body.dry_run))
 
 
 @blueprint.post("/replay/failed")
 def replay_failed() -> Response:
     operator = _operator("write")
-    body = _json_object()
-    filters = _filters(_optional_string(body, "action"), _optional_string(body, "since"))
-    dry_run = _flag(body, "dry_run")
-    return _results(lambda: operator.replay_failed(filters, dry_run=dry_run))
+    body = _body(ReplayFailedRequest)
+    filters = _filters(body.action, body.since)
+    return _results(lambda: operator.replay_failed(filters, dry_run=body.dry_run))
 
 
 @blueprint.post("/replay/quarantined")
 def replay_quarantined() -> Response:
     operator = _operator("write")
-    dry_run = _flag(_json_object(), "dry_run")
-    return _results(lambda: operator.replay_quarantined(dry_run=dry_run))
+    body = _body(DryRunRequest)
+    return _results(lambda: operator.replay_quarantined(dry_run=body.dry_run))
 
 
 @blueprint.post("/enqueue")
 def enqueue() -> Response:
     operator = _operator("write")
-    body = _json_object()
-    action = _optional_string(body, "action")
-    event_ids = body.get("crmEventIds")
-    if action is None:
-        raise MalformedRequest('"action" is required: get, noshow or cancel')
-    _filters(action, None)  # a clear 400 for an unknown action
-    if (
-        not isinstance(event_ids, list)
-        or not event_ids
-        or len(event_ids) > MAX_TARGETS
-        or not all(isinstance(e, str) for e in event_ids)
-    ):
-        raise MalformedRequest(f'"crmEventIds" must be a list of 1 to {MAX_TARGETS} strings')
-    return _results(lambda: operator.enqueue(action, event_ids))
+    body = _body(EnqueueRequest)
+    return _results(lambda: operator.enqueue(body.action, body.crm_event_ids))
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -155,31 +129,9 @@ def _results(run: Callable[[], list[Result]]) -> Response:
     return jsonify({"results": [r.to_json() for r in results], "summary": summarize(results)})
 
 
-def _json_object() -> dict[str, Any]:
-    body = read_body()
-    if not body.strip():
-        return {}
-    try:
-        document = request.get_json(force=True, silent=False)
-    except Exception:  # werkzeug raises BadRequest with HTML; answer in JSON instead
-        raise MalformedRequest("body is not JSON") from None
-    if not isinstance(document, dict):
-        raise MalformedRequest("expected a JSON object")
-    return document
-
-
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
-    if not isinstance(value, bool):
-        raise MalformedRequest(f'"{name}" must be true or false')
-    return value
-
-
-def _optional_string(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise MalformedRequest(f'"{name}" must be a string')
-    return value
+def _body(model: type[Model]) -> Model:
+    """The request body as `model`; an empty body is `{}`, so flags may be left out."""
+    return parse(model, read_json() if read_body().strip() else {})
 
 
 def _filters(action: str | None, since: str | None) -> Filters:
@@ -217,26 +169,3 @@ def _paged(items: list[Any], total: int, offset: int, limit: int) -> dict[str, A
 def _is_stream_id(text: str) -> bool:
     millis, _, sequence = text.partition("-")
     return millis.isdigit() and sequence.isdigit() and len(text) < 40
-
-
-@blueprint.errorhandler(IngressError)
-def refuse(error: IngressError) -> tuple[Response, int]:
-    response = jsonify({"error": error.message})
-    if error.status == 401:
-        # RFC 6750 §3: no credentials → no error code; a bad one → invalid_token.
-        detail = "" if isinstance(error, MissingToken) else ', error="invalid_token"'
-        response.headers["WWW-Authenticate"] = f'Bearer realm="crmhook-admin"{detail}'
-    if isinstance(error, InsufficientScope):
-        response.headers["WWW-Authenticate"] = (
-            f'Bearer realm="crmhook-admin", error="insufficient_scope", scope="{error.scope}"'
-        )
-    return response, error.status
-
-
-@blueprint.errorhandler(QueueUnavailable)
-@blueprint.errorhandler(redis.RedisError)
-def unavailable(error: Exception) -> tuple[Response, int]:
-    log.error("admin request failed: Redis or the broker is unavailable: %s", error)
-    response = jsonify({"error": "Redis or the broker is unavailable; retry later"})
-    response.headers["Retry-After"] = "5"
-    return response, 503

@@ -3,13 +3,14 @@
 One event `{"action": "cancel", "crmEventId": "00U…"}` or `{"events": [...]}` (at most 100),
 `Authorization: Bearer <secret>`, optional `Idempotency-Key`. Answers 202 with an outcome per
 event: queued, duplicate (earlier in this request, or the whole request under a reused
-`Idempotency-Key`) or rejected with the reason.
+`Idempotency-Key`) or rejected with the reason. Events go through the same triage as
+Outbound Messages; an item that is no event at all is rejected before it, alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -17,19 +18,20 @@ from typing import Any
 import redis
 from flask import Blueprint, Response, jsonify, request
 
-from webhooks.app import edge
 from webhooks.auth import bearer, verify_token
-from webhooks.body import read_body
-from worker.domain.operations import Operation, parse_action
-from worker.domain.salesforce_ids import canonical_id, require_prefix
-from worker.errors import IngressError, MalformedRequest, QueueUnavailable
+from webhooks.body import read_json
+from webhooks.errors import answer_in_json
+from webhooks.extension import edge
+from webhooks.schemas import Event, EventBatch, InvalidEvent, parse
+from worker.domain.notifications import Disposition, Notification, Verdict, triage
+from worker.errors import MalformedRequest, QueueUnavailable
 from worker.ingest import Batch
 from worker.store import keys
 from worker.tasks.publish import submit
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("events", __name__)
-MAX_EVENTS = 100
+answer_in_json(blueprint)
 MAX_IDEMPOTENCY_KEY = 200
 API_SENDER = "api"
 
@@ -39,38 +41,20 @@ def receive() -> tuple[Response, int]:
     current = edge()
     settings = current.settings
     verify_token(bearer(request.headers.get("Authorization")), settings.webhook_tokens)
-    items = _events(read_body())
+    batch = parse(EventBatch, read_json())
     idempotency_key = _idempotency_key()
-    source_id = f"api:{idempotency_key or uuid.uuid4().hex}"
 
-    results: list[dict[str, Any]] = []
-    operations: list[Operation] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        outcome: dict[str, Any] = {"index": index}
-        try:
-            action = parse_action(_string(item, "action"))
-            event_id = require_prefix(
-                canonical_id(_string(item, "crmEventId")), settings.salesforce_id_prefixes
-            )
-        except ValueError as exc:  # InvalidSalesforceId is a ValueError too
-            outcome.update(outcome="rejected", reason=str(exc))
-            results.append(outcome)
-            continue
-        operation = Operation(action, event_id, source_id)
-        outcome.update(action=action.value, crmEventId=event_id)
-        if operation.identity in seen:
-            outcome["outcome"] = "duplicate"
-        else:
-            seen.add(operation.identity)
-            operations.append(operation)
-            outcome["outcome"] = "queued"
-        results.append(outcome)
-
+    events = [item for item in batch.events if isinstance(item, Event)]
+    triaged = triage(
+        [Notification("", event.crm_event_id, action=event.action) for event in events],
+        None,
+        settings.salesforce_id_prefixes,
+        source_id=f"{API_SENDER}:{idempotency_key or uuid.uuid4().hex}",
+    )
+    operations = triaged.operations
+    verdicts = _in_order(batch.events, triaged.verdicts)
     if operations and idempotency_key and not _first_use(idempotency_key):
-        for outcome in results:
-            if outcome["outcome"] == "queued":
-                outcome["outcome"] = "duplicate"
+        verdicts = [_as_repeated(verdict) for verdict in verdicts]
         operations = []
     try:
         with current.metrics.enqueue_seconds.time():
@@ -79,40 +63,47 @@ def receive() -> tuple[Response, int]:
         if idempotency_key:  # not accepted after all: let the caller's retry through
             _forget(idempotency_key)
         raise
-    for outcome in results:
+
+    results = [_shown(index, verdict) for index, verdict in enumerate(verdicts)]
+    for result in results:
         current.metrics.notifications.labels(
-            outcome.get("action", "unknown"), outcome["outcome"]
+            result.get("action", "unknown"), result["outcome"]
         ).inc()
     counts = {
-        name: sum(1 for r in results if r["outcome"] == name)
-        for name in ("queued", "duplicate", "rejected")
+        kind.value: sum(1 for verdict in verdicts if verdict.disposition is kind)
+        for kind in Disposition
     }
     log.info("events: %(queued)d queued, %(duplicate)d duplicate, %(rejected)d rejected", counts)
-    return _json({"results": results, **counts}, 202)
+    return jsonify({"results": results, **counts}), 202
 
 
-def _events(body: bytes) -> list[Any]:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise MalformedRequest("body is not JSON") from None
-    except RecursionError:
-        raise MalformedRequest("body nests too deeply to be an event list") from None
-    if not isinstance(document, dict):
-        raise MalformedRequest('expected a JSON object: one event or {"events": [...]}')
-    items = document.get("events", [document])
-    if not isinstance(items, list) or not items:
-        raise MalformedRequest('"events" must be a non-empty list')
-    if len(items) > MAX_EVENTS:
-        raise MalformedRequest(f"at most {MAX_EVENTS} events per request, got {len(items)}")
-    return items
+def _in_order(items: list[Event | InvalidEvent], verdicts: list[Verdict]) -> list[Verdict]:
+    """One verdict per item, in order: triage's for the events, a rejection for the rest."""
+    of_events = iter(verdicts)
+    return [
+        next(of_events)
+        if isinstance(item, Event)
+        else Verdict(Disposition.REJECTED, reason=item.reason)
+        for item in items
+    ]
 
 
-def _string(item: Any, name: str) -> str:
-    value = item.get(name) if isinstance(item, dict) else None
-    if not isinstance(value, str):
-        raise ValueError(f"{name!r} is required and must be a string")
-    return value
+def _as_repeated(verdict: Verdict) -> Verdict:
+    """The verdict under a reused `Idempotency-Key`: what would be queued was queued before."""
+    if verdict.disposition is not Disposition.QUEUED:
+        return verdict
+    return dataclasses.replace(verdict, disposition=Disposition.DUPLICATE)
+
+
+def _shown(index: int, verdict: Verdict) -> dict[str, Any]:
+    shown: dict[str, Any] = {"index": index, "outcome": verdict.disposition.value}
+    if verdict.operation is not None:
+        shown.update(
+            action=verdict.operation.action.value, crmEventId=verdict.operation.crm_event_id
+        )
+    if verdict.reason:
+        shown["reason"] = verdict.reason
+    return shown
 
 
 def _idempotency_key() -> str | None:
@@ -140,24 +131,3 @@ def _first_use(key: str) -> bool:
 def _forget(key: str) -> None:
     with contextlib.suppress(redis.RedisError):
         edge().redis.delete(keys.idempotency(key))
-
-
-@blueprint.errorhandler(IngressError)
-def refuse(error: IngressError) -> tuple[Response, int]:
-    response, status = _json({"error": error.message}, error.status)
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="crmhook"'
-    return response, status
-
-
-@blueprint.errorhandler(QueueUnavailable)
-def unavailable(error: QueueUnavailable) -> tuple[Response, int]:
-    log.error("events not queued: %s", error)
-    response, status = _json({"error": "temporarily unable to queue events; retry later"}, 503)
-    response.headers["Retry-After"] = "5"
-    return response, status
-
-
-def _json(body: dict[str, Any], status: int) -> tuple[Response, int]:
-    edge().metrics.requests.labels("events", str(status)).inc()
-    return jsonify(body), status

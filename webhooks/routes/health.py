@@ -8,7 +8,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from webhooks.app import edge
+from webhooks.extension import edge
 from worker.store.connection import durability_warnings
 
 blueprint = Blueprint("health", __name__)

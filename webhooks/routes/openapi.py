@@ -1,49 +1,110 @@
-"""`GET /openapi.json`: the OpenAPI 3.0 description of the JSON API (`/v1/events`, `/admin/`).
+"""`GET /openapi.json`: the OpenAPI 3.1 description of the JSON API (`/v1/events`, `/admin/`).
 
-Written by hand, next to the views it describes; the test suite runs schemathesis against it,
-so a view that answers something the document does not promise fails the build.
+Request bodies are described by the pydantic models that validate them (`webhooks.schemas`);
+responses are written by hand next to the views, their enums taken from the Enums the values
+come from. The test suite runs schemathesis against it, so a view that answers something the
+document does not promise fails the build.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+
+from webhooks.errors import RETRY_AFTER_SECONDS
+from webhooks.schemas import (
+    DryRunRequest,
+    EnqueueRequest,
+    EventBatch,
+    ReplayFailedRequest,
+    ReplayRequest,
+)
+from worker.domain.notifications import Disposition
+from worker.domain.operations import State
+from worker.operator import Outcome
 
 blueprint = Blueprint("openapi", __name__)
 
+_REF = "#/components/schemas/{model}"
+_REQUESTS: tuple[type[BaseModel], ...] = (
+    EventBatch,
+    ReplayRequest,
+    ReplayFailedRequest,
+    DryRunRequest,
+    EnqueueRequest,
+)
 _STRING = {"type": "string"}
+_SECONDS = {"type": "number", "description": "epoch seconds"}
+# The times an operation record carries (`store.records` decodes them to epoch seconds).
+_RECORD_TIMES = (
+    "created_at",
+    "updated_at",
+    "succeeded_at",
+    "replayed_at",
+    "lease_until",
+    "failed_at",
+)
 _ERROR = {
     "type": "object",
     "required": ["error"],
     "properties": {"error": _STRING},
 }
-_ACTION = {"type": "string", "enum": ["get", "noshow", "cancel"]}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+def _enum(values: type[StrEnum]) -> dict[str, Any]:
+    return {"type": "string", "enum": [value.value for value in values]}
+
+
+def _ref(schema: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=schema)}
+
+
+_ACTION = _ref("Action")  # from the request models' `$defs`
+
+
+def _request_schemas() -> dict[str, Any]:
+    """Each request model's JSON Schema under its name, and the schemas they refer to."""
+    schemas: dict[str, Any] = {}
+    for model in _REQUESTS:
+        schema = model.model_json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str, header: str | None = None) -> dict[str, Any]:
+    """An error answer; `header` is one it always carries."""
+    answer: dict[str, Any] = {"description": description, "content": _json(_ref("Error"))}
+    if header is not None:
+        answer["headers"] = {header: {"required": True, "schema": _STRING}}
+    return answer
 
 
 def _ok(description: str, schema: str, status: str = "200") -> dict[str, Any]:
-    return {
-        status: {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
-    }
+    return {status: {"description": description, "content": _json(_ref(schema))}}
 
 
-_AUTH_ERRORS = {
-    "401": _error("no token, or an unknown one"),
-    "403": _error("the token's scope does not allow this"),
-    "503": _error("Redis or the broker is unavailable; retry later"),
+_CHALLENGED = "WWW-Authenticate"  # RFC 6750
+_UNAUTHORIZED = _error("no token, or an unknown one", _CHALLENGED)
+_UNAVAILABLE = _error(
+    f"Redis or the broker is unavailable; retry in Retry-After ({RETRY_AFTER_SECONDS}) seconds",
+    "Retry-After",
+)
+_TOO_LARGE = _error("body larger than MAX_BODY_BYTES")
+_READ = {
+    "400": _error("a malformed parameter"),
+    "401": _UNAUTHORIZED,
+    "403": _error("the token's scope does not allow this", _CHALLENGED),
+    "503": _UNAVAILABLE,
 }
-_READ = {**_AUTH_ERRORS, "400": _error("a malformed parameter")}
-_WRITE = {**_READ, "413": _error("body larger than MAX_BODY_BYTES")}
+_WRITE = {**_READ, "400": _error("a malformed parameter or body"), "413": _TOO_LARGE}
 _PAGE = [
     {
         "name": "offset",
@@ -68,10 +129,7 @@ _FILTERS = [
 
 
 def _body(schema: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
+    return {"required": True, "content": _json(_ref(schema))}
 
 
 def _write(summary: str, body: str) -> dict[str, Any]:
@@ -90,17 +148,123 @@ def _page_of(schema: str) -> dict[str, Any]:
         "type": "object",
         "required": ["items", "total", "offset", "limit", "next_offset"],
         "properties": {
-            "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}},
+            "items": {"type": "array", "items": _ref(schema)},
             "total": {"type": "integer"},
             "offset": {"type": "integer"},
             "limit": {"type": "integer"},
-            "next_offset": {"type": "integer", "nullable": True},
+            "next_offset": {"type": ["integer", "null"]},
         },
     }
 
 
+_RESPONSE_SCHEMAS: dict[str, Any] = {
+    "Error": _ERROR,
+    "EventsResponse": {
+        "type": "object",
+        "required": ["results", "queued", "duplicate", "rejected"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "outcome"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "outcome": _enum(Disposition),
+                        "action": _ACTION,
+                        "crmEventId": _STRING,
+                        "reason": _STRING,
+                    },
+                },
+            },
+            **{kind.value: {"type": "integer"} for kind in Disposition},
+        },
+    },
+    "Operation": {
+        "type": "object",
+        "required": ["key", "state", "sources", "audit"],
+        "additionalProperties": True,
+        "properties": {
+            "key": _STRING,
+            "action": _ACTION,
+            "crm_event_id": _STRING,
+            "state": _enum(State),
+            "attempts": _STRING,
+            "token": _STRING,
+            "last_error": _STRING,
+            "sources": {"type": "array", "items": _STRING},
+            "audit": {"type": "array", "items": _ref("Audit")},
+            "result": {"type": "object", "additionalProperties": True},
+            **dict.fromkeys(_RECORD_TIMES, _SECONDS),
+        },
+    },
+    "OperationPage": _page_of("Operation"),
+    "Quarantined": {
+        "type": "object",
+        "required": ["notification_id", "reason", "action", "received_at"],
+        "properties": {
+            "notification_id": _STRING,
+            "value": {"type": ["string", "null"]},
+            "reason": _STRING,
+            "action": _ACTION,
+            "organization_id": _STRING,
+            "received_at": _SECONDS,
+            "sobject_type": {"type": ["string", "null"]},
+            "id_fields": {"type": "object", "additionalProperties": _STRING},
+            "event_id_field": _STRING,
+            "deleted": {"type": "boolean"},
+        },
+    },
+    "QuarantinePage": _page_of("Quarantined"),
+    "Audit": {
+        "type": "object",
+        "required": ["actor", "what", "target", "outcome", "at"],
+        "properties": {
+            "id": _STRING,
+            "actor": _STRING,
+            "what": _STRING,
+            "target": _STRING,
+            "outcome": _STRING,
+            "at": _SECONDS,
+            "detail": _STRING,
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Audit")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Results": {
+        "type": "object",
+        "required": ["results", "summary"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["target", "outcome"],
+                    "properties": {
+                        "target": _STRING,
+                        "outcome": _enum(Outcome),
+                        "detail": _STRING,
+                        "key": _STRING,
+                    },
+                },
+            },
+            "summary": {
+                "type": "object",
+                "propertyNames": _enum(Outcome),
+                "additionalProperties": {"type": "integer"},
+            },
+        },
+    },
+}
+
 DOCUMENT: dict[str, Any] = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {
         "title": "crmhook",
         "version": "1",
@@ -123,9 +287,9 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     **_ok("an outcome per event", "EventsResponse", "202"),
                     "400": _error("not JSON, or not an event list"),
-                    "401": _error("no token, or an unknown one"),
-                    "413": _error("body larger than MAX_BODY_BYTES"),
-                    "503": _error("Redis or the broker is unavailable; retry later"),
+                    "401": _UNAUTHORIZED,
+                    "413": _TOO_LARGE,
+                    "503": _UNAVAILABLE,
                 },
             }
         },
@@ -139,20 +303,15 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "the records",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["operations"],
-                                    "properties": {
-                                        "operations": {
-                                            "type": "array",
-                                            "items": {"$ref": "#/components/schemas/Operation"},
-                                        }
-                                    },
-                                }
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["operations"],
+                                "properties": {
+                                    "operations": {"type": "array", "items": _ref("Operation")}
+                                },
                             }
-                        },
+                        ),
                     },
                     "404": _error("nothing recorded"),
                     **_READ,
@@ -199,189 +358,10 @@ DOCUMENT: dict[str, Any] = {
             "admin": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKENS"},
         },
         "schemas": {
-            "Error": _ERROR,
-            "Event": {
-                "type": "object",
-                "required": ["action", "crmEventId"],
-                "properties": {"action": _ACTION, "crmEventId": _STRING},
-            },
-            "EventsRequest": {
-                "oneOf": [
-                    {"$ref": "#/components/schemas/Event"},
-                    {
-                        "type": "object",
-                        "required": ["events"],
-                        "properties": {
-                            "events": {
-                                "type": "array",
-                                "minItems": 1,
-                                "maxItems": 100,
-                                "items": {"$ref": "#/components/schemas/Event"},
-                            }
-                        },
-                    },
-                ]
-            },
-            "EventsResponse": {
-                "type": "object",
-                "required": ["results", "queued", "duplicate", "rejected"],
-                "properties": {
-                    "results": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["index", "outcome"],
-                            "properties": {
-                                "index": {"type": "integer"},
-                                "outcome": {
-                                    "type": "string",
-                                    "enum": ["queued", "duplicate", "rejected"],
-                                },
-                                "action": _ACTION,
-                                "crmEventId": _STRING,
-                                "reason": _STRING,
-                            },
-                        },
-                    },
-                    "queued": {"type": "integer"},
-                    "duplicate": {"type": "integer"},
-                    "rejected": {"type": "integer"},
-                },
-            },
-            "Operation": {
-                "type": "object",
-                "required": ["key", "state", "sources", "audit"],
-                "additionalProperties": True,
-                "properties": {
-                    "key": _STRING,
-                    "action": _ACTION,
-                    "crm_event_id": _STRING,
-                    "state": {
-                        "type": "string",
-                        "enum": [
-                            "queued",
-                            "running",
-                            "retrying",
-                            "in_doubt",
-                            "succeeded",
-                            "failed",
-                        ],
-                    },
-                    "attempts": _STRING,
-                    "last_error": _STRING,
-                    "sources": {"type": "array", "items": _STRING},
-                    "audit": {"type": "array", "items": {"$ref": "#/components/schemas/Audit"}},
-                    "result": {"type": "object", "additionalProperties": True},
-                    "failed_at": {"type": "number"},
-                },
-            },
-            "OperationPage": _page_of("Operation"),
-            "Quarantined": {
-                "type": "object",
-                "required": ["notification_id", "reason", "action", "received_at"],
-                "properties": {
-                    "notification_id": _STRING,
-                    "value": {"type": "string", "nullable": True},
-                    "reason": _STRING,
-                    "action": _ACTION,
-                    "organization_id": _STRING,
-                    "received_at": {"type": "number"},
-                    "sobject_type": {"type": "string", "nullable": True},
-                    "id_fields": {"type": "object", "additionalProperties": _STRING},
-                    "event_id_field": _STRING,
-                    "deleted": {"type": "boolean"},
-                },
-            },
-            "QuarantinePage": _page_of("Quarantined"),
-            "Audit": {
-                "type": "object",
-                "required": ["actor", "what", "target", "outcome", "at"],
-                "properties": {
-                    "id": _STRING,
-                    "actor": _STRING,
-                    "what": _STRING,
-                    "target": _STRING,
-                    "outcome": _STRING,
-                    "at": {"type": "number"},
-                    "detail": _STRING,
-                },
-            },
-            "AuditPage": {
-                "type": "object",
-                "required": ["items", "next_cursor"],
-                "properties": {
-                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Audit"}},
-                    "next_cursor": {"type": "string", "nullable": True},
-                },
-            },
-            "ReplayRequest": {
-                "type": "object",
-                "required": ["targets"],
-                "properties": {
-                    "targets": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 1000,
-                        "items": {"type": "string", "minLength": 1},
-                    },
-                    "force": {"type": "boolean"},
-                    "dry_run": {"type": "boolean"},
-                },
-            },
-            "ReplayFailedRequest": {
-                "type": "object",
-                "properties": {
-                    "action": _ACTION,
-                    "since": _STRING,
-                    "dry_run": {"type": "boolean"},
-                },
-            },
-            "DryRunRequest": {
-                "type": "object",
-                "properties": {"dry_run": {"type": "boolean"}},
-            },
-            "EnqueueRequest": {
-                "type": "object",
-                "required": ["action", "crmEventIds"],
-                "properties": {
-                    "action": _ACTION,
-                    "crmEventIds": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 1000,
-                        "items": _STRING,
-                    },
-                },
-            },
-            "Results": {
-                "type": "object",
-                "required": ["results", "summary"],
-                "properties": {
-                    "results": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["target", "outcome"],
-                            "properties": {
-                                "target": _STRING,
-                                "outcome": {
-                                    "type": "string",
-                                    "enum": [
-                                        "queued",
-                                        "would_queue",
-                                        "skipped",
-                                        "not_found",
-                                        "rejected",
-                                    ],
-                                },
-                                "detail": _STRING,
-                                "key": _STRING,
-                            },
-                        },
-                    },
-                    "summary": {"type": "object", "additionalProperties": {"type": "integer"}},
-                },
-            },
+            **_request_schemas(),
+            # One event, or a batch of them (`EventBatch` also reads a bare event as one).
+            "EventsRequest": {"anyOf": [_ref("Event"), _ref("EventBatch")]},
+            **_RESPONSE_SCHEMAS,
         },
     },
 }

@@ -10,18 +10,20 @@ import logging
 
 from flask import Blueprint, Response, request
 
-from webhooks.app import edge
 from webhooks.auth import verify_org, verify_token
 from webhooks.body import read_body
-from webhooks.soap import ACK, CONTENT_TYPE, fault, parse_outbound
+from webhooks.errors import answer_in_soap
+from webhooks.extension import edge
+from webhooks.soap import ACK, CONTENT_TYPE, parse_outbound
 from worker.domain.notifications import triage
 from worker.domain.operations import parse_action
-from worker.errors import IngressError, MalformedRequest, QueueUnavailable
+from worker.errors import MalformedRequest
 from worker.ingest import Batch
 from worker.tasks.publish import submit
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("outbound", __name__)
+answer_in_soap(blueprint)
 ROUTE = "/salesforce/outbound/<action>"
 
 
@@ -64,23 +66,4 @@ def receive(action: str) -> Response:
         len(result.operations),
         len(result.rejections),
     )
-    return _soap(ACK, 200)
-
-
-@blueprint.errorhandler(IngressError)
-def refuse(error: IngressError) -> Response:
-    log.info("refused outbound message: %s %s", error.status, error.message)
-    return _soap(fault(error.message), error.status)
-
-
-@blueprint.errorhandler(QueueUnavailable)
-def unavailable(error: QueueUnavailable) -> Response:
-    log.error("no ack, Salesforce will retry: %s", error)
-    return _soap(
-        fault("temporarily unable to queue the notifications; retry later", server=True), 503
-    )
-
-
-def _soap(body: str, status: int) -> Response:
-    edge().metrics.requests.labels("outbound", str(status)).inc()
-    return Response(body, status=status, content_type=CONTENT_TYPE)
+    return Response(ACK, status=200, content_type=CONTENT_TYPE)

@@ -2,12 +2,15 @@
 
 A notification with a bad ID must not block its 99 neighbours, and must never make Salesforce
 retry a message that can never succeed; so nothing here raises for one bad notification.
+Salesforce Outbound Messages and the JSON API's events go through the same triage, so both
+validate IDs and fold duplicates by the same rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 from worker.domain.operations import Action, Operation
 from worker.domain.salesforce_ids import canonical_id, require_prefix
@@ -23,6 +26,7 @@ class Notification:
     `event_id` is the raw value of the configured event ID field (None when absent);
     `id_fields` keeps the sObject's other ID-shaped fields so that a notification quarantined
     under one `SALESFORCE_EVENT_ID_FIELD` can be replayed after the setting is fixed.
+    `action` is the notification's own (each JSON event names one); None takes the route's.
     """
 
     notification_id: str
@@ -30,6 +34,7 @@ class Notification:
     sobject_type: str | None = None
     deleted: bool = False
     id_fields: dict[str, str] = field(default_factory=dict)
+    action: Action | None = None
 
 
 @dataclass(frozen=True)
@@ -64,19 +69,48 @@ class Rejection:
         )
 
 
+class Disposition(StrEnum):
+    """What became of one notification."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"  # the same operation as an earlier notification of the message
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one notification: its operation (queued, or a duplicate of one queued
+    earlier in the same message), or the reason it was rejected."""
+
+    disposition: Disposition
+    operation: Operation | None = None
+    reason: str = ""
+
+
 @dataclass
 class Triage:
+    """`operations` to queue and `rejections` to quarantine; `verdicts` has one entry per
+    notification, in their order, for callers that answer per notification (the JSON API)."""
+
     operations: list[Operation] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
 
 
 def triage(
     notifications: Iterable[Notification],
-    action: Action,
+    action: Action | None,
     prefixes: Sequence[str],
     event_id_field: str = "Id",
+    *,
+    source_id: str | None = None,
 ) -> Triage:
     """Split `notifications` into operations to queue and rejections to quarantine.
+
+    `action` is the route's, for notifications that name none. `source_id` is for callers
+    whose notifications carry no Salesforce notification ID (the JSON API's
+    `api:<Idempotency-Key>`): every operation gets it as its source, and notification IDs
+    are not checked.
 
     The same notification twice in one message is one operation; so are two notifications
     that ask for the same irreversible effect on the same event.
@@ -85,34 +119,46 @@ def triage(
     seen: set[str] = set()
     for notification in notifications:
         try:
-            operation = _operation(notification, action, prefixes, event_id_field)
+            operation = _operation(notification, action, prefixes, event_id_field, source_id)
         except InvalidSalesforceId as exc:
-            result.rejections.append(
-                Rejection(
-                    notification_id=_shown(notification.notification_id) or "",
-                    value=_shown(notification.event_id),
-                    reason=str(exc),
-                    sobject_type=notification.sobject_type,
-                    id_fields=notification.id_fields,
-                    event_id_field=event_id_field,
-                    deleted=notification.deleted,
-                )
+            rejection = Rejection(
+                notification_id=_shown(notification.notification_id) or "",
+                value=_shown(notification.event_id),
+                reason=str(exc),
+                sobject_type=notification.sobject_type,
+                id_fields=notification.id_fields,
+                event_id_field=event_id_field,
+                deleted=notification.deleted,
             )
+            result.rejections.append(rejection)
+            result.verdicts.append(Verdict(Disposition.REJECTED, reason=rejection.reason))
             continue
-        if operation.identity in seen or operation.source_id in seen:
+        # What makes a later notification the same: its effect, or (when each notification
+        # has its own ID) its notification ID. A source shared by all says nothing.
+        marks = {operation.identity}
+        if source_id is None:
+            marks.add(operation.source_id)
+        if marks & seen:
+            result.verdicts.append(Verdict(Disposition.DUPLICATE, operation))
             continue
-        seen.update((operation.identity, operation.source_id))
+        seen |= marks
         result.operations.append(operation)
+        result.verdicts.append(Verdict(Disposition.QUEUED, operation))
     return result
 
 
 def _operation(
-    notification: Notification, action: Action, prefixes: Sequence[str], event_id_field: str
+    notification: Notification,
+    route_action: Action | None,
+    prefixes: Sequence[str],
+    event_id_field: str,
+    source_id: str | None,
 ) -> Operation:
-    try:
-        source_id = canonical_id(notification.notification_id)
-    except InvalidSalesforceId as exc:
-        raise InvalidSalesforceId(f"notification Id: {exc}", value=exc.value) from None
+    action = notification.action or route_action
+    if action is None:  # the caller's mistake, not the sender's: no rejection can fix it
+        raise ValueError("a notification without an action needs the route's action")
+    if source_id is None:
+        source_id = _notification_source(notification.notification_id)
     if notification.deleted:
         raise InvalidSalesforceId("no sObject: the record was deleted before delivery", value="")
     if notification.event_id is None:
@@ -121,6 +167,13 @@ def _operation(
         )
     event_id = require_prefix(canonical_id(notification.event_id), prefixes)
     return Operation(action, event_id, source_id)
+
+
+def _notification_source(notification_id: str) -> str:
+    try:
+        return canonical_id(notification_id)
+    except InvalidSalesforceId as exc:
+        raise InvalidSalesforceId(f"notification Id: {exc}", value=exc.value) from None
 
 
 def _shown(value: str | None) -> str | None:

@@ -198,12 +198,54 @@ def test_operations_by_event_id_and_404(admin: FlaskClient, store: Store) -> Non
         {"targets": [1]},
         {"targets": ["x"], "force": "yes"},
         [],
+        {"targets": [" "]},
+        {"targets": ["x"], "dry_run": 1},
+        {"targets": ["crmhook:op:{\ud800}"]},  # half a surrogate pair: Redis cannot store it
+        {},
     ],
 )
 def test_malformed_replay_requests_are_400(admin: FlaskClient, body: Any) -> None:
     response = admin.post("/admin/replay", json=body, headers=OPS)
     assert response.status_code == 400
     assert response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/admin/replay", b"[" * 100_000, "body nests too deeply"),
+        ("/admin/replay", b"not json", "body is not JSON"),
+        ("/admin/replay/failed", b'{"action": "reschedule"}', "'action': unknown action"),
+        ("/admin/replay/failed", b'{"since": "yesterday"}', "since: 'yesterday' is neither"),
+        ("/admin/replay/quarantined", b'{"dry_run": "true"}', "'dry_run': Input should be"),
+        ("/admin/enqueue", b'{"crmEventIds": ["00U5g00000MnOpQ"]}', "'action' is required"),
+        ("/admin/enqueue", b'{"action": "get", "crmEventIds": []}', "'crmEventIds': List"),
+    ],
+)
+def test_malformed_bodies_are_400_naming_the_field(
+    admin: FlaskClient, path: str, body: bytes, message: str
+) -> None:
+    response = admin.post(path, data=body, headers=OPS, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(message)
+
+
+def test_an_empty_body_takes_the_defaults(admin: FlaskClient, store: Store) -> None:
+    dead_letters(store, 2)
+    response = admin.post("/admin/replay/failed", headers=OPS)
+    assert response.get_json()["summary"] == {"queued": 2}
+
+
+def test_operation_times_are_epoch_seconds(admin: FlaskClient, store: Store) -> None:
+    before = time.time()
+    [operation] = dead_letters(store, 1)
+    path = f"/admin/operations/{keys.operation(operation)}"
+    [record] = admin.get(path, headers=VIEWER).get_json()["operations"]
+    [dead] = admin.get("/admin/failed", headers=VIEWER).get_json()["items"]
+    for moment in ("created_at", "updated_at"):
+        assert before - 1 < record[moment] < time.time() + 1, moment
+    assert before - 1 < dead["failed_at"] < time.time() + 1
+    assert isinstance(record["attempts"], str)
 
 
 def test_enqueue_through_the_api_validates_like_the_edge(admin: FlaskClient) -> None:

@@ -8,8 +8,10 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from tests.conftest import TOKEN, random_event_id
+from tests.conftest import TOKEN, make_settings, random_event_id
 from tests.webhooks.routes.test_outbound import published
+from webhooks import create_app
+from worker.dev.redis_server import RedisServer
 
 
 def send(client: FlaskClient, body: Any, token: str | None = TOKEN, **headers: str) -> Any:
@@ -93,6 +95,20 @@ def test_bearer_token_is_required(client: FlaskClient, token: str | None, status
 
 
 @pytest.mark.parametrize(
+    ("token", "challenge"),
+    [
+        (None, 'Bearer realm="crmhook"'),
+        ("wrong-token-0123456789", 'Bearer realm="crmhook", error="invalid_token"'),
+    ],
+)
+def test_the_challenge_says_whether_a_token_was_refused(
+    client: FlaskClient, token: str | None, challenge: str
+) -> None:
+    response = send(client, {"action": "get", "crmEventId": random_event_id()}, token=token)
+    assert response.headers["WWW-Authenticate"] == challenge
+
+
+@pytest.mark.parametrize(
     ("body", "reason"),
     [
         (b"<xml/>", "not JSON"),
@@ -101,6 +117,9 @@ def test_bearer_token_is_required(client: FlaskClient, token: str | None, status
         (b'{"events": []}', "non-empty list"),
         (b'{"events": {"action": "get"}}', "non-empty list"),
         (b"[" * 100_000, "nests too deeply"),
+        (b'{"events": null}', "non-empty list"),
+        (b"\xff\xfe{}", "not JSON"),
+        (b'{"action": "get", "crmEventId": ' + b"9" * 5000 + b"}", "not JSON"),
     ],
 )
 def test_malformed_bodies_are_400(client: FlaskClient, body: bytes, reason: str) -> None:
@@ -114,3 +133,45 @@ def test_more_than_100_events_is_400(client: FlaskClient) -> None:
     response = send(client, {"events": events})
     assert response.status_code == 400
     assert "at most 100 events" in response.json["error"]
+
+
+def test_an_item_that_is_no_event_is_rejected_alone(
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
+    event = random_event_id()
+    response = send(
+        client,
+        {
+            "events": [
+                None,
+                {"action": 1, "crmEventId": event},
+                {"action": "get", "crmEventId": "\ud800"},
+                {"action": "get", "crmEventId": event, "extra": [[[[{}]]]]},
+            ]
+        },
+    )
+    assert response.status_code == 202
+    results = response.json["results"]
+    assert [r["outcome"] for r in results] == ["rejected", "rejected", "rejected", "queued"]
+    assert results[0]["reason"] == "expected a JSON object"
+    assert results[1]["reason"].startswith("'action': ")
+    assert results[2]["reason"].startswith("'crmEventId': must be Unicode text")
+    [batch] = published(idle_redis)
+    assert [op["crm_event_id"] for op in batch["operations"]] == [event]
+
+
+def test_redis_down_is_503_with_retry_after_and_the_retry_is_accepted(
+    sandbox_server: Any,
+) -> None:
+    body = {"action": "cancel", "crmEventId": random_event_id()}
+    with RedisServer() as own:
+        client = create_app(make_settings(own.url, sandbox_server.url)).test_client()
+        own.stop()
+        response = send(client, body, **{"Idempotency-Key": "flow-run-7"})
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "retry later" in response.json["error"]
+
+        own.start()
+        retried = send(client, body, **{"Idempotency-Key": "flow-run-7"})
+        assert retried.json["results"][0]["outcome"] == "queued"

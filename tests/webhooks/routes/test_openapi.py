@@ -16,6 +16,10 @@ from schemathesis.generation.case import Case
 
 from tests.conftest import TOKEN
 from webhooks import create_app
+from webhooks.schemas import EnqueueRequest, ReplayRequest
+from worker.domain.notifications import Disposition
+from worker.domain.operations import Action, State
+from worker.operator import Outcome
 from worker.settings import Settings
 
 CHECKS = [
@@ -81,3 +85,27 @@ def test_the_document_is_served(api: Flask) -> None:
     document = api.test_client().get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
     assert {"/v1/events", "/admin/failed", "/admin/replay"} <= set(document["paths"])
+
+
+def test_request_schemas_are_the_models_and_enums_their_enums(api: Flask) -> None:
+    document = api.test_client().get("/openapi.json").get_json()
+    assert document["openapi"] == "3.1.0"
+    schemas = document["components"]["schemas"]
+    for model in (ReplayRequest, EnqueueRequest):
+        generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        generated.pop("$defs", None)
+        assert schemas[model.__name__] == generated
+    assert schemas["Action"]["enum"] == [action.value for action in Action]
+    assert schemas["Operation"]["properties"]["state"]["enum"] == [s.value for s in State]
+    result = schemas["Results"]["properties"]["results"]["items"]
+    assert result["properties"]["outcome"]["enum"] == [o.value for o in Outcome]
+    per_event = schemas["EventsResponse"]["properties"]["results"]["items"]
+    assert per_event["properties"]["outcome"]["enum"] == [d.value for d in Disposition]
+
+
+def test_operation_times_are_documented_as_epoch_seconds(api: Flask) -> None:
+    document = api.test_client().get("/openapi.json").get_json()
+    properties = document["components"]["schemas"]["Operation"]["properties"]
+    for moment in ("created_at", "updated_at", "succeeded_at", "replayed_at", "lease_until"):
+        assert properties[moment] == {"type": "number", "description": "epoch seconds"}
+    assert properties["attempts"] == properties["token"] == {"type": "string"}

@@ -1,0 +1,34 @@
+"""What the views share, kept apart from the app factory so that routes never import it
+(the factory imports the routes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import Flask, current_app
+
+from webhooks.metrics import EdgeMetrics
+from worker.settings import Settings
+
+_NAME = "crmhook"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """What the views share: settings, the broker (via Celery), the store's Redis, metrics."""
+
+    settings: Settings
+    celery: Celery
+    redis: redis.Redis
+    metrics: EdgeMetrics
+
+    def install(self, app: Flask) -> None:
+        app.extensions[_NAME] = self
+
+
+def edge() -> Edge:
+    """The Edge of the app serving the current request."""
+    extension: Edge = current_app.extensions[_NAME]
+    return extension
