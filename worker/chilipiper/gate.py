@@ -23,19 +23,15 @@ import redis
 
 from worker.errors import DeferredError, GatewayError, RetryableError
 from worker.store import keys
+from worker.store.lua import NOW
 
 log = logging.getLogger(__name__)
 
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
 # KEYS: rate, pause, circuit. ARGV: interval ms, burst ms, max block ms, trial ms.
 # Returns {0|1, wait ms, reason}: 1 = go after `wait` ms; 0 = deferred for `wait` ms.
 _ENTER = (
-    _NOW
+    NOW
     + """
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then return {0, paused - now, 'paused'} end
@@ -60,7 +56,7 @@ return {1, math.max(wait, 0), trial and 'trial' or 'ok'}
 
 # KEYS: circuit. ARGV: 1 = success | 0 = transient failure, threshold, cool-down ms.
 _RECORD = (
-    _NOW
+    NOW
     + """
 if ARGV[1] == '1' then
   redis.call('DEL', KEYS[1])
@@ -78,7 +74,7 @@ return state
 
 # KEYS: pause. ARGV: ms. Extends the pause, never shortens it.
 _PAUSE = (
-    _NOW
+    NOW
     + """
 local until_ms = now + tonumber(ARGV[1])
 if until_ms > tonumber(redis.call('GET', KEYS[1]) or '0') then

@@ -8,9 +8,18 @@ alike. What leaves the store (records, claims) is in epoch seconds (`records.sec
 
 from __future__ import annotations
 
-_PRELUDE = """
+# `now`: Redis's clock, in epoch milliseconds.
+NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Go on only if the caller's fencing token (ARGV[1]) still holds the running claim; else 0.
+_HELD = """
+local key = KEYS[1]
+if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+  return 0
+end
 """
 
 # KEYS: record. ARGV: owner, lease ms, ttl s, action, event id, source.
@@ -18,7 +27,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # (succeeded) | busy (live claim elsewhere) | failed (this source already failed). `since`
 # starts the age budget: the replay's time if replayed, else the creation's.
 CLAIM = (
-    _PRELUDE
+    NOW
     + """
 local key = KEYS[1]
 local state = redis.call('HGET', key, 'state') or 'new'
@@ -49,12 +58,9 @@ return answer('claimed')
 
 # KEYS: record. ARGV: token, lease ms. Extends the lease if the token is still current.
 RENEW = (
-    _PRELUDE
+    NOW
+    + _HELD
     + """
-local key = KEYS[1]
-if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
-  return 0
-end
 redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[2]))
 return 1
 """
@@ -62,11 +68,9 @@ return 1
 
 # KEYS: record. ARGV: token. Undo a claim whose call was never sent (deferred by the shared
 # limits): back to the state before it, and the attempt not counted.
-RELEASE = """
-local key = KEYS[1]
-if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
-  return 0
-end
+RELEASE = (
+    _HELD
+    + """
 local previous = redis.call('HGET', key, 'previous_state') or 'queued'
 if previous == 'new' then previous = 'queued' end
 redis.call('HSET', key, 'state', previous)
@@ -74,16 +78,14 @@ redis.call('HINCRBY', key, 'attempts', -1)
 redis.call('HDEL', key, 'lease_until')
 return 1
 """
+)
 
 # KEYS: record. ARGV: token, new state, ttl s, last error, result JSON ('' = keep).
 # Returns 1 when recorded, 0 when the caller no longer owns the claim.
 SETTLE = (
-    _PRELUDE
+    NOW
+    + _HELD
     + """
-local key = KEYS[1]
-if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
-  return 0
-end
 redis.call('HSET', key, 'state', ARGV[2], 'updated_at', now, 'last_error', ARGV[4])
 redis.call('HDEL', key, 'lease_until')
 if ARGV[5] ~= '' then redis.call('HSET', key, 'result', ARGV[5]) end
@@ -98,7 +100,7 @@ return 1
 # reopened with a fresh attempt budget; anything else is left as it is.
 # Returns {previous state ('missing' when there is no record), attempts}.
 REOPEN = (
-    _PRELUDE
+    NOW
     + """
 local key = KEYS[1]
 local state = redis.call('HGET', key, 'state')
