@@ -89,12 +89,20 @@ class Verdict:
 
 @dataclass
 class Triage:
-    """`operations` to queue and `rejections` to quarantine; `verdicts` has one entry per
-    notification, in their order, for callers that answer per notification (the JSON API)."""
+    """`verdicts` has one entry per notification, in their order, for callers that answer
+    per notification (the JSON API); `rejections` are what to quarantine."""
 
-    operations: list[Operation] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def operations(self) -> list[Operation]:
+        """The operations to queue, in order: one per distinct effect."""
+        return [
+            verdict.operation
+            for verdict in self.verdicts
+            if verdict.disposition is Disposition.QUEUED and verdict.operation is not None
+        ]
 
 
 def triage(
@@ -142,7 +150,6 @@ def triage(
             result.verdicts.append(Verdict(Disposition.DUPLICATE, operation))
             continue
         seen |= marks
-        result.operations.append(operation)
         result.verdicts.append(Verdict(Disposition.QUEUED, operation))
     return result
 

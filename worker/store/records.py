@@ -108,9 +108,10 @@ class Records:
 
     def for_event(self, crm_event_id: str) -> list[dict[str, Any]]:
         """Every operation record of one canonical event ID (all actions), oldest first."""
-        members = sorted(text(key) for key in self._redis.smembers(keys.event_index(crm_event_id)))
+        members = [text(key) for key in self._redis.smembers(keys.event_index(crm_event_id))]
         found = [record for record in self.read_many(members) if record is not None]
-        return sorted(found, key=lambda record: record.get("created_at", 0.0))
+        # Records queued by one message share a creation time: the key breaks the tie.
+        return sorted(found, key=lambda record: (record.get("created_at", 0.0), record["key"]))
 
 
 def _decode(key: str, fields: dict[Any, Any], sources: Any, audit: Any) -> dict[str, Any]:
