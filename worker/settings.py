@@ -60,10 +60,15 @@ class Settings(BaseSettings):
     chilipiper_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     chilipiper_attempts: int = Field(default=3, ge=1, le=10)
     chilipiper_max_wait_seconds: float = Field(default=5.0, ge=0, le=60)
-    # Shared by every worker process and host: ChiliPiper sees one account.
-    chilipiper_rate_limit: str = "5/s"
-    circuit_failure_threshold: int = Field(default=5, ge=1)
+    # Shared by every worker process and host: ChiliPiper sees one account. The rate adapts
+    # to ChiliPiper's 429s; this optional ceiling caps it (unset: no ceiling).
+    chilipiper_rate_limit: str | None = None
+    circuit_failure_rate_percent: float = Field(default=50.0, gt=0, le=100)
+    circuit_window_calls: int = Field(default=100, ge=10)
+    circuit_trial_calls: int = Field(default=3, ge=1)
     circuit_cooldown_seconds: float = Field(default=30.0, gt=0)
+    # Replaced by the failure-rate settings above; refused with a message when still set.
+    circuit_failure_threshold: str | None = None
 
     scalekit_env_url: str | None = Field(
         default=None,
@@ -140,9 +145,21 @@ class Settings(BaseSettings):
 
     @field_validator("chilipiper_rate_limit")
     @classmethod
-    def _rate_is_a_rate(cls, rate: str) -> str:
-        parse_rate(rate)
-        return rate
+    def _rate_is_a_rate(cls, rate: str | None) -> str | None:
+        if rate is not None and rate.strip():
+            parse_rate(rate)
+            return rate
+        return None
+
+    @field_validator("circuit_failure_threshold")
+    @classmethod
+    def _threshold_was_replaced(cls, value: str | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "was replaced: the circuit now opens on a failure rate; set "
+                "CIRCUIT_FAILURE_RATE_PERCENT (default 50) and CIRCUIT_WINDOW_CALLS "
+                "(default 100) instead, and unset CIRCUIT_FAILURE_THRESHOLD"
+            )
 
     @field_validator("scalekit_env_url", "chilipiper_mcp_url", "chilipiper_sandbox_url")
     @classmethod
@@ -217,8 +234,9 @@ class Settings(BaseSettings):
         )
 
     @property
-    def rate_per_second(self) -> float:
-        return parse_rate(self.chilipiper_rate_limit)
+    def rate_ceiling(self) -> float | None:
+        """CHILIPIPER_RATE_LIMIT in calls per second; None when unset (no ceiling)."""
+        return parse_rate(self.chilipiper_rate_limit) if self.chilipiper_rate_limit else None
 
     @property
     def countdown_limit_seconds(self) -> float:

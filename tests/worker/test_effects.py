@@ -26,7 +26,7 @@ def runtime(
         db_url(redis_server, IDLE_DB),
         sandbox.url,
         chilipiper_timeout_seconds=1.0,
-        circuit_failure_threshold=1000,  # the circuit has tests of its own
+        circuit_window_calls=1000,  # the circuit has tests of its own
     )
     runtime = build_runtime(settings)
     yield runtime

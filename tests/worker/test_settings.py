@@ -26,6 +26,12 @@ def test_missing_redis_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
         ({"salesforce_event_id_field": "Id; drop"}, "SALESFORCE_EVENT_ID_FIELD"),
         ({"chilipiper_transport": "carrier-pigeon"}, "CHILIPIPER_TRANSPORT"),
         ({"max_body_bytes": "-1"}, "MAX_BODY_BYTES"),
+        ({"chilipiper_rate_limit": "fast"}, "CHILIPIPER_RATE_LIMIT: 'fast' is not a rate"),
+        ({"circuit_failure_rate_percent": "150"}, "CIRCUIT_FAILURE_RATE_PERCENT"),
+        (
+            {"circuit_failure_threshold": "5"},
+            "CIRCUIT_FAILURE_THRESHOLD: was replaced.*CIRCUIT_FAILURE_RATE_PERCENT",
+        ),
     ],
 )
 def test_malformed_value_names_the_variable(overrides: dict[str, str], message: str) -> None:
@@ -103,3 +109,10 @@ def test_worker_refuses_timings_that_do_not_nest(overrides: dict[str, int], mess
     settings = load_settings(**BASE, chilipiper_transport="sandbox", **overrides)
     with pytest.raises(ConfigError, match=message):
         settings.require_worker()
+
+
+def test_the_rate_limit_is_an_optional_ceiling() -> None:
+    assert load_settings(**BASE).rate_ceiling is None
+    assert load_settings(**BASE, chilipiper_rate_limit="").rate_ceiling is None
+    assert load_settings(**BASE, chilipiper_rate_limit="30/s").rate_ceiling == 30
+    assert load_settings(**BASE, chilipiper_rate_limit="90/m").rate_ceiling == 1.5

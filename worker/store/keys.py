@@ -11,7 +11,7 @@ and are kept beside the records, never inside a script.
     crmhook:event:{00U…EAV}                 keys of every operation of one event (set)
     crmhook:seen:{04l…}:cancel:00U…EAV      a notification already queued (string)
     crmhook:idempotency:{sha256}            an `Idempotency-Key` already used (string)
-    crmhook:{chilipiper}:rate|paused_until|circuit   limits shared by every worker
+    crmhook:{chilipiper}:limiter|paused_until|breaker[:window]   shared by every worker
     crmhook:pending  crmhook:dead  crmhook:scheduled  crmhook:quarantine   (sorted sets)
     crmhook:audit                           the audit stream
     crmhook:migrations                      one-off migrations already applied (hash)
@@ -33,9 +33,10 @@ QUARANTINE = f"{PREFIX}:quarantine"
 AUDIT_STREAM = f"{PREFIX}:audit"
 MIGRATIONS = f"{PREFIX}:migrations"
 
-GATE_RATE = f"{PREFIX}:{{chilipiper}}:rate"
+GATE_LIMITER = f"{PREFIX}:{{chilipiper}}:limiter"
 GATE_PAUSE = f"{PREFIX}:{{chilipiper}}:paused_until"
-GATE_CIRCUIT = f"{PREFIX}:{{chilipiper}}:circuit"
+GATE_BREAKER = f"{PREFIX}:{{chilipiper}}:breaker"
+GATE_BREAKER_WINDOW = f"{PREFIX}:{{chilipiper}}:breaker:window"
 
 # SCAN pattern of operation records alone (not their `:sources` or `:audit` companions).
 OPERATION_PATTERN = f"{_OPERATION}{{*}}"

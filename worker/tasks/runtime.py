@@ -17,6 +17,7 @@ import redis
 from celery import Task
 
 from worker.chilipiper import Gateway, build_gateway
+from worker.chilipiper.breaker import BreakerSettings
 from worker.chilipiper.gate import Gate, GateSettings
 from worker.settings import RATE_LIMIT_MAX_BLOCK_SECONDS, Settings
 from worker.store import Retention, Store
@@ -53,11 +54,15 @@ def build_runtime(settings: Settings) -> Runtime:
     gate = Gate(
         store.redis,
         GateSettings(
-            rate_per_second=settings.rate_per_second,
+            ceiling_per_second=settings.rate_ceiling,
             max_block_seconds=RATE_LIMIT_MAX_BLOCK_SECONDS,
-            failure_threshold=settings.circuit_failure_threshold,
-            cooldown_seconds=settings.circuit_cooldown_seconds,
-            trial_seconds=settings.call_budget_seconds,
+            breaker=BreakerSettings(
+                failure_rate=settings.circuit_failure_rate_percent / 100,
+                window_calls=settings.circuit_window_calls,
+                cooldown_seconds=settings.circuit_cooldown_seconds,
+                trial_calls=settings.circuit_trial_calls,
+                trial_seconds=settings.call_budget_seconds,
+            ),
         ),
     )
     return Runtime(

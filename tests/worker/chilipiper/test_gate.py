@@ -1,4 +1,8 @@
-"""The shared gate toward ChiliPiper, on a real Redis: pacing, pause, circuit."""
+"""The shared gate toward ChiliPiper, on a real Redis: the learnt rate, the pause, the circuit.
+
+Rounds are shortened (tens of milliseconds) so that the limiter's decisions show in a test;
+the decisions themselves are the production scripts'.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,141 @@ import time
 import pytest
 import redis
 
+from worker.chilipiper.breaker import BreakerSettings, CircuitBreaker
 from worker.chilipiper.gate import Gate, GateSettings
+from worker.chilipiper.limiter import AdaptiveLimiter, Answer, LimiterPolicy
 from worker.errors import DeferredError, InDoubtError, RetryableError
+from worker.store import keys
+
+QUICK = LimiterPolicy(fast_start_round=0.05, round=0.05)
 
 
-def gate(client: redis.Redis, rate: float = 1000, threshold: int = 3) -> Gate:
+def gate(client: redis.Redis, ceiling: float | None = None, window: int = 10) -> Gate:
     return Gate(
         client,
         GateSettings(
-            rate_per_second=rate,
+            ceiling_per_second=ceiling,
             max_block_seconds=1.0,
-            failure_threshold=threshold,
-            cooldown_seconds=0.5,
-            trial_seconds=0.5,
+            breaker=BreakerSettings(
+                window_calls=window, cooldown_seconds=0.5, trial_calls=2, trial_seconds=0.5
+            ),
+            limiter=QUICK,
         ),
     )
 
 
-def test_requests_are_paced_at_the_rate(idle_redis: redis.Redis) -> None:
-    paced = gate(idle_redis, rate=20)
+def limiter(client: redis.Redis, ceiling: float | None = None, **policy: float) -> AdaptiveLimiter:
+    return AdaptiveLimiter(client, ceiling, LimiterPolicy(**{**QUICK.__dict__, **policy}))
+
+
+def a_round(limiter: AdaptiveLimiter, answers: list[Answer], sent: int) -> tuple[str, float]:
+    """One round as the limiter sees it: `sent` reservations, then `answers`, the last one
+    after the round's time is up. Returns the decision that closed it."""
+    for _ in range(sent):
+        limiter.reserve(max_block_seconds=3600)
+    for answer in answers[:-1]:
+        assert limiter.record(answer)[0] == "open"
+    time.sleep(0.06)
+    return limiter.record(answers[-1])
+
+
+def stored(client: redis.Redis, field: str) -> float:
+    return float(client.hget(keys.GATE_LIMITER, field) or 0)
+
+
+# --- pacing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ceiling", [20.0, 30.0, 3.0])
+def test_calls_are_paced_at_the_ceiling_whatever_its_interval(
+    idle_redis: redis.Redis, ceiling: float
+) -> None:
+    """30/s and 3/s have intervals that are no whole number of milliseconds (the old limiter
+    handed Redis a fractional PX and every call failed)."""
+    paced = limiter(idle_redis, ceiling=ceiling, initial_rate=1000)
+    calls = int(ceiling)
     started = time.monotonic()
-    for _ in range(21):
-        paced.enter()
+    for _ in range(calls + 1):
+        slot = paced.reserve(max_block_seconds=5)
+        assert slot.granted
+        time.sleep(slot.wait)
     elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed <= 1.4  # 20 intervals of 50 ms after the first request
+    assert 0.85 <= elapsed <= 1.35  # `calls` intervals after the first call
 
 
-def test_a_request_further_than_a_second_away_is_deferred(idle_redis: redis.Redis) -> None:
-    slow = gate(idle_redis, rate=0.5)
+def test_a_slot_further_than_the_block_limit_is_deferred(idle_redis: redis.Redis) -> None:
+    slow = gate(idle_redis, ceiling=0.5)
     slow.enter()
     with pytest.raises(DeferredError, match="rate limit") as deferred:
         slow.enter()  # the next slot is two seconds away: held back, not holding the thread
     assert 1.5 < deferred.value.retry_after <= 2.0
 
 
-def test_a_429_pauses_every_caller_until_retry_after(idle_redis: redis.Redis) -> None:
+# --- learning the rate ----------------------------------------------------------------------
+
+
+def test_fast_start_doubles_the_rate_each_round_while_it_is_used(idle_redis: redis.Redis) -> None:
+    learning = limiter(idle_redis, initial_rate=10)
+    rates = [a_round(learning, [Answer.ACCEPTED], sent=100)[1] for _ in range(5)]
+    assert rates == [20, 40, 80, 160, 320]
+
+
+def test_a_rate_nobody_uses_does_not_grow(idle_redis: redis.Redis) -> None:
+    """RFC 7661: growth only while the allowed rate is the constraint, so a quiet hour does
+    not license a burst."""
+    learning = limiter(idle_redis, initial_rate=100)
+    decision, rate = a_round(learning, [Answer.ACCEPTED], sent=1)  # 1 call in 60 ms ≈ 17/s
+    assert (decision, rate) == ("hold", 100)
+
+
+def test_a_share_of_429s_cuts_the_rate_sent_and_ends_the_fast_start(
+    idle_redis: redis.Redis,
+) -> None:
+    learning = limiter(idle_redis, initial_rate=100)
+    decision, rate = a_round(
+        learning, [Answer.ACCEPTED] * 6 + [Answer.LIMITED] * 4, sent=6
+    )  # 6 calls in ~60 ms: the rate really sent was ~100/s
+    assert decision == "cut"
+    assert 60 <= rate <= 70  # 0.7 x min(allowed, sent)
+    assert stored(idle_redis, "ssthresh") == rate
+    # After a cut the rate grows by one call/s per round, no longer doubling.
+    decision, grown = a_round(learning, [Answer.ACCEPTED], sent=100)
+    assert (decision, grown) == ("grow", pytest.approx(rate + 1))
+
+
+def test_scattered_429s_are_noise(idle_redis: redis.Redis) -> None:
+    learning = limiter(idle_redis, initial_rate=100)
+    answers = [Answer.ACCEPTED] * 18 + [Answer.LIMITED] * 2  # 10 %: not a limit
+    decision, rate = a_round(learning, answers, sent=100)
+    assert (decision, rate) == ("grow", 200)
+
+
+def test_too_few_429s_to_tell_neither_grow_nor_cut_until_more_answers_come(
+    idle_redis: redis.Redis,
+) -> None:
+    learning = limiter(idle_redis, initial_rate=4)
+    decision, _ = a_round(learning, [Answer.ACCEPTED, Answer.LIMITED], sent=4)  # 50 %, 1 refusal
+    assert decision == "open"
+    for _ in range(2):
+        decision, rate = learning.record(Answer.LIMITED)
+    assert decision == "cut"
+    assert rate < 4
+
+
+def test_the_rate_never_falls_below_the_floor_nor_rises_above_the_ceiling(
+    idle_redis: redis.Redis,
+) -> None:
+    capped = limiter(idle_redis, ceiling=50, initial_rate=40)
+    assert a_round(capped, [Answer.ACCEPTED], sent=100)[1] == 50
+    for _ in range(12):  # 50 x 0.7^12 < 1
+        a_round(capped, [Answer.LIMITED] * 4, sent=100)
+    assert capped.rate() == 1.0
+
+
+# --- the pause ------------------------------------------------------------------------------
+
+
+def test_a_429_with_retry_after_pauses_every_caller(idle_redis: redis.Redis) -> None:
     first, other = gate(idle_redis), gate(idle_redis)  # two workers
     first.failed(RetryableError("HTTP 429", status=429, retry_after=2))
     with pytest.raises(DeferredError, match="paused") as deferred:
@@ -50,27 +154,71 @@ def test_a_429_pauses_every_caller_until_retry_after(idle_redis: redis.Redis) ->
     assert 1.5 < other.deferral() <= 2.0
 
 
-def test_the_circuit_opens_after_consecutive_failures_then_one_trial_decides(
+# --- the circuit ----------------------------------------------------------------------------
+
+
+def test_the_circuit_opens_on_a_failure_rate_over_a_full_window(idle_redis: redis.Redis) -> None:
+    breaker = CircuitBreaker(idle_redis, BreakerSettings(window_calls=10, cooldown_seconds=5))
+    for _ in range(9):
+        assert breaker.record(failed=True) == "closed"  # 9 calls: the window is not full yet
+    assert breaker.record(failed=False) == "opened"  # 9 of 10 failed
+    assert not breaker.admit().allowed
+
+
+def test_thirty_percent_failures_never_open_it(idle_redis: redis.Redis) -> None:
+    breaker = CircuitBreaker(idle_redis, BreakerSettings(window_calls=10, cooldown_seconds=5))
+    for call in range(200):
+        assert breaker.record(failed=call % 10 < 3) == "closed"
+    # The window slides: the last ten ended with six successes; five failures make it 5 of 10.
+    states = [breaker.record(failed=True) for _ in range(5)]
+    assert states == ["closed"] * 4 + ["opened"]
+
+
+def test_429s_and_permanent_errors_are_not_failures_of_chilipiper(
     idle_redis: redis.Redis,
 ) -> None:
-    breaker, other = gate(idle_redis), gate(idle_redis)
-    for _ in range(2):
-        breaker.failed(RetryableError("HTTP 503", status=503))
-    breaker.succeeded()  # not consecutive: starts again
-    for _ in range(3):
+    shared = gate(idle_redis, window=10)
+    for _ in range(20):
+        shared.failed(RetryableError("HTTP 429", status=429))
+    assert shared.breaker.state() == "closed"
+    assert idle_redis.llen(keys.GATE_BREAKER_WINDOW) == 0
+
+
+def test_after_the_cool_down_a_few_trial_calls_decide(idle_redis: redis.Redis) -> None:
+    breaker, other = gate(idle_redis, window=10), gate(idle_redis, window=10)
+    for _ in range(10):
         breaker.failed(InDoubtError("timeout"))
     with pytest.raises(DeferredError, match="circuit open"):
         other.enter()
     assert other.deferral() > 0
     time.sleep(0.55)
-    breaker.enter()  # the trial call
+    breaker.enter()
+    other.enter()  # two trial calls
     with pytest.raises(DeferredError, match="circuit half-open"):
-        other.enter()  # only one trial at a time
-    breaker.failed(RetryableError("HTTP 503", status=503))  # the trial failed: open again
+        other.enter()
+    breaker.failed(RetryableError("HTTP 503", status=503))  # a trial failed: open again
     with pytest.raises(DeferredError, match="circuit open"):
         other.enter()
     time.sleep(0.55)
-    other.enter()
-    other.succeeded()  # the trial succeeded: closed
     breaker.enter()
+    other.enter()
+    breaker.succeeded()
+    assert breaker.breaker.state() == "half-open"
+    other.succeeded()  # both trials succeeded: closed
+    assert breaker.breaker.state() == "closed"
     assert breaker.deferral() == 0
+    breaker.enter()
+
+
+def test_trial_calls_that_never_answer_are_replaced(idle_redis: redis.Redis) -> None:
+    """A worker killed during its trial call must not leave the circuit half-open forever."""
+    breaker = gate(idle_redis, window=10)
+    for _ in range(10):
+        breaker.failed(InDoubtError("timeout"))
+    time.sleep(0.55)
+    breaker.enter()
+    breaker.enter()
+    with pytest.raises(DeferredError, match="half-open"):
+        breaker.enter()
+    time.sleep(0.55)  # the trials' time is up without an answer
+    breaker.enter()

@@ -34,7 +34,7 @@ def test_an_operations_keys_share_one_hash_tag() -> None:
     record = keys.operation(Operation(Action.GET, EVENT, "api:flow-run-42"))
     assert hash_tag(keys.sources(record)) == hash_tag(keys.audit_trail(record)) == hash_tag(record)
     assert hash_tag(keys.event_index(EVENT)) == EVENT
-    gate = {keys.GATE_RATE, keys.GATE_PAUSE, keys.GATE_CIRCUIT}
+    gate = {keys.GATE_LIMITER, keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_BREAKER_WINDOW}
     assert {hash_tag(key) for key in gate} == {"chilipiper"}
 
 

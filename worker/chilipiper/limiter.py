@@ -1,0 +1,205 @@
+"""How fast to call ChiliPiper: a rate that finds ChiliPiper's limit, shared through Redis.
+
+ChiliPiper publishes no rate limit, so the rate is learnt the way TCP learns a link's
+capacity, from the one signal the server gives (HTTP 429):
+
+- **Fast start** (TCP's slow start): from `initial_rate`, the allowed rate doubles every
+  `fast_start_round` while it is being used, until ChiliPiper pushes back or the
+  ceiling is reached. 10/s becomes 320/s in 2.5 s.
+- **Additive increase, multiplicative decrease** (TCP Reno, RFC 5681): once a limit has been
+  seen, the rate rises by `additive_increase` per `round` while calls succeed, and is cut to
+  `decrease_factor` x the rate actually sent (CUBIC's 0.7) when a round's share of 429s shows
+  a limit: a server at its limit refuses most calls above it, while a scattered 429 is noise.
+  A cut needs at least `cut_share` of the round's answers, and `cut_min_refusals` of them, to
+  be 429s; at most one cut per round; never below `floor_rate`.
+- **Only a rate in use grows** (RFC 7661, congestion window validation): a round that sent
+  less than half the allowed rate leaves it alone, so a quiet hour does not license a burst.
+- A state left idle for `idle` seconds expires, and the next call starts fast again.
+
+Pacing is GCRA (the token bucket's exact cousin, one timestamp): each call reserves the next
+slot at the current rate. A thread sleeps until its slot when that is at most `max_block`
+away; otherwise the call is deferred and the task re-scheduled, so waiting never holds a
+thread for long. The bound on calls in flight stays the worker pool's size: ChiliPiper's one
+documented signal is about rate, and latency-based concurrency limits (Netflix's gradient,
+Envoy's adaptive concurrency) would read our own CPU as ChiliPiper's load on a busy worker.
+
+`CHILIPIPER_RATE_LIMIT`, when set, is a hard ceiling on the learnt rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import redis
+
+from worker.store import keys
+from worker.store.connection import text
+from worker.store.lua import NOW
+
+
+@dataclass(frozen=True)
+class LimiterPolicy:
+    """The limiter's constants, named as in TCP (times in seconds, rates in calls/s)."""
+
+    initial_rate: float = 10.0
+    floor_rate: float = 1.0
+    fast_start_round: float = 0.5
+    round: float = 1.0
+    additive_increase: float = 1.0
+    decrease_factor: float = 0.7
+    cut_share: float = 0.2
+    cut_min_refusals: int = 3
+    idle: float = 600.0
+    # A round with a few 429s, too few to cut on, stays open at most this long.
+    stale_round: float = 30.0
+
+
+class Answer(StrEnum):
+    """What ChiliPiper made of one call, as far as the rate is concerned."""
+
+    ACCEPTED = "accepted"  # answered, whatever it said: not a sign of a limit
+    LIMITED = "limited"  # 429
+
+
+# The hash: rate (calls/s), ceiling-free `ssthresh` (the rate of the last cut; below it the
+# rate doubles), `tat` (GCRA's theoretical arrival time, ms), and the open round's start and
+# counts (`sent`, `accepted`, `limited`).
+
+# ARGV: initial rate, ceiling (0 = none), floor, idle ms.
+_STATE = """
+local h = KEYS[1]
+local ceiling, floor = tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate = tonumber(redis.call('HGET', h, 'rate') or '0')
+if rate <= 0 then
+  rate = tonumber(ARGV[1])
+  redis.call('HSET', h, 'rate', rate, 'ssthresh', -1, 'round_start', now,
+             'sent', 0, 'accepted', 0, 'limited', 0)
+end
+if ceiling > 0 and rate > ceiling then rate = ceiling end
+if rate < floor then rate = floor end
+redis.call('PEXPIRE', h, math.floor(tonumber(ARGV[4])))
+"""
+
+# KEYS: limiter. ARGV: as _STATE, then max block ms.
+# Returns {1, wait ms}: go after `wait`; {0, wait ms}: the slot is too far, deferred.
+_RESERVE = (
+    NOW
+    + _STATE
+    + """
+local interval = 1000 / rate
+local tat = math.max(tonumber(redis.call('HGET', h, 'tat') or '0'), now)
+local wait = tat - now
+if wait > tonumber(ARGV[5]) then return {0, math.ceil(wait)} end
+redis.call('HSET', h, 'tat', tostring(tat + interval))
+redis.call('HINCRBY', h, 'sent', 1)
+return {1, math.ceil(wait)}
+"""
+)
+
+# KEYS: limiter. ARGV: as _STATE, then the answer, fast-start round ms, round ms, additive
+# increase, decrease factor, cut share, cut min refusals, stale round ms.
+# Returns {decision, rate as text}: decision is 'open' (round still counting), 'hold',
+# 'grow' or 'cut'.
+_RECORD = (
+    NOW
+    + _STATE
+    + """
+redis.call('HINCRBY', h, ARGV[5], 1)
+local ssthresh = tonumber(redis.call('HGET', h, 'ssthresh'))
+local fast = ssthresh < 0 or rate < ssthresh
+local round = fast and tonumber(ARGV[6]) or tonumber(ARGV[7])
+local started = tonumber(redis.call('HGET', h, 'round_start'))
+local elapsed = now - started
+if elapsed < round then return {'open', tostring(rate)} end
+local counts = redis.call('HMGET', h, 'sent', 'accepted', 'limited')
+local sent, limited = tonumber(counts[1]), tonumber(counts[3])
+local answered = tonumber(counts[2]) + limited
+local refused = limited > 0 and limited >= tonumber(ARGV[10]) * answered
+local decision = 'hold'
+if refused and limited >= tonumber(ARGV[11]) then
+  local sending = math.min(rate, sent * 1000 / elapsed)
+  rate = math.max(tonumber(ARGV[3]), sending * tonumber(ARGV[9]))
+  ssthresh = rate
+  decision = 'cut'
+elseif refused and elapsed < tonumber(ARGV[12]) then
+  return {'open', tostring(rate)}  -- 429s, but too few to tell: neither grow nor cut yet
+elseif sent * 1000 / elapsed >= rate / 2 then
+  if fast then rate = rate * 2 else rate = rate + tonumber(ARGV[8]) end
+  decision = 'grow'
+end
+local ceiling = tonumber(ARGV[2])
+if ceiling > 0 and rate > ceiling then rate = ceiling end
+redis.call('HSET', h, 'rate', tostring(rate), 'ssthresh', tostring(ssthresh),
+           'round_start', now, 'sent', 0, 'accepted', 0, 'limited', 0)
+return {decision, tostring(rate)}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A slot at the shared rate: go after `wait` seconds, or, when not `granted`, the
+    next slot is `wait` seconds away, too far to hold a thread for."""
+
+    granted: bool
+    wait: float
+
+
+class AdaptiveLimiter:
+    """The learnt rate toward ChiliPiper, one for every worker process and host."""
+
+    def __init__(
+        self, client: redis.Redis, ceiling: float | None = None, policy: LimiterPolicy | None = None
+    ) -> None:
+        self.ceiling = ceiling
+        self.policy = policy or LimiterPolicy()
+        self._reserve = client.register_script(_RESERVE)
+        self._record = client.register_script(_RECORD)
+        self._redis = client
+
+    def reserve(self, max_block_seconds: float) -> Reservation:
+        granted, wait_ms = self._reserve(
+            keys=[keys.GATE_LIMITER], args=[*self._state_args(), max_block_seconds * 1000]
+        )
+        return Reservation(bool(granted), int(wait_ms) / 1000)
+
+    def record(self, answer: Answer) -> tuple[str, float]:
+        """Count one answer; returns the round's decision and the rate after it."""
+        policy = self.policy
+        decision, rate = self._record(
+            keys=[keys.GATE_LIMITER],
+            args=[
+                *self._state_args(),
+                answer.value,
+                policy.fast_start_round * 1000,
+                policy.round * 1000,
+                policy.additive_increase,
+                policy.decrease_factor,
+                policy.cut_share,
+                policy.cut_min_refusals,
+                policy.stale_round * 1000,
+            ],
+        )
+        return text(decision), float(text(rate))
+
+    def rate(self) -> float:
+        """The allowed rate now (calls per second), for metrics and `crmhook check`."""
+        stored = self._redis.hget(keys.GATE_LIMITER, "rate")
+        rate = float(stored) if stored else self._initial
+        if self.ceiling:
+            rate = min(rate, self.ceiling)
+        return max(rate, self._floor)
+
+    @property
+    def _floor(self) -> float:
+        floor = self.policy.floor_rate
+        return min(floor, self.ceiling) if self.ceiling else floor
+
+    @property
+    def _initial(self) -> float:
+        initial = self.policy.initial_rate
+        return min(initial, self.ceiling) if self.ceiling else initial
+
+    def _state_args(self) -> list[float]:
+        return [self._initial, self.ceiling or 0, self._floor, self.policy.idle * 1000]
