@@ -32,7 +32,7 @@ from tests.scalekit_standin import (
 from webhooks import create_app
 from worker.dev.procfile import Procfile, child_environment
 from worker.dev.redis_server import RedisServer
-from worker.dev.sandbox import Faults, Sandbox, create_sandbox_app
+from worker.dev.sandbox import ACTIONS, DEFAULT_CONFIG, Faults, Sandbox, create_sandbox_app
 from worker.domain.salesforce_ids import checksum
 from worker.settings import Settings, load_settings
 from worker.store import Store
@@ -122,19 +122,29 @@ class SandboxServer:
         return f"http://127.0.0.1:{self.server.port}/mcp"
 
     def calls(
-        self, crm_event_id: str | None = None, tool: str | None = None
+        self, crm_event_id: str | None = None, action: str | None = None, tool: str | None = None
     ) -> list[dict[str, Any]]:
+        """The logged tool calls, filtered by event, by action ("get", "cancel", "noshow",
+        whichever tool version did it) and/or by the exact tool name."""
+        if action is not None and action not in set(ACTIONS.values()):
+            raise ValueError(f"unknown action {action!r}: filter tool names with tool=")
         with self.state.lock:
             return [
                 call
                 for call in self.state.calls
                 if (crm_event_id is None or call["crmEventId"] == crm_event_id)
+                and (action is None or call["action"] == action)
                 and (tool is None or call["tool"] == tool)
             ]
 
     def set_faults(self, **faults: Any) -> None:
         with self.state.lock:
             self.state.faults = Faults(**faults)
+
+    def configure(self, **values: Any) -> dict[str, Any]:
+        """Set the sandbox's switches (tools, status_spelling, missing_permission,
+        rate_limit, rate_limit_retry_after)."""
+        return self.state.configure(**values)
 
 
 def serve(app: Flask) -> BaseWSGIServer:
@@ -153,10 +163,13 @@ def sandbox_server() -> Iterator[SandboxServer]:
 
 @pytest.fixture
 def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
-    """The shared sandbox, with its faults switched off again after the test."""
+    """The shared sandbox, with its faults off and its switches at their defaults (both tool
+    versions, Edge spellings, no rate limit, every permission) before and after the test."""
     sandbox_server.set_faults()
+    sandbox_server.configure(**DEFAULT_CONFIG)
     yield sandbox_server
     sandbox_server.set_faults()
+    sandbox_server.configure(**DEFAULT_CONFIG)
 
 
 def make_settings(redis_url: str, sandbox_url: str, **overrides: Any) -> Settings:
@@ -220,7 +233,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
             "CHILIPIPER_TRANSPORT": "sandbox",
             "CHILIPIPER_SANDBOX_URL": settings.chilipiper_sandbox_url,
             "CHILIPIPER_TIMEOUT_SECONDS": str(settings.chilipiper_timeout_seconds),
-            "CHILIPIPER_RATE_LIMIT": settings.chilipiper_rate_limit,
+            "CHILIPIPER_RATE_LIMIT": settings.chilipiper_rate_limit or "",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -1,8 +1,15 @@
 """A Scalekit AgentKit stand-in on loopback: OAuth client credentials, `execute_tool` and the
-scoped tool listing, in front of the sandbox's meetings. Faults are switched on by the tests."""
+scoped tool listing, in front of the sandbox's meetings. Faults are switched on by the tests.
+
+Shaped after Scalekit's documentation and its ChiliPiper connector catalogue: tools are named
+`chilipipermcp_crm-get` (the v1 tools keep their dashes) and `chilipipermcp_crm_cancel_post`
+(the v2 ones use underscores); the listing nests names as `tools[].tool.definition.name`; a
+failed tool answers `{"code", "message", "details": [{"error_code": "TOOL_ERROR",
+"tool_error_info": {...}}]}`, with 404 when no meeting is linked and 500 otherwise."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -12,12 +19,18 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from worker.dev.sandbox import TOOLS, Sandbox
+from worker.dev.sandbox import Sandbox
 
 CLIENT_ID = "skc_test_client"
 CLIENT_SECRET = "test-client-secret-0123456789"
 CONNECTION = "chilipipermcp"
 IDENTIFIER = "user_123"
+ERROR_INFO = "type.googleapis.com/scalekit.v1.errdetails.ErrorInfo"
+
+
+def scalekit_name(tool: str) -> str:
+    """The catalogue's name for a sandbox tool: v2 tools with underscores, v1 with dashes."""
+    return f"{CONNECTION}_" + (tool.replace("-", "_") if tool.endswith("-post") else tool)
 
 
 @dataclass
@@ -82,18 +95,30 @@ def create_scalekit_app(state: ScalekitState) -> Flask:
         if body.get("connector") != CONNECTION or body.get("identifier") != IDENTIFIER:
             return jsonify({"message": "connected account not found"}), 404
         name = str(body.get("tool_name", ""))
-        tool = name.removeprefix(f"{CONNECTION}_")
-        if not name.startswith(f"{CONNECTION}_") or tool not in TOOLS:
-            return jsonify({"message": f"tool {name} not found"}), 404
+        offered = {scalekit_name(tool): tool for tool in state.sandbox.offered_tools()}
+        if name not in offered:
+            return jsonify({"code": 5, "message": f"tool {name} not found"}), 404
         event_id = (body.get("params") or {}).get("crmEventId")
-        ok, answer = state.sandbox.run_tool(tool, str(event_id))
+        answer = state.sandbox.call_tool(offered[name], str(event_id))
         execution_id = uuid.uuid4().hex
         with state.lock:
-            state.executions.append({"tool_name": name, "execution_id": execution_id, "ok": ok})
-        if not ok:
-            code = 404 if "No meeting linked" in str(answer) else 400
-            return jsonify({"error_code": "TOOL_ERROR", "message": answer}), code
-        return jsonify({"data": answer, "execution_id": execution_id})
+            state.executions.append(
+                {"tool_name": name, "execution_id": execution_id, "ok": answer.ok}
+            )
+        if not answer.ok:
+            said = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
+            info = {
+                "@type": ERROR_INFO,
+                "error_code": "TOOL_ERROR",
+                "tool_error_info": {
+                    "execution_id": execution_id,
+                    "tool_error_code": str(answer.status),
+                    "tool_error_message": said,
+                },
+            }
+            status = 404 if answer.status == 404 else 500
+            return jsonify({"code": 13, "message": said, "details": [info]}), status
+        return jsonify({"data": answer.body, "execution_id": execution_id})
 
     @app.get("/api/v1/tools/scoped")
     def scoped_tools() -> Response | tuple[Response, int]:
@@ -104,7 +129,7 @@ def create_scalekit_app(state: ScalekitState) -> Flask:
             return jsonify({"message": "connected account not found"}), 404
         if request.args.get("filter.connection_names") != CONNECTION:
             return jsonify({"tools": [], "next_page_token": ""})
-        names = [f"{CONNECTION}_{tool}" for tool in TOOLS]
+        names = [scalekit_name(tool) for tool in state.sandbox.offered_tools()]
         page = request.args.get("page_token", "")
         # Two pages, to exercise paging.
         chosen, token = (names[:2], "page-2") if not page else (names[2:], "")

@@ -36,7 +36,7 @@ def test_sample_message_cancels_both_meetings(
         f"/salesforce/outbound/cancel?token={TOKEN}", data=body, headers=SOAP_HEADERS
     )
     assert response.status_code == 200
-    wait_for(lambda: all(sandbox.calls(event, "crm-cancel") for event in events))
+    wait_for(lambda: all(sandbox.calls(event, action="cancel") for event in events))
     for event in events:
         [record] = wait_for(
             lambda event=event: [
@@ -44,7 +44,7 @@ def test_sample_message_cancels_both_meetings(
             ]
         )
         assert record["sources"]
-        assert len(sandbox.calls(event, "crm-cancel")) == 1
+        assert len(sandbox.calls(event, action="cancel")) == 1
 
 
 def test_same_message_posted_three_times_concurrently_cancels_each_event_once(
@@ -60,10 +60,10 @@ def test_same_message_posted_three_times_concurrently_cancels_each_event_once(
     with ThreadPoolExecutor(3) as pool:
         assert list(pool.map(deliver, range(3))) == [200, 200, 200]
     events = [event for _, event in pairs]
-    wait_for(lambda: all(sandbox.calls(event, "crm-cancel") for event in events))
+    wait_for(lambda: all(sandbox.calls(event, action="cancel") for event in events))
     # Let every queued duplicate run (or be skipped) before counting calls.
     wait_for(lambda: _broker_drained(worker_redis), timeout=20)
-    calls = {event: len(sandbox.calls(event, "crm-cancel")) for event in events}
+    calls = {event: len(sandbox.calls(event, action="cancel")) for event in events}
     assert set(calls.values()) == {1}, calls
 
 
@@ -78,7 +78,7 @@ def test_hundred_notifications_with_ten_bad_ids_end_to_end(
         headers=SOAP_HEADERS,
     )
     assert response.status_code == 200
-    wait_for(lambda: all(sandbox.calls(event, "crm-noshow") for _, event in good))
+    wait_for(lambda: all(sandbox.calls(event, action="noshow") for _, event in good))
     wait_for(
         lambda: (
             {entry["notification_id"] for entry in worker_store.quarantine.list(1000)}
@@ -100,7 +100,7 @@ def test_redelivered_notification_is_not_queued_again(
         ).status_code
         == 200
     )
-    wait_for(lambda: sandbox.calls(event, "crm-get"))
+    wait_for(lambda: sandbox.calls(event, action="get"))
     assert (
         client.post(
             f"/salesforce/outbound/get?token={TOKEN}", data=body, headers=SOAP_HEADERS
@@ -108,7 +108,7 @@ def test_redelivered_notification_is_not_queued_again(
         == 200
     )
     wait_for(lambda: b"'skipped': 1" in celery_worker.log.read_bytes())
-    assert len(sandbox.calls(event, "crm-get")) == 1
+    assert len(sandbox.calls(event, action="get")) == 1
 
 
 def test_json_events_reach_chilipiper(live_app: Flask, sandbox: SandboxServer) -> None:
@@ -124,7 +124,9 @@ def test_json_events_reach_chilipiper(live_app: Flask, sandbox: SandboxServer) -
         },
     )
     assert response.status_code == 202
-    wait_for(lambda: sandbox.calls(cancel, "crm-cancel") and sandbox.calls(noshow, "crm-noshow"))
+    wait_for(
+        lambda: sandbox.calls(cancel, action="cancel") and sandbox.calls(noshow, action="noshow")
+    )
 
 
 def test_failed_call_is_retried_by_the_worker_until_it_succeeds(
@@ -138,8 +140,8 @@ def test_failed_call_is_retried_by_the_worker_until_it_succeeds(
         json={"action": "cancel", "crmEventId": event},
     )
     assert response.status_code == 202
-    wait_for(lambda: sandbox.calls(event, "crm-cancel"), timeout=60)
-    assert len(sandbox.calls(event, "crm-cancel")) == 1
+    wait_for(lambda: sandbox.calls(event, action="cancel"), timeout=60)
+    assert len(sandbox.calls(event, action="cancel")) == 1
 
 
 def _broker_drained(client: redis.Redis) -> bool:

@@ -79,4 +79,4 @@ def test_sample_message_cancels_both_meetings_through_scalekit(
         )
         assert record["result"]["execution_id"]  # Scalekit's execution, kept with the key
     executions = scalekit.state.executions[executions_before:]
-    assert sorted(e["tool_name"] for e in executions) == ["chilipipermcp_crm-cancel"] * 2
+    assert sorted(e["tool_name"] for e in executions) == ["chilipipermcp_crm_cancel_post"] * 2

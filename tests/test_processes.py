@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ORG_ID, SALESFORCE, TOKEN, SandboxServer, wait_for
+from tests.conftest import ORG_ID, SALESFORCE, TOKEN, SandboxServer, random_event_id, wait_for
 from worker.dev.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -127,14 +127,14 @@ def test_procfile_runs_web_and_worker_under_honcho(
         event = "00U5g00000MnOpQEAV"
         with sandbox.state.lock:
             sandbox.state.meetings[event] = "BOOKED"
-        already = len(sandbox.calls(event, "crm-noshow"))
+        already = len(sandbox.calls(event, action="noshow"))
         response = httpx.post(
             f"http://127.0.0.1:{port}/salesforce/outbound/noshow?token={TOKEN}",
             content=body,
             headers={"Content-Type": "text/xml"},
         )
         assert response.status_code == 200
-        wait_for(lambda: len(sandbox.calls(event, "crm-noshow")) > already, timeout=30)
+        wait_for(lambda: len(sandbox.calls(event, action="noshow")) > already, timeout=30)
     finally:
         stop_group(process)
         output.close()
@@ -190,8 +190,8 @@ def test_crmhook_dev_runs_the_printed_curl_to_a_sandbox_cancel(tmp_path: Path) -
             answer = _replay(command)
         assert "<Ack>true</Ack>" in answer
         wait_for(lambda: output.text.count("→ CANCELLED") >= 2, timeout=30)
-        assert "crm-cancel 00U5g00000MnOpQEAV: BOOKED → CANCELLED" in output.text
-        assert "crm-cancel 00U5g00000MnOpREAV: BOOKED → CANCELLED" in output.text
+        assert "crm-cancel-post 00U5g00000MnOpQEAV: BOOKED → CANCELLED" in output.text
+        assert "crm-cancel-post 00U5g00000MnOpREAV: BOOKED → CANCELLED" in output.text
     finally:
         status = stop_group(process)
         output.close()
@@ -258,3 +258,86 @@ def test_worker_refuses_to_start_with_a_bad_setting(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the worker learns ChiliPiper's tools at start-up ---------------------------------------
+
+DISCOVERY_DB = 6
+
+
+def worker_command() -> list[str]:
+    return ["celery", "--app", "worker", "worker", "--pool", "threads", "-c", "4", "-l", "INFO"]
+
+
+def discovery_environment(redis_server: RedisServer, sandbox_url: str) -> dict[str, str]:
+    return clean_environment(
+        REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/{DISCOVERY_DB}",
+        CHILIPIPER_TRANSPORT="sandbox",
+        CHILIPIPER_SANDBOX_URL=sandbox_url,
+        CHILIPIPER_TIMEOUT_SECONDS="2",
+    )
+
+
+def test_worker_refuses_to_start_when_chilipiper_lists_no_cancel_tool(
+    tmp_path: Path, redis_server: RedisServer, sandbox: SandboxServer
+) -> None:
+    sandbox.configure(tools="get-only")
+    result = subprocess.run(
+        worker_command(),
+        env=discovery_environment(redis_server, sandbox.url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "ChiliPiper offers no crm-cancel-post or crm-cancel" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_out_of_reach_of_chilipiper_starts_and_lists_the_tools_before_its_first_call(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """No crash loop while ChiliPiper is away: the worker starts, and learns the tools when
+    there is a call to make (here, only the v1 tools are offered by then)."""
+    from werkzeug.serving import make_server
+
+    from worker.dev.sandbox import Sandbox, create_sandbox_app
+
+    port = free_port()
+    env = discovery_environment(redis_server, f"http://127.0.0.1:{port}/mcp")
+    process = subprocess.Popen(
+        worker_command(),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = Output(process)
+    sandbox = Sandbox(tools="v1")
+    server = make_server("127.0.0.1", port, create_sandbox_app(sandbox), threaded=True)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    try:
+        wait_for(lambda: " ready." in output.text or process.poll() is not None, timeout=60)
+        assert process.poll() is None, output.text
+        assert "could not be listed at start-up" in output.text
+        serving.start()
+        event = random_event_id()
+        enqueued = subprocess.run(
+            ["crmhook", "enqueue", "cancel", event],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert enqueued.returncode == 0, enqueued.stderr
+        wait_for(lambda: sandbox.meetings.get(event) == "CANCELLED", timeout=30)
+        assert [call["tool"] for call in sandbox.calls] == ["crm-cancel"]
+    finally:
+        if serving.is_alive():
+            server.shutdown()
+        server.server_close()
+        stop_group(process)
+        output.close()

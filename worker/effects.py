@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.chilipiper import ToolResult
+from worker.domain.meetings import MeetingStatus
 from worker.domain.operations import Action, Operation, State
 from worker.errors import (
     DeferredError,
@@ -119,20 +120,25 @@ def _attempt(runtime: Runtime, operation: Operation, claim: Claim) -> Outcome:
 
 
 def _in_effect(runtime: Runtime, operation: Operation) -> ToolResult | None:
-    """`crm-get`'s answer if the meeting already is in the state `operation` wants, else None.
+    """`crm-get`'s answer if the meeting already is in the state `operation` wants; None if
+    it is still booked, so the call must be sent.
 
-    Raises PermanentError when ChiliPiper reports no status: calling again blind could email
-    a customer twice, so an operator decides.
+    Raises PermanentError for anything else (no status, an unknown one, another final one):
+    calling again blind could email a customer twice, so an operator decides, shown the
+    status as ChiliPiper wrote it.
     """
     current = runtime.gateway.call(Action.GET, operation.crm_event_id)
-    status = current.meeting_status
-    if status is None:
-        raise PermanentError(
-            f"in doubt: crm-get reported no meeting status for {operation.crm_event_id}; "
-            "check ChiliPiper before replaying",
-            tool=Action.GET.tool,
-        )
-    return current if status == operation.action.final_status else None
+    meeting, wanted = current.meeting, operation.action.final_status
+    if meeting.status is not None and meeting.status is wanted:
+        return current
+    if meeting.status is MeetingStatus.BOOKED:
+        return None
+    seen = f"status {meeting.status_as_sent!r}" if meeting.status_as_sent else "no meeting status"
+    raise PermanentError(
+        f"in doubt: crm-get reported {seen} for {operation.crm_event_id}, not {wanted}; "
+        "check ChiliPiper before replaying",
+        tool=Action.GET.tool,
+    )
 
 
 def _succeed(
@@ -144,14 +150,14 @@ def _succeed(
     if not runtime.store.claims.settle(operation, claim, State.SUCCEEDED, result=record):
         log.error("%s: succeeded, but the claim had been taken over", keys.operation(operation))
         return Outcome.LOST_CLAIM
-    log.info("%s %s: %s", operation.action.tool, operation.crm_event_id, outcome)
+    log.info("%s %s: %s", result.tool, operation.crm_event_id, outcome)
     return outcome
 
 
 def _settle_error(
     runtime: Runtime, operation: Operation, claim: Claim, state: State, error: str
 ) -> Outcome:
-    log.warning("%s %s: %s (%s)", operation.action.tool, operation.crm_event_id, state, error)
+    log.warning("%s: %s (%s)", keys.operation(operation), state, error)
     if not runtime.store.claims.settle(operation, claim, state, error=error):
         return Outcome.LOST_CLAIM
     return Outcome.FAILED

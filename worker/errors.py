@@ -17,7 +17,10 @@
         ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
         ├── PermanentError           will not succeed by retrying: 400/401/403/404...
         │   ├── CredentialsRefused   our credentials were refused (token, client secret)
+        │   │   └── MissingPermission  403: the token lacks a permission (named)
         │   ├── UnknownAccount       Scalekit has no connected account for the identifier
+        │   ├── UnknownTool          ChiliPiper knows no tool by that name (list them again)
+        │   ├── ToolsMissing         ChiliPiper lists no tool for an action: cannot work
         │   └── ToolError            the tool ran and said no ("already cancelled"...)
         │       └── NoMeetingError   no ChiliPiper meeting is linked to the CRM event
         ├── InDoubtError             an irreversible call may have happened without an answer
@@ -128,8 +131,31 @@ class CredentialsRefused(PermanentError):
     """ChiliPiper or Scalekit refused our credentials: fix the settings, retrying cannot."""
 
 
+class MissingPermission(CredentialsRefused):
+    """HTTP 403: the token works but lacks `permission` (when ChiliPiper named it)."""
+
+    def __init__(
+        self, message: str, *, tool: str = "", status: int | None = 403, permission: str = ""
+    ) -> None:
+        super().__init__(message, tool=tool, status=status)
+        self.permission = permission
+
+
 class UnknownAccount(PermanentError):
     """Scalekit knows no connected account for SCALEKIT_IDENTIFIER on this connection."""
+
+
+class UnknownTool(PermanentError):
+    """ChiliPiper knows no tool by that name: nothing ran. The names are listed again."""
+
+
+class ToolsMissing(PermanentError):
+    """ChiliPiper's listing has no tool for an action (`missing` says which): the worker
+    cannot do its work, and says so at start-up rather than dead-lettering every call."""
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class ToolError(PermanentError):

@@ -162,16 +162,16 @@ def report(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
     return emit
 
 
-def cancels_per_event(sandbox: SandboxServer, events: list[str], tool: str) -> dict[str, int]:
-    """Calls of `tool` that reached a meeting, per event."""
+def cancels_per_event(sandbox: SandboxServer, events: list[str], action: str) -> dict[str, int]:
+    """Calls of `action` that reached a meeting, per event."""
     counts = dict.fromkeys(events, 0)
-    for call in sandbox.calls(tool=tool):
+    for call in sandbox.calls(action=action):
         if call["crmEventId"] in counts:
             counts[call["crmEventId"]] += 1
     return counts
 
 
-def second_effects(sandbox: SandboxServer, tool: str) -> int:
-    """Calls of an irreversible tool on a meeting that was no longer BOOKED: each one would
+def second_effects(sandbox: SandboxServer, action: str) -> int:
+    """Calls of an irreversible action on a meeting that was no longer BOOKED: each one would
     have been a second effect (a second e-mail) had ChiliPiper not refused it."""
-    return sum(1 for call in sandbox.calls(tool=tool) if call["before"] != "BOOKED")
+    return sum(1 for call in sandbox.calls(action=action) if call["before"] != "BOOKED")

@@ -19,14 +19,14 @@ def test_thousand_events_delivered_three_times_concurrently(stack: Stack, report
     events = [random_event_id() for _ in range(1000)]
     statuses = stack.post_outbound("cancel", events, deliveries=3)
     assert set(statuses) == {200}
-    stack.wait_until(lambda: len(stack.sandbox.calls(tool="crm-cancel")) >= 1000)
+    stack.wait_until(lambda: len(stack.sandbox.calls(action="cancel")) >= 1000)
     stack.wait_until(stack.drained)
-    calls = cancels_per_event(stack.sandbox, events, "crm-cancel")
+    calls = cancels_per_event(stack.sandbox, events, "cancel")
     total = sum(calls.values())
     lost = sum(1 for n in calls.values() if n == 0)
     report(
         f"1000 events x 3 deliveries: {total} cancel calls, max {max(calls.values())} per "
-        f"event, {lost} lost, {second_effects(stack.sandbox, 'crm-cancel')} second cancels"
+        f"event, {lost} lost, {second_effects(stack.sandbox, 'cancel')} second cancels"
     )
     assert total == 1000
     assert lost == 0
@@ -50,11 +50,11 @@ def test_workers_killed_mid_call_cancel_each_meeting_once(stack: Stack, report: 
         timeout=180,
     )
     stack.wait_until(stack.drained, timeout=60)
-    calls = cancels_per_event(stack.sandbox, events, "crm-cancel")
+    calls = cancels_per_event(stack.sandbox, events, "cancel")
     records = [r for e in events for r in store.records.for_event(e)]
     reconciled = sum(1 for r in records if r.get("result", {}).get("reconciled"))
-    gets = len(stack.sandbox.calls(tool="crm-get"))
-    seconds = second_effects(stack.sandbox, "crm-cancel")
+    gets = len(stack.sandbox.calls(action="get"))
+    seconds = second_effects(stack.sandbox, "cancel")
     not_done = sum(1 for r in records if r["state"] != "succeeded")
     report(
         f"300 slow cancels, {kills} SIGKILLs: {sum(calls.values())} cancel calls, "
@@ -78,7 +78,7 @@ def test_bad_minutes_of_503_and_429_end_with_every_event_once(stack: Stack, repo
         timeout=180,
     )
     stack.wait_until(stack.drained, timeout=60)
-    calls = cancels_per_event(stack.sandbox, events, "crm-noshow")
+    calls = cancels_per_event(stack.sandbox, events, "noshow")
     served = dict(stack.sandbox.state.faults_served)
     report(
         f"200 no-shows with 30% 503 / 10% 429: faults served {served}, "
@@ -88,7 +88,7 @@ def test_bad_minutes_of_503_and_429_end_with_every_event_once(stack: Stack, repo
     assert served.get(503, 0) > 0
     assert served.get(429, 0) > 0
     assert set(calls.values()) == {1}
-    assert second_effects(stack.sandbox, "crm-noshow") == 0
+    assert second_effects(stack.sandbox, "noshow") == 0
 
 
 def test_no_meeting_linked_is_one_call_and_a_dead_letter(stack: Stack, report: Report) -> None:
@@ -116,8 +116,8 @@ def test_redis_restart_with_500_tasks_queued_loses_nothing(stack: Stack, report:
     events = [random_event_id() for _ in range(500)]
     assert set(stack.post_outbound("cancel", events)) == {200}  # queued before any worker
     stack.start_worker(concurrency=8)
-    stack.wait_until(lambda: len(stack.sandbox.calls(tool="crm-cancel")) >= 30)
-    done_before = len(stack.sandbox.calls(tool="crm-cancel"))
+    stack.wait_until(lambda: len(stack.sandbox.calls(action="cancel")) >= 30)
+    done_before = len(stack.sandbox.calls(action="cancel"))
     stack.redis_server.stop()  # SIGTERM: Redis writes its append-only file and exits
     time.sleep(2)
     stack.redis_server.start()
@@ -127,11 +127,11 @@ def test_redis_restart_with_500_tasks_queued_loses_nothing(stack: Stack, report:
     )
     stack.sandbox.set_faults()
     stack.wait_until(stack.drained, timeout=60)
-    calls = cancels_per_event(stack.sandbox, events, "crm-cancel")
+    calls = cancels_per_event(stack.sandbox, events, "cancel")
     lost = sum(1 for n in calls.values() if n == 0)
     report(
         f"500 queued cancels, Redis restarted after {done_before}: {sum(calls.values())} "
-        f"cancel calls, {lost} lost, {second_effects(stack.sandbox, 'crm-cancel')} second "
+        f"cancel calls, {lost} lost, {second_effects(stack.sandbox, 'cancel')} second "
         "cancels"
     )
     assert lost == 0
@@ -149,13 +149,13 @@ def test_long_retry_after_waits_in_redis_not_in_the_broker(stack: Stack, report:
     client = stack.redis()
     parked = stack.wait_until(lambda: client.zcard("crmhook:scheduled"), timeout=30)
     started = time.monotonic()
-    stack.wait_until(lambda: stack.sandbox.calls(event, "crm-cancel"), timeout=60)
+    stack.wait_until(lambda: stack.sandbox.calls(event, action="cancel"), timeout=60)
     waited = time.monotonic() - started
     stack.wait_until(stack.drained, timeout=30)
     report(
         f"Retry-After 8 s: {parked} retry parked in Redis, ran {waited:.1f} s later, "
-        f"{len(stack.sandbox.calls(event, 'crm-cancel'))} cancel call"
+        f"{len(stack.sandbox.calls(event, action='cancel'))} cancel call"
     )
-    assert len(stack.sandbox.calls(event, "crm-cancel")) == 1
+    assert len(stack.sandbox.calls(event, action="cancel")) == 1
     assert waited >= 5
     client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -37,15 +38,23 @@ def cancel() -> Operation:
     return Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
 
 
+def interrupted(runtime: Runtime, operation: Operation) -> None:
+    """A worker claimed `operation` and died mid-call: its lease has run out."""
+    runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)
+    time.sleep(0.01)
+
+
 def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxServer) -> None:
     operation = cancel()
     assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
     assert perform(runtime, operation, owner="t2") is Outcome.ALREADY_DONE
-    assert len(sandbox.calls(operation.crm_event_id, "crm-cancel")) == 1
+    assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1
     record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
     assert record["state"] == "succeeded"
-    assert record["result"]["data"]["status"] == "CANCELLED"
+    assert record["result"]["tool"] == "crm-cancel-post"
+    assert record["result"]["meeting"]["status"] == "CANCELLED"
+    assert record["result"]["meeting"]["status_as_sent"] == "Canceled"
 
 
 def test_get_result_is_kept_with_the_key(runtime: Runtime) -> None:
@@ -53,7 +62,10 @@ def test_get_result_is_kept_with_the_key(runtime: Runtime) -> None:
     assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
     record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
-    assert record["result"]["data"] == {"crmEventId": operation.crm_event_id, "status": "BOOKED"}
+    meeting = record["result"]["meeting"]
+    assert (meeting["status"], meeting["status_as_sent"]) == ("BOOKED", "Active")
+    assert {"meeting_id", "start", "end", "booked_at"} <= set(meeting)
+    assert "@" not in json.dumps(record)  # the attendees' addresses are not kept
 
 
 def test_a_live_claim_elsewhere_means_busy_and_no_call(
@@ -87,7 +99,10 @@ def test_interrupted_cancel_that_did_not_take_effect_is_sent(
     runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)
     time.sleep(0.01)
     assert perform(runtime, operation, owner="t2") is Outcome.SUCCEEDED
-    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get", "crm-cancel"]
+    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == [
+        "crm-get",
+        "crm-cancel-post",
+    ]
 
 
 def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
@@ -105,7 +120,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
     sandbox.set_faults()
     time.sleep(0.7)  # the slow cancel lands on the server after all
     assert perform(runtime, operation, owner="t1") is Outcome.RECONCILED
-    assert len(sandbox.calls(operation.crm_event_id, "crm-cancel")) == 1
+    assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1
 
 
 def test_permanent_error_fails_at_once(runtime: Runtime, sandbox: SandboxServer) -> None:
@@ -160,7 +175,10 @@ def test_already_cancelled_is_success_after_crm_get_confirms(
     with sandbox.state.lock:
         sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"  # cancelled in ChiliPiper
     assert perform(runtime, operation, owner="t1") is Outcome.RECONCILED
-    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-cancel", "crm-get"]
+    assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == [
+        "crm-cancel-post",
+        "crm-get",
+    ]
 
 
 def test_noshow_of_a_cancelled_meeting_fails_after_the_check(
@@ -172,7 +190,38 @@ def test_noshow_of_a_cancelled_meeting_fails_after_the_check(
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
     record = runtime.store.records.read(keys.operation(operation))
     assert record is not None
-    assert "already CANCELLED" in record["last_error"]
+    assert "already Canceled" in record["last_error"]
+
+
+@pytest.mark.parametrize("spelling", ["edge", "upper"])
+def test_an_interrupted_cancel_reconciles_through_meeting_status(
+    runtime: Runtime, sandbox: SandboxServer, spelling: str
+) -> None:
+    """The in-doubt check reads ChiliPiper's `meetingStatus`, in either spelling: a cancel
+    that took effect before its worker died is recorded, not sent again."""
+    sandbox.configure(status_spelling=spelling)
+    operation = cancel()
+    interrupted(runtime, operation)
+    sandbox.state.seed({operation.crm_event_id: "CANCELLED"})  # the lost call had taken effect
+    assert perform(runtime, operation, owner="t2") is Outcome.RECONCILED
+    assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["get"]
+    record = runtime.store.records.read(keys.operation(operation))
+    assert record is not None
+    assert record["result"]["meeting"]["status"] == "CANCELLED"
+    assert record["result"]["reconciled"] is True
+
+
+def test_a_status_that_is_neither_booked_nor_wanted_is_left_to_an_operator(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    operation = cancel()
+    interrupted(runtime, operation)
+    sandbox.state.seed({operation.crm_event_id: "COMPLETED"})
+    assert perform(runtime, operation, owner="t2") is Outcome.FAILED
+    assert sandbox.calls(operation.crm_event_id, action="cancel") == []
+    record = runtime.store.records.read(keys.operation(operation))
+    assert record is not None
+    assert "crm-get reported status 'Completed'" in record["last_error"]
 
 
 def test_redelivery_of_a_failed_notification_stays_failed_but_a_new_one_tries_again(

@@ -77,9 +77,9 @@ def test_replayed_dead_letter_after_the_fix_is_called_exactly_once(
     assert replayed.exit_code == 0, replayed.output
     assert "1 queued" in replayed.output
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
-    calls = [(call["tool"], call["ok"]) for call in sandbox.calls(event)]
+    calls = [(call["action"], call["ok"]) for call in sandbox.calls(event)]
     # The dead letter; then the replay: reopened in doubt, it reads the meeting first.
-    assert calls == [("crm-cancel", False), ("crm-get", True), ("crm-cancel", True)]
+    assert calls == [("cancel", False), ("get", True), ("cancel", True)]
     assert key not in [dead for dead, _ in worker_store.dead_letters.since()]
     trail = worker_store.records.read(key)["audit"]  # type: ignore[index]
     assert [(e["what"], e["outcome"]) for e in trail] == [
@@ -104,7 +104,7 @@ def test_replay_of_a_dead_cancel_that_had_taken_effect_sends_no_second_cancel(
         sandbox.state.meetings[event] = "CANCELLED"
     assert runner.invoke(main, ["replay", keys.operation(operation)]).exit_code == 0
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
-    assert [call["tool"] for call in sandbox.calls(event)] == ["crm-get"]
+    assert [call["action"] for call in sandbox.calls(event)] == ["get"]
     record = worker_store.records.read(keys.operation(operation))
     assert record is not None
     assert record["result"]["reconciled"] is True
@@ -123,11 +123,11 @@ def test_replaying_a_succeeded_cancel_sends_nothing_unless_forced(
     dry = runner.invoke(main, ["replay", event, "--force", "--dry-run", "--json"])
     assert json.loads(dry.output)[0]["outcome"] == "would_queue"
     assert state_of(worker_store, event) == State.SUCCEEDED
-    assert len(sandbox.calls(event, "crm-cancel")) == 1
+    assert len(sandbox.calls(event, action="cancel")) == 1
 
     forced = runner.invoke(main, ["replay", event, "--force"])
     assert "forced" in forced.output
-    wait_for(lambda: len(sandbox.calls(event, "crm-cancel")) == 2)
+    wait_for(lambda: len(sandbox.calls(event, action="cancel")) == 2)
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
     shown = runner.invoke(main, ["status", event], terminal_width=250)
     assert "forced-replay: queued" in shown.output
@@ -148,7 +148,7 @@ def test_dry_run_of_the_failed_changes_nothing(
     assert "would queue" in dry.output
     assert "dry run" in dry.output
     assert state_of(worker_store, event) == State.FAILED
-    assert len(sandbox.calls(event, "crm-cancel")) == 1
+    assert len(sandbox.calls(event, action="cancel")) == 1
     record = worker_store.records.read(keys.operation(Operation(Action.CANCEL, event, "")))
     assert record is not None
     assert [e["what"] for e in record["audit"]] == ["enqueue"]  # no replay audited
@@ -197,7 +197,7 @@ def test_quarantine_replay_after_fixing_the_event_id_field_queues_and_performs(
     assert done["outcome"] == "queued"
     assert done["detail"] == f"crm-cancel {event}"
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
-    assert len(sandbox.calls(event, "crm-cancel")) == 1
+    assert len(sandbox.calls(event, action="cancel")) == 1
     assert all(e["notification_id"] != note for e in worker_store.quarantine.list(1000))
     again = runner.invoke(main, ["replay", "--quarantined", "--json"])
     assert all(r["target"] != note for r in json.loads(again.output))
@@ -223,7 +223,7 @@ def test_bulk_replay_of_500_dead_letters_shows_progress_and_a_summary(
         lambda: all(state_of(worker_store, e, Action.NOSHOW) == State.SUCCEEDED for e in events),
         timeout=60,
     )
-    noshows = [c for c in sandbox.calls(tool="crm-noshow") if c["crmEventId"] in set(events)]
+    noshows = [c for c in sandbox.calls(action="noshow") if c["crmEventId"] in set(events)]
     print(f"\n[replay] 500 dead letters replayed: {len(noshows)} no-show calls")
     assert len(noshows) == 500
 

@@ -17,10 +17,11 @@ from worker.chilipiper.mcp import McpGateway
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
 from worker.chilipiper.scalekit import TOKEN_PATH, ClientCredentials, ScalekitGateway
+from worker.chilipiper.tools import ToolNames
 from worker.domain.operations import Action
 from worker.settings import Settings
 
-__all__ = ["Gateway", "ToolResult", "build_gateway", "http_client"]
+__all__ = ["Gateway", "ToolNames", "ToolResult", "build_gateway", "http_client"]
 
 MAX_CONNECTIONS = 64
 
@@ -28,6 +29,7 @@ MAX_CONNECTIONS = 64
 class Gateway(Protocol):
     def call(self, action: Action, crm_event_id: str) -> ToolResult: ...
     def list_tools(self) -> list[str]: ...
+    def discover(self) -> ToolNames: ...
 
 
 def http_client(settings: Settings) -> httpx.Client:

@@ -87,6 +87,14 @@ return state
 )
 
 
+# KEYS: breaker. A trial permit back, if the circuit is still half-open.
+_RETURN = """
+if redis.call('HGET', KEYS[1], 'state') == 'half-open' then
+  redis.call('HINCRBY', KEYS[1], 'permits', 1)
+end
+"""
+
+
 @dataclass(frozen=True)
 class BreakerSettings:
     failure_rate: float = 0.5
@@ -111,6 +119,7 @@ class CircuitBreaker:
         self._redis = client
         self._admit = client.register_script(_ADMIT)
         self._record = client.register_script(_RECORD)
+        self._return = client.register_script(_RETURN)
 
     def admit(self) -> Admission:
         allowed, wait_ms, reason = self._admit(
@@ -118,6 +127,11 @@ class CircuitBreaker:
             args=[self.settings.trial_calls, int(self.settings.trial_seconds * 1000)],
         )
         return Admission(bool(allowed), int(wait_ms) / 1000, text(reason))
+
+    def return_trial(self) -> None:
+        """Give back a trial permit taken by a call that then did not go (held back by the
+        rate), so the trial is not lost until `trial_seconds` pass."""
+        self._return(keys=[keys.GATE_BREAKER])
 
     def record(self, *, failed: bool) -> str:
         """Count one call's outcome; returns the state after it (`opened` when this outcome

@@ -1,17 +1,23 @@
-"""One call to ChiliPiper, whatever the transport: the shared gate before each try, the
-in-call retry policy around them, and the gate told how each try went."""
+"""One call to ChiliPiper, whatever the transport: the tool that performs the action, the
+shared gate before each try, the in-call retry policy around them, and the gate told how each
+try went."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tenacity import Retrying
 
 from worker.chilipiper.result import ToolResult
+from worker.chilipiper.tools import ToolCatalog
 from worker.domain.operations import Action
-from worker.errors import InDoubtError, RetryableError
+from worker.errors import InDoubtError, PermanentError, RetryableError, UnknownTool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,8 @@ class Target:
     irreversible: bool
 
     @classmethod
-    def of(cls, action: Action) -> Target:
-        return cls(action.tool, action.irreversible)
+    def of(cls, action: Action, tool: str) -> Target:
+        return cls(tool, action.irreversible)
 
 
 PROTOCOL = Target("", irreversible=False)
@@ -37,11 +43,11 @@ class GateLike(Protocol):
     def failed(self, error: RetryableError | InDoubtError) -> None: ...
 
 
-def call_through(gate: GateLike, retrying: Retrying, send: Callable[[], ToolResult]) -> ToolResult:
+def call_through(gate: GateLike, retrying: Retrying, send: Callable[[], T]) -> T:
     """`send()` under the shared limits, retried by `retrying` (transient failures only).
 
-    A permanent error (the tool said no) is ChiliPiper working as it should: it neither
-    trips nor resets the circuit.
+    A permanent error (the tool said no, no meeting, a missing permission) is ChiliPiper
+    answering as it should: for the limits it counts as an answer like any success.
     """
     for attempt in retrying:
         with attempt:
@@ -51,6 +57,25 @@ def call_through(gate: GateLike, retrying: Retrying, send: Callable[[], ToolResu
             except (RetryableError, InDoubtError) as error:
                 gate.failed(error)
                 raise
+            except PermanentError:
+                gate.succeeded()
+                raise
             gate.succeeded()
             return result
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def call_tool(
+    catalog: ToolCatalog, action: Action, send: Callable[[Target], ToolResult]
+) -> ToolResult:
+    """`send` to the tool that performs `action` now. A tool ChiliPiper no longer knows ran
+    nothing, so after listing the tools again the call goes once more, to the new name."""
+    tools = catalog.names()
+    try:
+        return send(Target.of(action, tools[action]))
+    except UnknownTool:
+        fresh = catalog.refresh(tools)
+        if fresh[action] == tools[action]:
+            raise
+        log.warning("ChiliPiper renamed its tools: %s replaces %s", fresh[action], tools[action])
+        return send(Target.of(action, fresh[action]))

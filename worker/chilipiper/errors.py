@@ -10,9 +10,12 @@ which matters only for the irreversible tools.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
@@ -20,14 +23,17 @@ from worker.errors import (
     CredentialsRefused,
     GatewayError,
     InDoubtError,
+    MissingPermission,
     NoMeetingError,
     PermanentError,
     RetryableError,
     ToolError,
+    UnknownTool,
 )
 
 # The request was refused before anything happened: retrying is safe for every tool.
-NOT_PROCESSED = frozenset({408, 425, 429, 503})
+# (423: ChiliPiper's "locked while someone edits it".)
+NOT_PROCESSED = frozenset({408, 423, 425, 429, 503})
 # A proxy or server failed somewhere between us and the tool: maybe after it acted.
 MAYBE_PROCESSED = frozenset({500, 502, 504})
 
@@ -50,9 +56,36 @@ def error_for_status(
         if irreversible:
             return InDoubtError(message, tool=tool, status=status)
         return RetryableError(message, tool=tool, status=status, retry_after=retry_after)
-    if status in (401, 403):
+    if status == 403:
+        return missing_permission(tool, detail, irreversible=irreversible)
+    if status == 401:
         return CredentialsRefused(message, tool=tool, status=status)
     return PermanentError(message, tool=tool, status=status)
+
+
+# The permission ChiliPiper's irreversible CRM tools need (its Edge API: `meeting.modify`).
+MODIFY_PERMISSION = "meeting.modify"
+# "Missing permission: meeting.modify", "required permissions [meeting.modify]"...
+_PERMISSION = re.compile(r"permissions?\W{1,20}?([a-z]+\.[a-z]+)\b", re.IGNORECASE)
+
+
+def missing_permission(
+    tool: str, detail: str, *, irreversible: bool, permission: str = ""
+) -> MissingPermission:
+    """A 403: the token is valid but may not do this. ChiliPiper names the missing
+    permission; the dead letter repeats it, so the fix is one click in Command Center."""
+    found = _PERMISSION.search(detail)
+    named = permission or (found.group(1) if found else "")
+    if not named and irreversible:
+        named = MODIFY_PERMISSION
+    needs = f"the token lacks the permission {named}" if named else "the token may not do this"
+    return MissingPermission(
+        f"{tool or 'MCP request'}: HTTP 403: {needs}"
+        + (f" ({detail})" if detail else "")
+        + ": grant it to the API token in ChiliPiper's Command Center (Credentials)",
+        tool=tool,
+        permission=named,
+    )
 
 
 def error_for_exception(exc: httpx.HTTPError, *, tool: str, irreversible: bool) -> GatewayError:
@@ -68,11 +101,16 @@ def error_for_exception(exc: httpx.HTTPError, *, tool: str, irreversible: bool) 
     return PermanentError(message, tool=tool)
 
 
+UNKNOWN_TOOL = re.compile(r"unknown tool|tool .*not found|no such tool", re.IGNORECASE)
+
+
 def error_for_rpc(error: object, *, tool: str, irreversible: bool) -> GatewayError:
     """A JSON-RPC `error` member. Internal errors may follow the tool's effect."""
     code = error.get("code") if isinstance(error, dict) else None
     text = error.get("message", "") if isinstance(error, dict) else str(error)
     message = f"{tool or 'MCP request'}: JSON-RPC error {code}: {text}"
+    if code == -32602 and UNKNOWN_TOOL.search(str(text)):
+        return UnknownTool(message, tool=tool)
     if code in PERMANENT_RPC_CODES or not isinstance(code, int):
         return PermanentError(message, tool=tool)
     if irreversible:
@@ -83,13 +121,114 @@ def error_for_rpc(error: object, *, tool: str, irreversible: bool) -> GatewayErr
 NO_MEETING = re.compile(r"no (?:\w+ )?meeting|meeting not found|not linked", re.IGNORECASE)
 
 
-def tool_failure(tool: str, text: str) -> ToolError:
-    """A tool result with `isError: true`: the tool ran and said no. "No meeting linked" is
-    told apart, since it needs no further check (there is nothing to cancel)."""
-    message = f"{tool}: {text or 'tool reported an error'}"
-    if NO_MEETING.search(text):
-        return NoMeetingError(message, tool=tool)
-    return ToolError(message, tool=tool)
+@dataclass(frozen=True)
+class EdgeAnswer:
+    """ChiliPiper's error answer as far as it can be read from a failed tool's text.
+
+    The Edge API answers errors as `{"errorCode", "errorMessage", "arguments"}` (a request it
+    cannot decode, as plain text such as `Invalid value for: path parameter …`); the MCP
+    server and Scalekit pass them on as the tool's text, often behind the HTTP status
+    (`404 Not Found: {...}`, `HTTP 403: ...`). Whatever cannot be read stays empty."""
+
+    status: int | None = None
+    code: str = ""
+    message: str = ""
+    arguments: dict[str, str] | None = None
+
+    @classmethod
+    def read(cls, text: str, structured: dict[str, Any] | None = None) -> EdgeAnswer:
+        body = structured if isinstance(structured, dict) else {}
+        if not body.get("errorCode"):
+            body = _json_in(text) or body
+        status = _status_in(body) or _status_in_text(text)
+        code = str(body.get("errorCode") or "")
+        message = str(body.get("errorMessage") or body.get("message") or "")
+        if not message:
+            message = _STATUS_PREFIX.sub("", text).strip()
+        arguments = body.get("arguments")
+        return cls(
+            status=status,
+            code=code,
+            message=message,
+            arguments={str(k): str(v) for k, v in arguments.items()}
+            if isinstance(arguments, dict)
+            else None,
+        )
+
+    def describe(self) -> str:
+        said = f"{self.code}: {self.message}" if self.code else self.message
+        return f"HTTP {self.status}: {said}" if self.status else said
+
+
+_STATUS_PREFIX = re.compile(r"^\s*(?:HTTP\s*)?([1-5]\d\d)\b[^:{]*:?", re.IGNORECASE)
+
+
+def _status_in(body: dict[str, Any]) -> int | None:
+    for name in ("status", "statusCode", "httpStatus"):
+        value = body.get(name)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+        if isinstance(value, str) and value.isdigit() and 100 <= int(value) <= 599:
+            return int(value)
+    return None
+
+
+def _status_in_text(text: str) -> int | None:
+    match = _STATUS_PREFIX.match(text)
+    return int(match.group(1)) if match else None
+
+
+def _json_in(text: str) -> dict[str, Any] | None:
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        value = json.loads(text[start:])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def tool_failure(
+    tool: str,
+    text: str,
+    *,
+    irreversible: bool = False,
+    structured: dict[str, Any] | None = None,
+) -> GatewayError:
+    """A tool that answered with an error (MCP `isError: true`, Scalekit's TOOL_ERROR), by
+    ChiliPiper's status when it can be read:
+
+    - 404, or words saying no meeting is linked: `NoMeetingError` (nothing to do, ever);
+    - 409, 422, or no status at all: `ToolError`, the tool said no given the meeting's state
+      ("already cancelled"): an irreversible action checks `crm-get` before giving up;
+    - 400: ChiliPiper could not read the request: permanent;
+    - 403: the missing permission, named; 401: our credentials;
+    - 423, 429, 5xx: as the same status on the wire (retry, or in doubt);
+    - an unknown tool: `UnknownTool`, so the names are listed again.
+    """
+    answer = EdgeAnswer.read(text, structured)
+    said = answer.describe() or "tool reported an error"
+    message = f"{tool}: {said}"
+    status = answer.status
+    if status is None and UNKNOWN_TOOL.search(text):
+        return UnknownTool(message, tool=tool)
+    if status == 404 or (status is None and NO_MEETING.search(text)):
+        return NoMeetingError(message, tool=tool, status=status)
+    if status is None or status in (409, 422):
+        return ToolError(message, tool=tool, status=status)
+    if status == 400:
+        return PermanentError(
+            f"{message} (ChiliPiper could not read the request)", tool=tool, status=400
+        )
+    if status == 403:
+        permission = (answer.arguments or {}).get("permission", "")
+        return missing_permission(
+            tool, answer.message, irreversible=irreversible, permission=permission
+        )
+    return error_for_status(
+        status, tool=tool, irreversible=irreversible, detail=answer.message or answer.code
+    )
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -70,6 +70,8 @@ class Gate:
             )
         slot = self.limiter.reserve(self._settings.max_block_seconds)
         if not slot.granted:
+            if admission.reason == "trial":
+                self.breaker.return_trial()
             raise DeferredError("ChiliPiper calls held back: rate limit", retry_after=slot.wait)
         if slot.wait > 0:
             time.sleep(slot.wait)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through
+from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through, call_tool
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_rpc,
@@ -30,6 +30,7 @@ from worker.chilipiper.errors import (
 from worker.chilipiper.gate import OpenGate
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
+from worker.chilipiper.tools import ToolCatalog, ToolNames
 from worker.domain.operations import Action
 from worker.errors import PermanentError
 
@@ -68,18 +69,28 @@ class McpGateway:
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._ids = itertools.count(1)
+        self.catalog = ToolCatalog(
+            lambda: call_through(self._gate, self._retrying(), self.list_tools)
+        )
 
     def call(self, action: Action, crm_event_id: str) -> ToolResult:
         """Run `action`'s tool for one event; raises a GatewayError subclass when it does not
         succeed."""
-        target = Target.of(action)
-        params = {"name": target.tool, "arguments": {"crmEventId": crm_event_id}}
 
-        def send() -> ToolResult:
-            result = self._request("tools/call", params, target=target)
-            return self._tool_result(target.tool, crm_event_id, result)
+        def send(target: Target) -> ToolResult:
+            params = {"name": target.tool, "arguments": {"crmEventId": crm_event_id}}
 
-        return call_through(self._gate, self._retrying(), send)
+            def once() -> ToolResult:
+                result = self._request("tools/call", params, target=target)
+                return self._tool_result(target, crm_event_id, result)
+
+            return call_through(self._gate, self._retrying(), once)
+
+        return call_tool(self.catalog, action, send)
+
+    def discover(self) -> ToolNames:
+        """The tools in use (listed now unless already known)."""
+        return self.catalog.names()
 
     def list_tools(self) -> list[str]:
         """Names of every tool the server offers (following `nextCursor` pages)."""
@@ -196,10 +207,16 @@ class McpGateway:
         return result
 
     @staticmethod
-    def _tool_result(tool: str, crm_event_id: str, result: dict[str, Any]) -> ToolResult:
-        parsed = ToolResult.from_mcp(tool, crm_event_id, result)
+    def _tool_result(target: Target, crm_event_id: str, result: dict[str, Any]) -> ToolResult:
+        parsed = ToolResult.from_mcp(target.tool, crm_event_id, result)
         if parsed.is_error:
-            raise tool_failure(tool, parsed.text)
+            structured = result.get("structuredContent")
+            raise tool_failure(
+                target.tool,
+                parsed.text,
+                irreversible=target.irreversible,
+                structured=structured if isinstance(structured, dict) else None,
+            )
         return parsed
 
 

@@ -1,10 +1,12 @@
-"""What a ChiliPiper tool answered, in a form that can be stored with the operation's key."""
+"""What a ChiliPiper tool answered, and the part of it that is stored with the operation."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from worker.domain.meetings import Meeting
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,21 @@ class ToolResult:
         return replace(parsed, execution_id=str(execution_id) if execution_id else None)
 
     @property
-    def meeting_status(self) -> str | None:
-        """The meeting status a `crm-get` reported (`BOOKED`, `CANCELLED`, `NO_SHOW`...)."""
-        for holder in (self.data, self.data.get("meeting")):
-            if isinstance(holder, dict) and isinstance(holder.get("status"), str):
-                return str(holder["status"]).upper().replace("-", "_").replace(" ", "_")
-        return None
+    def meeting(self) -> Meeting:
+        """The meeting the answer describes (`crm-get`'s record, or the updated record the
+        POST tools answer), in any of ChiliPiper's spellings."""
+        return Meeting.from_record(self.data)
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        """What is kept with the operation: which tool answered, and the meeting's ID, status
+        and times. Not the rest of the record: it names the attendees and their addresses."""
+        record: dict[str, Any] = {"tool": self.tool, "crm_event_id": self.crm_event_id}
+        if self.execution_id:
+            record["execution_id"] = self.execution_id
+        meeting = self.meeting.to_record()
+        if meeting:
+            record["meeting"] = meeting
+        return record
 
 
 def _unwrap(structured: object) -> dict[str, Any]:

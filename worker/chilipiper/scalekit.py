@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through
+from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through, call_tool
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_status,
@@ -27,12 +27,14 @@ from worker.chilipiper.errors import (
 from worker.chilipiper.gate import OpenGate
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
+from worker.chilipiper.tools import ToolCatalog, ToolNames
 from worker.domain.operations import Action
 from worker.errors import (
     CredentialsRefused,
     GatewayError,
     RetryableError,
     UnknownAccount,
+    UnknownTool,
 )
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 (a URL path, not a password)
@@ -120,32 +122,47 @@ class ScalekitGateway:
         self._client = client
         self._retrying = retrying
         self._gate = gate or OpenGate()
+        self.catalog = ToolCatalog(
+            lambda: call_through(self._gate, self._retrying(), self.list_tools), tool_prefix
+        )
 
     def call(self, action: Action, crm_event_id: str) -> ToolResult:
-        target = Target.of(action)
-        tool = target.tool
-        body = {
-            "tool_name": f"{self.tool_prefix}_{tool}",
-            "connector": self.connection_name,
-            "identifier": self.identifier,
-            "params": {"crmEventId": crm_event_id},
-        }
+        """Run `action`'s tool, under the name Scalekit lists it by, for one event."""
 
-        def send() -> ToolResult:
-            response = self._send("POST", EXECUTE_PATH, target=target, json=body)
-            payload = _json(response)
-            if payload is None:  # a 200 we cannot read: the tool may have run
-                raise error_for_exception(
-                    httpx.RemoteProtocolError("unreadable execute_tool answer"),
-                    tool=tool,
+        def send(target: Target) -> ToolResult:
+            body = {
+                "tool_name": target.tool,
+                "connector": self.connection_name,
+                "identifier": self.identifier,
+                "params": {"crmEventId": crm_event_id},
+            }
+
+            def once() -> ToolResult:
+                response = self._send("POST", EXECUTE_PATH, target=target, json=body)
+                payload = _json(response)
+                if payload is None:  # a 200 we cannot read: the tool may have run
+                    raise error_for_exception(
+                        httpx.RemoteProtocolError("unreadable execute_tool answer"),
+                        tool=target.tool,
+                        irreversible=target.irreversible,
+                    )
+                return ToolResult.from_scalekit(target.tool, crm_event_id, payload)
+
+            result = call_through(self._gate, self._retrying(), once)
+            if result.is_error:
+                raise tool_failure(
+                    target.tool,
+                    result.text,
                     irreversible=target.irreversible,
+                    structured=result.data,
                 )
-            return ToolResult.from_scalekit(tool, crm_event_id, payload)
+            return result
 
-        result = call_through(self._gate, self._retrying(), send)
-        if result.is_error:
-            raise tool_failure(tool, result.text)
-        return result
+        return call_tool(self.catalog, action, send)
+
+    def discover(self) -> ToolNames:
+        """The tools in use (listed now unless already known)."""
+        return self.catalog.names()
 
     def list_tools(self) -> list[str]:
         """Names of the tools this connection and identifier may call (every page)."""
@@ -200,19 +217,29 @@ class ScalekitGateway:
 
 
 def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> GatewayError:
-    """A non-200 from Scalekit. A tool that ran and refused (`TOOL_ERROR`, or a 404 saying no
-    meeting is linked) is the tool's answer, whatever the status; a 404 for the connected
-    account means the identifier is unknown; the rest by status. Scalekit's words are read
-    here, once, where its answer becomes one of our errors."""
+    """A non-200 from Scalekit. Its error body is `{"code", "message", "details": [{"error_code",
+    "tool_error_info": {"tool_error_code", "tool_error_message"}}]}`. A tool that ran and
+    failed upstream (`TOOL_ERROR`, or a 404 saying no meeting is linked) is ChiliPiper's
+    answer, read as such; a 404 for the tool or the connected account is ours to fix; the
+    rest by status. Scalekit's words are read here, once."""
     body = _json(response) or {}
     message = str(body.get("message") or body.get("error") or response.text[:300]).strip()
-    code = str(body.get("error_code") or body.get("code") or "")
-    if code.upper() == "TOOL_ERROR" or (
-        response.status_code == 404 and "meeting" in message.lower()
-    ):
-        return tool_failure(tool, message)
-    if response.status_code == 404 and "connected account" in message.lower():
+    info = _error_info(body)
+    code = str(info.get("error_code") or body.get("error_code") or body.get("code") or "")
+    tool_info = info.get("tool_error_info")
+    if not isinstance(tool_info, dict):
+        tool_info = {}
+    lowered = message.lower()
+    if code.upper() == "TOOL_ERROR" or (response.status_code == 404 and "meeting" in lowered):
+        said = str(tool_info.get("tool_error_message") or message)
+        status = str(tool_info.get("tool_error_code") or "")
+        return tool_failure(
+            tool, f"{status} {said}" if status.isdigit() else said, irreversible=irreversible
+        )
+    if response.status_code == 404 and "connected account" in lowered:
         return UnknownAccount(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
+    if response.status_code == 404 and "tool" in lowered:
+        return UnknownTool(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
     return error_for_status(
         response.status_code,
         tool=tool or "Scalekit",
@@ -220,6 +247,14 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         detail=message,
         retry_after=retry_after_seconds(response.headers.get("retry-after")),
     )
+
+
+def _error_info(body: dict[str, Any]) -> dict[str, Any]:
+    """The first ErrorInfo in Scalekit's `details`, or an empty one."""
+    for detail in body.get("details") or []:
+        if isinstance(detail, dict) and ("error_code" in detail or "tool_error_info" in detail):
+            return detail
+    return {}
 
 
 def _json(response: httpx.Response) -> dict[str, Any] | None:

@@ -1,23 +1,26 @@
 """`crmhook check`: can this configuration reach ChiliPiper and call the three tools?
 
-Authenticates with the configured transport, lists the tools the account may call, confirms
-`crm-get`, `crm-noshow` and `crm-cancel` are among them, and optionally reads one event. Each
+Authenticates with the configured transport, lists the tools the account may call, names the
+ones the worker will use (`crm-get`, and `crm-cancel-post` / `crm-noshow-post` when offered,
+else `crm-cancel` / `crm-noshow`), and optionally reads one event. Each
 failure is said in the words of the setting to fix, not as a stack trace.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import httpx
 
-from worker.chilipiper import build_gateway
+from worker.chilipiper import ToolNames, build_gateway
 from worker.domain.operations import Action
 from worker.errors import (
     CredentialsRefused,
     GatewayError,
     NoMeetingError,
     PermanentError,
+    ToolsMissing,
     UnknownAccount,
 )
 from worker.settings import Settings
@@ -49,8 +52,6 @@ def check(
         report.add(False, explain(error, settings))
         return report
     report.add(True, f"authenticated with {where}; {len(names)} tool(s) available")
-    expected = {action: _tool_name(settings, action.tool) for action in Action}
-    missing = [name for name in expected.values() if name not in names]
     if not names and settings.chilipiper_transport == "scalekit":
         report.add(
             False,
@@ -59,14 +60,13 @@ def check(
             "(the Connection Name on the Scalekit dashboard)",
         )
         return report
-    if missing:
-        report.add(
-            False,
-            f"missing tool(s) {', '.join(missing)}; available: "
-            f"{', '.join(sorted(names)) or 'none'}" + _prefix_hint(settings, names),
-        )
+    prefix = settings.scalekit_tool_prefix if settings.chilipiper_transport == "scalekit" else ""
+    try:
+        tools = ToolNames.choose(names, prefix)
+    except ToolsMissing as missing:
+        report.add(False, f"{missing}; the worker will not start" + _prefix_hint(settings, names))
         return report
-    report.add(True, "tools present: " + ", ".join(expected.values()))
+    report.add(True, f"tools in use: {tools}")
     if event_id:
         try:
             result = gateway.call(Action.GET, event_id)
@@ -75,7 +75,9 @@ def check(
         except GatewayError as error:
             report.add(False, f"crm-get {event_id}: {explain(error, settings)}")
         else:
-            report.add(True, f"crm-get {event_id}: meeting status {result.meeting_status or '?'}")
+            report.add(
+                True, f"crm-get {event_id}: meeting status {result.meeting.status_as_sent or '?'}"
+            )
     return report
 
 
@@ -113,16 +115,13 @@ def _where(settings: Settings) -> str:
     return f"ChiliPiper MCP at {settings.chilipiper_url}"
 
 
-def _tool_name(settings: Settings, tool: str) -> str:
-    if settings.chilipiper_transport == "scalekit":
-        return f"{settings.scalekit_tool_prefix}_{tool}"
-    return tool
+_PREFIXED = re.compile(r"^(.+?)_crm[-_]")
 
 
 def _prefix_hint(settings: Settings, names: list[str]) -> str:
     if settings.chilipiper_transport != "scalekit":
         return ""
-    prefixes = {name.rsplit("_crm-", 1)[0] for name in names if "_crm-" in name}
+    prefixes = {found.group(1) for name in names if (found := _PREFIXED.match(name))}
     if len(prefixes) == 1:
         return f" (the tools are named {prefixes.pop()}_…: set SCALEKIT_TOOL_PREFIX)"
     return ""

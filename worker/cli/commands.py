@@ -82,16 +82,43 @@ def dev(port: int, sandbox_port: int, concurrency: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=SANDBOX_PORT, show_default=True)
-def sandbox(host: str, port: int) -> None:
-    """Serve the sandbox ChiliPiper (an MCP server with crm-get, crm-noshow, crm-cancel)."""
+@click.option(
+    "--tools",
+    type=click.Choice(["v1", "v2", "both", "get-only"]),
+    default="both",
+    show_default=True,
+    help="Tools offered: v1 crm-cancel/crm-noshow, their v2 -post replacements, or both.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Refuse tool calls above this many per second with HTTP 429 (default: no limit).",
+)
+@click.option(
+    "--status-spelling",
+    type=click.Choice(["edge", "upper"]),
+    default="edge",
+    show_default=True,
+    help="Meeting statuses as live ChiliPiper writes them (Active, Canceled...) or upper case.",
+)
+def sandbox(
+    host: str, port: int, tools: str, rate_limit: float | None, status_spelling: str
+) -> None:
+    """Serve the sandbox ChiliPiper (an MCP server with crm-get, crm-cancel[-post],
+    crm-noshow[-post])."""
     from werkzeug.serving import make_server
 
-    from worker.dev.sandbox import create_sandbox_app
+    from worker.dev.sandbox import Sandbox, create_sandbox_app
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, port, create_sandbox_app(), threaded=True)
+    state = Sandbox()
+    state.configure(tools=tools, rate_limit=rate_limit, status_spelling=status_spelling)
+    server = make_server(host, port, create_sandbox_app(state), threaded=True)
     click.echo(f"sandbox ChiliPiper MCP server on http://{host}:{port}/mcp")
+    limit = "no rate limit" if rate_limit is None else f"{rate_limit:g} calls/s"
+    click.echo(f"tools {', '.join(state.offered_tools())}; {status_spelling} statuses; {limit}")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 
@@ -120,7 +147,7 @@ def run_process(name: str) -> None:
 @main.command()
 @click.option("--event", "event_id", help="Also read this CRM event with crm-get.")
 def check(event_id: str | None) -> None:
-    """Check that the configured transport reaches ChiliPiper and offers the three tools."""
+    """Check that the configured transport reaches ChiliPiper, and name the tools in use."""
     from worker.cli.check import check as run_check
 
     settings = _settings()

@@ -1,35 +1,140 @@
 """A local ChiliPiper stand-in: a real MCP server (streamable HTTP) for development and tests.
 
-Three tools, `crm-get`, `crm-noshow` and `crm-cancel`, over meetings with statuses (`BOOKED`,
-`CANCELLED`, `NO_SHOW`). Any Event ID (key prefix 00U) gets a BOOKED meeting on first use, so
-demos need no seeding. Control endpoints under `/sandbox/` seed meetings, read the call log
-and switch on faults (HTTP errors with `Retry-After`, slow answers, SSE answers, expired
-sessions), which is what the tests drive it with.
+It models ChiliPiper's documented MCP server rather than our guesses, so the worker's parsers
+meet the shapes they will meet in production:
+
+- Tools, each taking one string argument `crmEventId`: `crm-get` (the full meeting record), the
+  deprecated v1 `crm-cancel` and `crm-noshow`, and their v2 replacements `crm-cancel-post` and
+  `crm-noshow-post`. Which of them are offered is a switch (`tools`), since a ChiliPiper
+  account may expose either generation.
+- Meeting records as ChiliPiper's Edge API answers them (`meetingId`, `meetingStatus`,
+  `dateTime`, host, guest, attendees). Live ChiliPiper writes statuses `Active`, `Canceled`,
+  `NoShow`, `Completed` while its tool descriptions say `CANCELLED`, `NO_SHOW`; the switch
+  `status_spelling` picks which one the answers use. Internally a meeting's status is always
+  one of BOOKED, CANCELLED, NO_SHOW, COMPLETED, which is what `meetings` and the call log hold.
+- Tool errors as the MCP server relays the Edge API's HTTP errors: a result with `isError`
+  whose text is `"<status> <reason>: <body>"` (the body JSON `{"errorCode", "errorMessage"}`,
+  or text/plain for a request the API cannot decode).
+- A server-side rate limit (fixed one-second windows) answering HTTP 429.
+
+Any Event ID (key prefix 00U) gets an Active meeting on first use, so demos need no seeding.
+Control endpoints under `/sandbox/` seed meetings, read the call log, change the switches and
+turn on faults (HTTP errors with `Retry-After`, slow answers, SSE answers, expired sessions),
+which is what the tests drive it with.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from types import MappingProxyType
+from typing import Any, Final, Literal
 
 from flask import Flask, Response, jsonify, request
 
 log = logging.getLogger("crmhook.sandbox")
 
 PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-BOOKED, CANCELLED, NO_SHOW = "BOOKED", "CANCELLED", "NO_SHOW"
-TOOLS = {
-    "crm-get": "Get the ChiliPiper meeting linked to a CRM event.",
-    "crm-cancel": "Cancel the ChiliPiper meeting linked to a CRM event (emails attendees).",
-    "crm-noshow": "Mark the ChiliPiper meeting linked to a CRM event as a no-show.",
-}
+
+# The sandbox's own (canonical) statuses; answers spell them as `status_spelling` says.
+BOOKED, CANCELLED, NO_SHOW, COMPLETED = "BOOKED", "CANCELLED", "NO_SHOW", "COMPLETED"
+SPELLINGS: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
+    {
+        "edge": MappingProxyType(
+            {BOOKED: "Active", CANCELLED: "Canceled", NO_SHOW: "NoShow", COMPLETED: "Completed"}
+        ),
+        "upper": MappingProxyType({s: s for s in (BOOKED, CANCELLED, NO_SHOW, COMPLETED)}),
+    }
+)
+# What the seed endpoint accepts, compared without case, spaces, "-" or "_".
+STATUS_WORDS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "booked": BOOKED,
+        "active": BOOKED,
+        "cancelled": CANCELLED,
+        "canceled": CANCELLED,
+        "noshow": NO_SHOW,
+        "completed": COMPLETED,
+    }
+)
+
+TOOLS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "crm-get": (
+            "Get the ChiliPiper meeting linked to a CRM event: the full meeting record "
+            "(meetingId, meetingStatus, dateTime, host, primaryGuest, attendees)."
+        ),
+        "crm-cancel": (
+            "Cancel the ChiliPiper meeting linked to a CRM event; its status becomes CANCELLED. "
+            "This is irreversible; may email attendees. (deprecated: use crm-cancel-post)"
+        ),
+        "crm-noshow": (
+            "Mark the ChiliPiper meeting linked to a CRM event as a no-show; its status becomes "
+            "NO_SHOW. This is not reversible via API. (deprecated: use crm-noshow-post)"
+        ),
+        "crm-cancel-post": (
+            "Cancel the ChiliPiper meeting linked to a CRM event and answer the updated meeting "
+            "record; its status becomes CANCELLED. This is irreversible; may email attendees. "
+            "404 when no meeting is linked to the CRM event."
+        ),
+        "crm-noshow-post": (
+            "Mark the ChiliPiper meeting linked to a CRM event as a no-show and answer the "
+            "updated meeting record; its status becomes NO_SHOW. This is not reversible via "
+            "API. 404 when no meeting is linked to the CRM event."
+        ),
+    }
+)
+ACTIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "crm-get": "get",
+        "crm-cancel": "cancel",
+        "crm-cancel-post": "cancel",
+        "crm-noshow": "noshow",
+        "crm-noshow-post": "noshow",
+    }
+)
+TOOL_SETS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "v1": ("crm-get", "crm-cancel", "crm-noshow"),
+        "v2": ("crm-get", "crm-cancel-post", "crm-noshow-post"),
+        "both": tuple(TOOLS),
+        # What a token limited to reading might be offered: the worker cannot work with it.
+        "get-only": ("crm-get",),
+    }
+)
+AFTER_ACTION: Final[Mapping[str, str]] = MappingProxyType({"cancel": CANCELLED, "noshow": NO_SHOW})
+
+ToolSet = Literal["v1", "v2", "both", "get-only"]
+Spelling = Literal["edge", "upper"]
+DEFAULT_CONFIG: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "tools": "both",
+        "status_spelling": "edge",
+        "missing_permission": None,
+        "rate_limit": None,
+        "rate_limit_retry_after": True,
+    }
+)
+
+CRM_EVENT_ID = re.compile(r"[A-Za-z0-9]{15}|[A-Za-z0-9]{18}")
+MALFORMED_ID = "Invalid value for: path parameter crmEventId"
+RATE_LIMITED_BODY: Final[Mapping[str, str]] = MappingProxyType(
+    {"errorCode": "TooManyRequests", "errorMessage": "Rate limit exceeded"}
+)
+MEETING_MINUTES = 30
+
+FIRST_NAMES = ("Ada", "Grace", "Alan", "Katherine", "Edsger", "Barbara", "Dennis", "Frances")
+LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Johnson", "Dijkstra", "Liskov", "Ritchie", "Allen")
 
 
 @dataclass
@@ -47,53 +152,238 @@ class Faults:
     expire_sessions: bool = False
 
 
+@dataclass(frozen=True)
+class Person:
+    full_name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class MeetingDetails:
+    """Everything a meeting record says besides its status. Fixed when the sandbox first sees
+    the meeting, so every answer about it agrees (the same meetingId, the same times)."""
+
+    meeting_id: str
+    start: datetime
+    booked_at: datetime
+    host_id: str
+    host: Person
+    guests: tuple[Person, Person]
+    workspace_id: str
+
+    @classmethod
+    def invent(cls, crm_event_id: str, now: float) -> MeetingDetails:
+        """Made-up but plausible details, the same for the same event ID (times aside: the
+        meeting starts at a whole hour in the next three days, booked in the last week)."""
+        rng = random.Random(crm_event_id)  # noqa: S311 - made-up details, not secrets
+        current = datetime.fromtimestamp(now, UTC).replace(microsecond=0)
+        hour = current.replace(minute=0, second=0)
+        return cls(
+            meeting_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            start=hour + timedelta(hours=rng.randint(1, 72)),
+            booked_at=current - timedelta(minutes=rng.randint(5, 7 * 24 * 60)),
+            host_id=f"{rng.getrandbits(96):024x}",
+            host=_person(rng, "example.com"),
+            guests=(_person(rng, "example.org"), _person(rng, "example.net")),
+            workspace_id=f"{rng.getrandbits(96):024x}",
+        )
+
+    def record(self, meeting_status: str) -> dict[str, Any]:
+        """The meeting as `crm-get` answers it, with `meeting_status` already spelled."""
+        end = self.start + timedelta(minutes=MEETING_MINUTES)
+        return {
+            "meetingId": self.meeting_id,
+            "meetingStatus": meeting_status,
+            "dateTime": {"start": _iso(self.start), "end": _iso(end)},
+            "bookedAt": _iso(self.booked_at),
+            "hostId": self.host_id,
+            "hostEmail": self.host.email,
+            "hostName": self.host.full_name,
+            "primaryGuest": {"value": self.guests[0].email},
+            "attendees": [{"email": p.email, "fullName": p.full_name} for p in self.guests],
+            "workspaceId": self.workspace_id,
+        }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A tool's answer as ChiliPiper's HTTP API gives it to the MCP server: a status and a
+    body, JSON (a record, or an Edge API error) or text/plain (a request it cannot decode)."""
+
+    status: int
+    body: dict[str, Any] | str
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    def text(self) -> str:
+        """The tool result's text: the record as JSON, or `"<status> <reason>: <body>"` as the
+        MCP server relays an HTTP error."""
+        body = self.body if isinstance(self.body, str) else _compact(self.body)
+        if self.ok:
+            return body
+        return f"{self.status} {HTTPStatus(self.status).phrase}: {body}"
+
+    def structured(self) -> dict[str, Any]:
+        """`structuredContent`: the record, or the error's status, code and message (the code
+        is None for a text/plain error)."""
+        if isinstance(self.body, dict) and self.ok:
+            return self.body
+        if isinstance(self.body, str):
+            return {"status": self.status, "errorCode": None, "errorMessage": self.body}
+        return {"status": self.status, **self.body}
+
+    def mcp_result(self) -> dict[str, Any]:
+        return {
+            "content": [{"type": "text", "text": self.text()}],
+            "structuredContent": self.structured(),
+            "isError": not self.ok,
+        }
+
+
 @dataclass
 class Sandbox:
-    """The sandbox's state: meetings, sessions, the call log and the fault switches."""
+    """The sandbox's state: meetings, sessions, the call log, the switches and the faults.
+
+    `meetings` maps a CRM event ID to its canonical status (tests may set it directly);
+    `records` holds the rest of each meeting, invented on first sight."""
 
     auto_book: bool = True
     required_token: str | None = None  # when set, requests must carry it as a bearer token
+    tools: ToolSet = "both"
+    status_spelling: Spelling = "edge"
+    missing_permission: str | None = None  # e.g. "meeting.modify": cancel/noshow answer 403
+    rate_limit: float | None = None  # tools/call requests per second, over all tools
+    rate_limit_retry_after: bool = True
     meetings: dict[str, str] = field(default_factory=dict)
+    records: dict[str, MeetingDetails] = field(default_factory=dict)
     unlinked: set[str] = field(default_factory=set)
     calls: list[dict[str, Any]] = field(default_factory=list)
     sessions: set[str] = field(default_factory=set)
     faults: Faults = field(default_factory=Faults)
     faults_served: dict[int, int] = field(default_factory=dict)
     fault_times: list[float] = field(default_factory=list)
+    rate_limited: int = 0
+    window: int = 0  # the rate limit's current one-second window...
+    window_calls: int = 0  # ...and the calls admitted in it
+    clock: Callable[[], float] = field(default=time.time, repr=False)
     random: random.Random = field(default_factory=random.Random)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run_tool(self, tool: str, crm_event_id: str) -> tuple[bool, dict[str, Any] | str]:
-        """(ok, structured answer or error text), applying the tool to the meeting."""
-        answer: dict[str, Any] | str
+    def __post_init__(self) -> None:
+        for name in DEFAULT_CONFIG:
+            _check_setting(name, getattr(self, name))
+
+    # --- switches ---------------------------------------------------------------------------
+
+    def configure(self, **values: Any) -> dict[str, Any]:
+        """Set any of the switches named in DEFAULT_CONFIG; answer them all. Every value is
+        checked first, so a bad one changes nothing (ValueError)."""
+        checked = {name: _check_setting(name, value) for name, value in values.items()}
         with self.lock:
-            status = self.meetings.get(crm_event_id)
-            bookable = self.auto_book and crm_event_id not in self.unlinked
-            if status is None and bookable and crm_event_id.startswith("00U"):
-                status = self.meetings[crm_event_id] = BOOKED
-            before = status
-            if status is None:
-                ok, answer = False, f"No meeting linked to CRM event {crm_event_id}"
-            elif tool == "crm-get":
-                ok, answer = True, {"crmEventId": crm_event_id, "status": status}
-            elif status != BOOKED:
-                ok, answer = False, f"Meeting for {crm_event_id} is already {status}"
-            else:
-                status = CANCELLED if tool == "crm-cancel" else NO_SHOW
-                self.meetings[crm_event_id] = status
-                ok, answer = True, {"crmEventId": crm_event_id, "status": status}
-            self.calls.append(
-                {
-                    "tool": tool,
-                    "crmEventId": crm_event_id,
-                    "ok": ok,
-                    "before": before,
-                    "after": status,
-                    "at": time.time(),
-                }
-            )
-        log.info("%s %s: %s → %s", tool, crm_event_id, before, status if ok else answer)
-        return ok, answer
+            for name, value in checked.items():
+                setattr(self, name, value)
+            return self._config()
+
+    def config(self) -> dict[str, Any]:
+        with self.lock:
+            return self._config()
+
+    def offered_tools(self) -> tuple[str, ...]:
+        return TOOL_SETS[self.tools]
+
+    def _config(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in DEFAULT_CONFIG}
+
+    # --- meetings ---------------------------------------------------------------------------
+
+    def seed(self, statuses: Mapping[str, str | None]) -> dict[str, str]:
+        """Set meetings' statuses (any spelling); None means no meeting is linked. All are
+        checked first (ValueError). Answers every meeting's canonical status."""
+        checked = {
+            event_id: None if status is None else canonical_status(status)
+            for event_id, status in statuses.items()
+        }
+        with self.lock:
+            for event_id, status in checked.items():
+                if status is None:
+                    self.meetings.pop(event_id, None)
+                    self.unlinked.add(event_id)
+                else:
+                    self.meetings[event_id] = status
+                    self.unlinked.discard(event_id)
+            return dict(self.meetings)
+
+    def meeting(self, crm_event_id: str) -> dict[str, Any]:
+        """The control view of one meeting: its canonical status and its record, or None
+        for both when none is linked. Books nothing."""
+        with self.lock:
+            status = self._status(crm_event_id)
+            record = None if status is None else self._record(crm_event_id, status)
+        return {"crmEventId": crm_event_id, "status": status, "record": record}
+
+    def reset(self) -> None:
+        """Back to a fresh sandbox: no meetings, no calls, no faults, default switches."""
+        with self.lock:
+            self.meetings.clear()
+            self.records.clear()
+            self.unlinked.clear()
+            self.calls.clear()
+            self.faults = Faults()
+            for name, value in DEFAULT_CONFIG.items():
+                setattr(self, name, value)
+            self.rate_limited = self.window = self.window_calls = 0
+
+    # --- tools ------------------------------------------------------------------------------
+
+    def call_tool(self, tool: str, crm_event_id: str) -> Answer:
+        """Apply `tool` (any name in TOOLS, offered or not) to the meeting and log the call.
+        Checks run in this order (our choice; ChiliPiper documents none): decode the ID
+        (400), permission (403), a linked meeting (404), a meeting still Active (409)."""
+        action = ACTIONS[tool]
+        with self.lock:
+            refusal = self._refusal(action, crm_event_id)
+            if refusal is None:
+                self._auto_book(crm_event_id)
+            before = self._status(crm_event_id)
+            answer = refusal or self._act(action, crm_event_id)
+            after = self._status(crm_event_id)
+            self._log(tool, crm_event_id, answer.status, before, after)
+        log.info(
+            "%s %s: %s → %s", tool, crm_event_id, before, after if answer.ok else answer.text()
+        )
+        return answer
+
+    def run_tool(self, tool: str, crm_event_id: str) -> tuple[bool, dict[str, Any] | str]:
+        """(ok, the record or the error text): `call_tool` for callers that relay answers
+        without HTTP statuses (the Scalekit stand-in)."""
+        answer = self.call_tool(tool, crm_event_id)
+        if answer.ok and isinstance(answer.body, dict):
+            return True, answer.body
+        return False, answer.text()
+
+    def over_rate_limit(self, tool: str, crm_event_id: object) -> bool:
+        """True when this tools/call goes over `rate_limit`; the refusal is then counted and
+        logged, and the meetings are left alone. Fixed one-second windows admit at most
+        ceil(rate_limit) calls each, so a burst across a window edge gets twice that."""
+        with self.lock:
+            if self.rate_limit is None:
+                return False
+            now = self.clock()
+            if int(now) != self.window:
+                self.window, self.window_calls = int(now), 0
+            if self.window_calls < self.rate_limit:
+                self.window_calls += 1
+                return False
+            self.rate_limited += 1
+            self.faults_served[429] = self.faults_served.get(429, 0) + 1
+            self.fault_times.append(now)
+            event_id = crm_event_id if isinstance(crm_event_id, str) else None
+            status = None if event_id is None else self._status(event_id)
+            self._log(tool, event_id, 429, status, status)
+        log.info("%s %s: rate limited", tool, crm_event_id)
+        return True
 
     def take_fault(self) -> int | None:
         """The status to fail this request with, if any."""
@@ -112,8 +402,86 @@ class Sandbox:
                     roll -= rate
             if status is not None:
                 self.faults_served[status] = self.faults_served.get(status, 0) + 1
-                self.fault_times.append(time.time())
+                self.fault_times.append(self.clock())
             return status
+
+    # --- under the lock ---------------------------------------------------------------------
+
+    def _refusal(self, action: str, crm_event_id: str) -> Answer | None:
+        """The answers given before the meeting is looked up."""
+        if not CRM_EVENT_ID.fullmatch(crm_event_id):
+            return Answer(400, MALFORMED_ID)
+        if action != "get" and self.missing_permission:
+            permission = self.missing_permission
+            return _error(
+                403,
+                "MissingPermission",
+                f"Missing permission: {permission}",
+                {"permission": permission},
+            )
+        return None
+
+    def _auto_book(self, crm_event_id: str) -> None:
+        bookable = self.auto_book and crm_event_id not in self.unlinked
+        if bookable and crm_event_id.startswith("00U") and crm_event_id not in self.meetings:
+            self.meetings[crm_event_id] = BOOKED
+
+    def _act(self, action: str, crm_event_id: str) -> Answer:
+        status = self._status(crm_event_id)
+        if status is None:
+            return _error(
+                404, "CrmEventNotLinked", f"No meeting linked to CRM event {crm_event_id}"
+            )
+        if action != "get":
+            if status != BOOKED:
+                meeting_id = self._details(crm_event_id).meeting_id
+                spelled = SPELLINGS[self.status_spelling][status]
+                return _error(409, "MeetingNotActive", f"Meeting {meeting_id} is already {spelled}")
+            status = self.meetings[crm_event_id] = AFTER_ACTION[action]
+        return Answer(200, self._record(crm_event_id, status))
+
+    def _status(self, crm_event_id: str) -> str | None:
+        status = self.meetings.get(crm_event_id)
+        return None if status is None else canonical_status(status)
+
+    def _details(self, crm_event_id: str) -> MeetingDetails:
+        details = self.records.get(crm_event_id)
+        if details is None:
+            details = self.records[crm_event_id] = MeetingDetails.invent(crm_event_id, self.clock())
+        return details
+
+    def _record(self, crm_event_id: str, status: str) -> dict[str, Any]:
+        return self._details(crm_event_id).record(SPELLINGS[self.status_spelling][status])
+
+    def _log(
+        self,
+        tool: str,
+        crm_event_id: str | None,
+        status: int,
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        self.calls.append(
+            {
+                "tool": tool,
+                "action": ACTIONS.get(tool),
+                "crmEventId": crm_event_id,
+                "ok": status < 400,
+                "status": status,
+                "before": before,
+                "after": after,
+                "at": self.clock(),
+            }
+        )
+
+
+def canonical_status(word: str) -> str:
+    """BOOKED, CANCELLED, NO_SHOW or COMPLETED for any spelling of them (Active, Canceled,
+    no-show, booked...); ValueError otherwise."""
+    status = STATUS_WORDS.get(re.sub(r"[\s_-]", "", str(word)).lower())
+    if status is None:
+        raise ValueError(f"unknown meeting status {word!r}")
+    return status
 
 
 def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
@@ -157,9 +525,10 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
         if message_id is None:  # a notification, such as notifications/initialized
             return Response(status=202)
         if method == "tools/list":
-            return _answer(message_id, {"tools": [_tool_schema(name) for name in TOOLS]}, faults)
+            tools = [_tool_schema(name) for name in state.offered_tools()]
+            return _answer(message_id, {"tools": tools}, faults)
         if method == "tools/call":
-            return _call_tool(state, message_id, message.get("params") or {}, faults)
+            return _tools_call(state, message_id, message.get("params"), faults)
         if method == "ping":
             return _answer(message_id, {}, faults)
         return _rpc_error(message_id, -32601, f"method {method!r} not found")
@@ -170,22 +539,36 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
             return jsonify(list(state.calls))
 
     @app.post("/sandbox/meetings")
-    def seed() -> Response:
-        """Body: {"<crm event id>": "BOOKED" | "CANCELLED" | "NO_SHOW" | null (no meeting)}."""
-        with state.lock:
-            for event_id, status in (request.get_json(force=True) or {}).items():
-                if status is None:
-                    state.meetings.pop(event_id, None)
-                    state.unlinked.add(event_id)
-                else:
-                    state.meetings[event_id] = status
-                    state.unlinked.discard(event_id)
-            return jsonify(state.meetings)
+    def seed() -> Response | tuple[Response, int]:
+        """Body: {"<crm event id>": "BOOKED" | "CANCELLED" | "NO_SHOW" | "COMPLETED" | null}
+        (null: no meeting linked); any casing, and the Edge spellings, are accepted."""
+        body = request.get_json(force=True) or {}
+        if not isinstance(body, dict):
+            return jsonify({"error": "body must be a JSON object"}), 400
+        try:
+            return jsonify(state.seed(body))
+        except ValueError as error:
+            return jsonify({"error": str(error)}), 400
 
     @app.get("/sandbox/meetings/<event_id>")
     def meeting(event_id: str) -> Response:
-        with state.lock:
-            return jsonify({"crmEventId": event_id, "status": state.meetings.get(event_id)})
+        return jsonify(state.meeting(event_id))
+
+    @app.get("/sandbox/config")
+    def config() -> Response:
+        return jsonify(state.config())
+
+    @app.post("/sandbox/config")
+    def configure() -> Response | tuple[Response, int]:
+        """Body: any of {"tools", "status_spelling", "missing_permission", "rate_limit",
+        "rate_limit_retry_after"}; answers them all."""
+        body = request.get_json(force=True) or {}
+        if not isinstance(body, dict):
+            return jsonify({"error": "body must be a JSON object"}), 400
+        try:
+            return jsonify(state.configure(**body))
+        except ValueError as error:
+            return jsonify({"error": str(error)}), 400
 
     @app.post("/sandbox/faults")
     def set_faults() -> Response:
@@ -195,11 +578,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
 
     @app.post("/sandbox/reset")
     def reset() -> Response:
-        with state.lock:
-            state.meetings.clear()
-            state.unlinked.clear()
-            state.calls.clear()
-            state.faults = Faults()
+        state.reset()
         return jsonify({"reset": True})
 
     return app
@@ -214,33 +593,36 @@ def _initialize(state: Sandbox, message: dict[str, Any]) -> Response:
     result = {
         "protocolVersion": version,
         "capabilities": {"tools": {"listChanged": False}},
-        "serverInfo": {"name": "chilipiper-sandbox", "version": "0.1.0"},
+        "serverInfo": {"name": "chilipiper-sandbox", "version": "0.2.0"},
     }
     response = _answer(message.get("id"), result, state.faults)
     response.headers["Mcp-Session-Id"] = session
     return response
 
 
-def _call_tool(
-    state: Sandbox, message_id: Any, params: dict[str, Any], faults: Faults
+def _tools_call(
+    state: Sandbox, message_id: Any, params: object, faults: Faults
 ) -> Response | tuple[Response, int]:
-    name = params.get("name")
-    event_id = (params.get("arguments") or {}).get("crmEventId")
-    if name not in TOOLS:
-        return _rpc_error(message_id, -32602, f"unknown tool {name!r}")
+    """A tools/call: the rate limit first (it counts every call), then the JSON-RPC checks,
+    then the tool, whose HTTP-ish errors become `isError` results."""
+    if not isinstance(params, dict):
+        params = {}
+    name = str(params.get("name"))
+    arguments = params.get("arguments")
+    event_id = arguments.get("crmEventId") if isinstance(arguments, dict) else None
+    if state.over_rate_limit(name, event_id):
+        headers = {"Retry-After": "1"} if state.rate_limit_retry_after else {}
+        return Response(
+            _compact(dict(RATE_LIMITED_BODY)),
+            status=429,
+            headers=headers,
+            mimetype="application/json",
+        )
+    if name not in state.offered_tools():
+        return _rpc_error(message_id, -32602, f"Unknown tool: {name}")
     if not isinstance(event_id, str) or not event_id:
         return _rpc_error(message_id, -32602, "argument crmEventId is required")
-    ok, answer = state.run_tool(name, event_id)
-    result: dict[str, Any]
-    if ok:
-        result = {
-            "content": [{"type": "text", "text": json.dumps(answer)}],
-            "structuredContent": answer,
-            "isError": False,
-        }
-    else:
-        result = {"content": [{"type": "text", "text": answer}], "isError": True}
-    return _answer(message_id, result, faults)
+    return _answer(message_id, state.call_tool(name, event_id).mcp_result(), faults)
 
 
 def _answer(message_id: Any, result: dict[str, Any], faults: Faults) -> Response:
@@ -270,3 +652,46 @@ def _tool_schema(name: str) -> dict[str, Any]:
             "required": ["crmEventId"],
         },
     }
+
+
+def _error(status: int, code: str, message: str, arguments: dict[str, str] | None = None) -> Answer:
+    """An Edge API error answer: {"errorCode", "errorMessage"[, "arguments"]}."""
+    body: dict[str, Any] = {"errorCode": code, "errorMessage": message}
+    if arguments:
+        body["arguments"] = arguments
+    return Answer(status, body)
+
+
+def _check_setting(name: str, value: Any) -> Any:
+    """`value` if it is a valid value for the switch `name` (rate_limit as a float), else
+    ValueError."""
+    if name not in DEFAULT_CONFIG:
+        raise ValueError(f"unknown setting {name!r} (known: {', '.join(DEFAULT_CONFIG)})")
+    if name == "tools" and value not in TOOL_SETS:
+        raise ValueError(f"tools must be one of {', '.join(TOOL_SETS)}, not {value!r}")
+    if name == "status_spelling" and value not in SPELLINGS:
+        raise ValueError(f"status_spelling must be one of {', '.join(SPELLINGS)}, not {value!r}")
+    if name == "missing_permission" and not (value is None or (isinstance(value, str) and value)):
+        raise ValueError(f"missing_permission must be a permission name or null, not {value!r}")
+    if name == "rate_limit" and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"rate_limit must be calls per second or null, not {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"rate_limit must be positive, not {value!r}")
+        return float(value)
+    if name == "rate_limit_retry_after" and not isinstance(value, bool):
+        raise ValueError(f"rate_limit_retry_after must be true or false, not {value!r}")
+    return value
+
+
+def _person(rng: random.Random, domain: str) -> Person:
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    return Person(f"{first} {last}", f"{first}.{last}@{domain}".lower())
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _compact(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))

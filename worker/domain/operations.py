@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from worker.domain.meetings import MeetingStatus
+
 
 class Action(StrEnum):
     GET = "get"
@@ -26,9 +28,11 @@ class Action(StrEnum):
         return self is not Action.GET
 
     @property
-    def final_status(self) -> str | None:
+    def final_status(self) -> MeetingStatus | None:
         """The meeting status `crm-get` reports once this action has taken effect."""
-        return {Action.CANCEL: "CANCELLED", Action.NOSHOW: "NO_SHOW"}.get(self)
+        return {Action.CANCEL: MeetingStatus.CANCELLED, Action.NOSHOW: MeetingStatus.NO_SHOW}.get(
+            self
+        )
 
 
 class State(StrEnum):

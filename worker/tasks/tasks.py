@@ -8,17 +8,19 @@ is `domain.retry_policy`'s decision; this module only carries it out.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, cast
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from worker.domain.operations import Operation
 from worker.domain.retry_policy import NextRun, RetryPolicy, backoff
 from worker.effects import RetryLater, perform
-from worker.errors import QueueUnavailable
+from worker.errors import GatewayError, QueueUnavailable, ToolsMissing
 from worker.ingest import Batch, fan_out
 from worker.store import keys
 from worker.tasks.dispatcher import Dispatcher
@@ -112,6 +114,31 @@ def run_later(
     task.runtime.store.schedule.add(operation, time.time() + next_run.delay)
     log.info("%s: parked for %.0f s", keys.operation(operation), next_run.delay)
     return "scheduled"
+
+
+@worker_init.connect
+def _discover_tools(sender: Any, **_: Any) -> None:
+    """Learn which ChiliPiper tools to call before taking work. A ChiliPiper that lists no
+    tool for an action stops the worker here, with the reason, instead of dead-lettering
+    every call; a ChiliPiper out of reach does not (no crash loop): the tools are listed
+    before the first call instead."""
+    app = sender.app
+    if getattr(app, "crmhook_settings", None) is None:
+        return
+    try:
+        tools = runtime_of(app).gateway.discover()
+    except ToolsMissing as exc:
+        log.critical("crmhook worker: %s", exc)
+        print(f"crmhook worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (GatewayError, redis.RedisError) as exc:
+        log.warning(
+            "ChiliPiper's tools could not be listed at start-up (%s): "
+            "they will be before the first call",
+            exc,
+        )
+    else:
+        log.info("ChiliPiper tools in use: %s", tools)
 
 
 @worker_ready.connect

@@ -18,13 +18,17 @@ from worker.errors import (
     CredentialsRefused,
     GatewayError,
     InDoubtError,
+    MissingPermission,
     NoMeetingError,
     PermanentError,
     RetryableError,
     ToolError,
+    UnknownTool,
 )
 
-R, P, D, C = RetryableError, PermanentError, InDoubtError, CredentialsRefused
+U = UnknownTool
+
+R, P, D, C, M = RetryableError, PermanentError, InDoubtError, CredentialsRefused, MissingPermission
 
 
 @pytest.mark.parametrize(
@@ -32,13 +36,14 @@ R, P, D, C = RetryableError, PermanentError, InDoubtError, CredentialsRefused
     [
         (400, P, P),
         (401, C, C),  # refused credentials: a permanent error the operator can name
-        (403, C, C),
+        (403, M, M),  # ...and a missing permission, named when ChiliPiper names it
         (404, P, P),
         (405, P, P),
         (406, P, P),
         (409, P, P),
         (413, P, P),
         (422, P, P),
+        (423, R, R),  # locked while someone edits: refused, nothing happened
         (408, R, R),
         (425, R, R),
         (429, R, R),
@@ -93,6 +98,7 @@ def test_transport_exceptions_by_whether_the_request_was_sent(
         ({"code": -32600, "message": "invalid request"}, P, P),
         ({"code": -32601, "message": "no such method"}, P, P),
         ({"code": -32602, "message": "invalid params"}, P, P),
+        ({"code": -32602, "message": "Unknown tool: crm-cancel"}, U, U),
         ({"code": -32603, "message": "internal error"}, R, D),
         ({"code": -32000, "message": "server error"}, R, D),
         ({"message": "no code"}, P, P),
@@ -139,3 +145,76 @@ def test_tool_failure_is_permanent_and_keeps_the_text(text: str, kind: type[Tool
 def test_retry_after_header(value: str | None, expected: float | None) -> None:
     now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
     assert retry_after_seconds(value, now=now) == expected
+
+
+# ChiliPiper's documented answers, as a failed tool passes them on: the Edge API's status and
+# `{"errorCode", "errorMessage"}` body (plain text for a request it cannot decode).
+NOT_LINKED = '{"errorCode":"CrmEventNotLinked","errorMessage":"No meeting linked to CRM event"}'
+NOT_ACTIVE = '{"errorCode":"MeetingNotActive","errorMessage":"Meeting m1 is already Canceled"}'
+PERMISSION = (
+    '{"errorCode":"MissingPermission","errorMessage":"Missing permission: meeting.modify",'
+    '"arguments":{"permission":"meeting.modify"}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "for_get", "for_cancel"),
+    [
+        ("400 Bad Request: Invalid value for: path parameter crmEventId", P, P),
+        ('HTTP 400: {"errorCode":"DecodingFailure","errorMessage":"Invalid value"}', P, P),
+        ('401 Unauthorized: {"errorCode":"Unauthorized","errorMessage":"no key"}', C, C),
+        (f"403 Forbidden: {PERMISSION}", M, M),
+        (f"404 Not Found: {NOT_LINKED}", NoMeetingError, NoMeetingError),
+        (f"409 Conflict: {NOT_ACTIVE}", ToolError, ToolError),
+        (
+            '422 Unprocessable Entity: {"errorCode":"Invalid","errorMessage":"x"}',
+            ToolError,
+            ToolError,
+        ),
+        ('423 Locked: {"errorCode":"Locked","errorMessage":"being edited"}', R, R),
+        ('429 Too Many Requests: {"errorCode":"TooManyRequests","errorMessage":"slow"}', R, R),
+        ("500 Internal Server Error: boom", R, D),
+        ("502 Bad Gateway", R, D),
+        ("503 Service Unavailable: maintenance", R, R),
+        ("504 Gateway Timeout", R, D),
+        ("Unknown tool: crm-cancel", U, U),
+    ],
+)
+def test_chilipipers_documented_answers(
+    text: str, for_get: type[GatewayError], for_cancel: type[GatewayError]
+) -> None:
+    assert type(tool_failure("crm-get", text)) is for_get
+    assert type(tool_failure("crm-cancel-post", text, irreversible=True)) is for_cancel
+
+
+def test_the_status_may_come_in_the_structured_answer() -> None:
+    structured = {"status": 404, "errorCode": "CrmEventNotLinked", "errorMessage": "No meeting"}
+    error = tool_failure("crm-get", "No meeting", structured=structured)
+    assert type(error) is NoMeetingError
+    assert error.status == 404
+    assert "CrmEventNotLinked" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "permission"),
+    [
+        (f"403 Forbidden: {PERMISSION}", "meeting.modify"),
+        (
+            'HTTP 403: {"errorCode":"Forbidden","errorMessage":"required permissions [crm.read]"}',
+            "crm.read",
+        ),
+        ("403 Forbidden", "meeting.modify"),  # not named: what cancel and no-show need
+    ],
+)
+def test_a_403_names_the_missing_permission_for_the_dead_letter(text: str, permission: str) -> None:
+    error = tool_failure("crm-cancel-post", text, irreversible=True)
+    assert isinstance(error, MissingPermission)
+    assert error.permission == permission
+    assert f"lacks the permission {permission}" in str(error)
+    assert "Command Center" in str(error)
+
+
+def test_a_403_of_a_read_does_not_guess_a_permission() -> None:
+    error = tool_failure("crm-get", "403 Forbidden: <html>see chilipiper.com</html>")
+    assert isinstance(error, MissingPermission)
+    assert error.permission == ""

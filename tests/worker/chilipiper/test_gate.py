@@ -222,3 +222,14 @@ def test_trial_calls_that_never_answer_are_replaced(idle_redis: redis.Redis) -> 
         breaker.enter()
     time.sleep(0.55)  # the trials' time is up without an answer
     breaker.enter()
+
+
+def test_a_trial_held_back_by_the_rate_is_given_back(idle_redis: redis.Redis) -> None:
+    slow = gate(idle_redis, ceiling=0.5, window=10)
+    for _ in range(10):
+        slow.failed(InDoubtError("timeout"))
+    time.sleep(0.55)
+    slow.enter()  # the first trial takes the only slot for two seconds
+    with pytest.raises(DeferredError, match="rate limit"):
+        slow.enter()  # the second trial's permit, then held back by the rate
+    assert idle_redis.hget(keys.GATE_BREAKER, "permits") == "1"  # given back

@@ -17,37 +17,40 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from tests.conftest import SandboxServer, random_event_id
+from worker.chilipiper.calls import Target
 from worker.chilipiper.mcp import McpGateway
 from worker.dev.redis_server import free_port
 from worker.domain.operations import Action
-from worker.errors import PermanentError
+from worker.errors import PermanentError, UnknownTool
 
 
 def chilipiper_lookalike() -> MCPServer:
-    """An SDK server offering ChiliPiper's three tools over in-memory meetings."""
+    """An SDK server offering ChiliPiper's CRM tools as its Edge API now has them (the v2
+    POST variants, no v1 cancel) over in-memory meetings with ChiliPiper's status words."""
     server = MCPServer("chilipiper-lookalike")
     meetings: dict[str, str] = {}
 
-    def meeting(crm_event_id: str) -> str:
+    def record(crm_event_id: str, status: str | None = None) -> str:
         if not crm_event_id.startswith("00U"):
             raise ToolError(f"No meeting linked to CRM event {crm_event_id}")
-        return meetings.setdefault(crm_event_id, "BOOKED")
+        meetings.setdefault(crm_event_id, "Active")
+        if status:
+            meetings[crm_event_id] = status
+        return json.dumps(
+            {"meetingId": f"m-{crm_event_id}", "meetingStatus": meetings[crm_event_id]}
+        )
 
     @server.tool(name="crm-get")
     def crm_get(crmEventId: str) -> str:  # noqa: N803 (ChiliPiper's argument name)
-        return json.dumps({"crmEventId": crmEventId, "status": meeting(crmEventId)})
+        return record(crmEventId)
 
-    @server.tool(name="crm-cancel")
-    def crm_cancel(crmEventId: str) -> str:  # noqa: N803
-        meeting(crmEventId)
-        meetings[crmEventId] = "CANCELLED"
-        return json.dumps({"crmEventId": crmEventId, "status": "CANCELLED"})
+    @server.tool(name="crm-cancel-post")
+    def crm_cancel_post(crmEventId: str) -> str:  # noqa: N803
+        return record(crmEventId, "Canceled")
 
-    @server.tool(name="crm-noshow")
-    def crm_noshow(crmEventId: str) -> str:  # noqa: N803
-        meeting(crmEventId)
-        meetings[crmEventId] = "NO_SHOW"
-        return json.dumps({"crmEventId": crmEventId, "status": "NO_SHOW"})
+    @server.tool(name="crm-noshow-post")
+    def crm_noshow_post(crmEventId: str) -> str:  # noqa: N803
+        return record(crmEventId, "NoShow")
 
     return server
 
@@ -72,16 +75,30 @@ def test_our_gateway_drives_an_sdk_server(sdk_server_url: str) -> None:
     event = random_event_id()
     with httpx.Client(timeout=5) as client:
         gateway = McpGateway(sdk_server_url, client=client)
-        assert set(gateway.list_tools()) >= {
-            "crm-get",
-            "crm-cancel",
-            "crm-noshow",
-        }
-        assert gateway.call(Action.GET, event).meeting_status == "BOOKED"
-        assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
-        assert gateway.call(Action.GET, event).meeting_status == "CANCELLED"
+        assert str(gateway.discover()) == "crm-get, crm-noshow-post, crm-cancel-post"
+        assert gateway.call(Action.GET, event).meeting.status == "BOOKED"
+        assert gateway.call(Action.CANCEL, event).meeting.status == "CANCELLED"
+        assert gateway.call(Action.GET, event).meeting.status == "CANCELLED"
         with pytest.raises(PermanentError, match="No meeting linked"):
             gateway.call(Action.NOSHOW, random_event_id("00V"))
+
+
+def test_the_sdks_unknown_tool_answer_reads_as_an_unknown_tool(sdk_server_url: str) -> None:
+    """How a server built with the official SDK refuses a tool it does not have: what our
+    client must recognise to list the tools again."""
+    with httpx.Client(timeout=5) as client:
+        gateway = McpGateway(sdk_server_url, client=client)
+        target = Target("crm-cancel", irreversible=True)
+        with pytest.raises(UnknownTool):
+            gateway._tool_result(
+                target,
+                random_event_id(),
+                gateway._request(
+                    "tools/call",
+                    {"name": "crm-cancel", "arguments": {"crmEventId": random_event_id()}},
+                    target=target,
+                ),
+            )
 
 
 def test_sdk_client_drives_our_sandbox(sandbox: SandboxServer) -> None:
@@ -96,7 +113,7 @@ def test_sdk_client_drives_our_sandbox(sandbox: SandboxServer) -> None:
             return {tool.name for tool in tools.tools}, text, again.is_error
 
     names, text, second_is_error = asyncio.run(session())
-    assert names == {"crm-get", "crm-cancel", "crm-noshow"}
-    assert json.loads(text)["status"] == "CANCELLED"
+    assert names == {"crm-get", "crm-cancel", "crm-noshow", "crm-cancel-post", "crm-noshow-post"}
+    assert json.loads(text)["meetingStatus"] == "Canceled"
     assert second_is_error
     assert sandbox.state.meetings[event] == "CANCELLED"

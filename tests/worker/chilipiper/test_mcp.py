@@ -13,16 +13,28 @@ import pytest
 from tests.conftest import SandboxServer, random_event_id
 from worker.chilipiper.mcp import McpGateway
 from worker.domain.operations import Action
-from worker.errors import InDoubtError, PermanentError, RetryableError
+from worker.errors import (
+    InDoubtError,
+    MissingPermission,
+    PermanentError,
+    RetryableError,
+    ToolError,
+    ToolsMissing,
+)
 
 Handler = Callable[[httpx.Request], httpx.Response]
+V1 = ("crm-get", "crm-cancel", "crm-noshow")
+BOTH = (*V1, "crm-cancel-post", "crm-noshow-post")
 
 
 class FakeServer:
     """Records requests and answers like a minimal MCP server, for protocol assertions."""
 
-    def __init__(self, *, sse: bool = False, expire_once: bool = False) -> None:
+    def __init__(
+        self, *, sse: bool = False, expire_once: bool = False, tools: tuple[str, ...] = BOTH
+    ) -> None:
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.tools = list(tools)
         self.sse = sse
         self.expire_once = expire_once
         self.sessions = 0
@@ -46,10 +58,13 @@ class FakeServer:
         if self.expire_once:
             self.expire_once = False
             return httpx.Response(404)
-        result = {
-            "content": [{"type": "text", "text": json.dumps({"status": "CANCELLED"})}],
-            "isError": False,
-        }
+        if body["method"] == "tools/list":
+            return self.answer(body["id"], {"tools": [{"name": name} for name in self.tools]})
+        if body["params"]["name"] not in self.tools:
+            error = {"code": -32602, "message": f"Unknown tool: {body['params']['name']}"}
+            return httpx.Response(200, json={"jsonrpc": "2.0", "id": body["id"], "error": error})
+        record = {"meetingId": "m1", "meetingStatus": "Canceled"}
+        result = {"content": [{"type": "text", "text": json.dumps(record)}], "isError": False}
         return self.answer(body["id"], result)
 
     def answer(
@@ -77,12 +92,12 @@ def gateway_for(handler: Handler, token: str | None = "cp-token") -> McpGateway:
 def test_handshake_then_call_with_session_and_version_echoed(sse: bool) -> None:
     server = FakeServer(sse=sse)
     result = gateway_for(server).call(Action.CANCEL, "00U5g00000MnOpQEAV")
-    assert result.meeting_status == "CANCELLED"
+    assert result.meeting.status == "CANCELLED"
     methods = [body.get("method") for _, body in server.requests]
-    assert methods == ["initialize", "notifications/initialized", "tools/call"]
-    headers, body = server.requests[2]
+    assert methods == ["initialize", "notifications/initialized", "tools/list", "tools/call"]
+    headers, body = server.requests[3]
     assert body["params"] == {
-        "name": "crm-cancel",
+        "name": "crm-cancel-post",
         "arguments": {"crmEventId": "00U5g00000MnOpQEAV"},
     }
     assert headers["mcp-session-id"] == "session-1"
@@ -104,9 +119,58 @@ def test_session_is_opened_once_and_shared() -> None:
 def test_expired_session_is_reopened_and_the_call_sent_again() -> None:
     server = FakeServer(expire_once=True)
     result = gateway_for(server).call(Action.CANCEL, "00U5g00000MnOpQEAV")
-    assert result.meeting_status == "CANCELLED"
+    assert result.meeting.status == "CANCELLED"
     assert server.sessions == 2
     assert server.requests[-1][0]["mcp-session-id"] == "session-2"
+
+
+@pytest.mark.parametrize(
+    ("offered", "used"),
+    [(V1, "crm-noshow"), (("crm-get", "crm-noshow-post", "crm-cancel-post"), "crm-noshow-post")],
+)
+def test_the_post_variant_is_used_when_offered(offered: tuple[str, ...], used: str) -> None:
+    server = FakeServer(tools=offered)
+    gateway_for(server).call(Action.NOSHOW, "00U5g00000MnOpQEAV")
+    assert server.requests[-1][1]["params"]["name"] == used
+
+
+def test_tools_are_listed_once_and_shared() -> None:
+    server = FakeServer()
+    gateway = gateway_for(server)
+    for action in (Action.GET, Action.CANCEL, Action.NOSHOW, Action.GET):
+        gateway.call(action, "00U5g00000MnOpQEAV")
+    methods = [body.get("method") for _, body in server.requests]
+    assert methods.count("tools/list") == 1
+
+
+def test_an_unknown_tool_answer_lists_the_tools_again_and_calls_the_new_name() -> None:
+    server = FakeServer(tools=BOTH)
+    gateway = gateway_for(server)
+    gateway.call(Action.GET, "00U5g00000MnOpQEAV")  # tools known: crm-cancel-post
+    server.tools = list(V1)  # ChiliPiper rolled back its v2 tools
+    result = gateway.call(Action.CANCEL, "00U5g00000MnOpQEAV")
+    assert result.tool == "crm-cancel"
+    calls = [
+        body["params"]["name"] for _, body in server.requests if body.get("method") == "tools/call"
+    ]
+    assert calls[-2:] == ["crm-cancel-post", "crm-cancel"]
+
+
+def test_a_tool_withdrawn_without_a_replacement_is_permanent() -> None:
+    server = FakeServer(tools=BOTH)
+    gateway = gateway_for(server)
+    gateway.call(Action.GET, "00U5g00000MnOpQEAV")
+    server.tools = ["crm-get", "crm-noshow-post"]
+    with pytest.raises(ToolsMissing, match="no crm-cancel-post or crm-cancel"):
+        gateway.call(Action.CANCEL, "00U5g00000MnOpQEAV")
+
+
+def test_a_listing_without_a_tool_for_an_action_says_what_is_missing() -> None:
+    server = FakeServer(tools=("crm-get", "crm-cancel-post", "meeting-get"))
+    with pytest.raises(ToolsMissing) as missing:
+        gateway_for(server).discover()
+    assert "no crm-noshow-post or crm-noshow" in str(missing.value)
+    assert "CRM tools: crm-cancel-post, crm-get" in str(missing.value)
 
 
 def test_unknown_protocol_version_is_permanent() -> None:
@@ -151,15 +215,33 @@ def test_cancel_changes_the_meeting_and_a_second_cancel_is_a_tool_error(
     gateway: McpGateway, sandbox: SandboxServer
 ) -> None:
     event = random_event_id()
-    assert gateway.call(Action.GET, event).meeting_status == "BOOKED"
-    assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
-    with pytest.raises(PermanentError, match="already CANCELLED"):
+    assert gateway.call(Action.GET, event).meeting.status == "BOOKED"
+    assert gateway.call(Action.CANCEL, event).meeting.status == "CANCELLED"
+    with pytest.raises(ToolError, match=r"409: MeetingNotActive: .* is already Canceled"):
         gateway.call(Action.CANCEL, event)
     assert [call["tool"] for call in sandbox.calls(event)] == [
         "crm-get",
-        "crm-cancel",
-        "crm-cancel",
+        "crm-cancel-post",
+        "crm-cancel-post",
     ]
+
+
+@pytest.mark.parametrize(("tools", "cancel"), [("v1", "crm-cancel"), ("v2", "crm-cancel-post")])
+def test_each_tool_set_of_the_sandbox(
+    gateway: McpGateway, sandbox: SandboxServer, tools: str, cancel: str
+) -> None:
+    sandbox.configure(tools=tools)
+    event = random_event_id()
+    result = gateway.call(Action.CANCEL, event)
+    assert (result.tool, result.meeting.status) == (cancel, "CANCELLED")
+    assert result.meeting.meeting_id
+    assert [call["tool"] for call in sandbox.calls(event)] == [cancel]
+
+
+def test_a_missing_permission_is_named(gateway: McpGateway, sandbox: SandboxServer) -> None:
+    sandbox.configure(missing_permission="meeting.modify")
+    with pytest.raises(MissingPermission, match=r"lacks the permission meeting\.modify"):
+        gateway.call(Action.CANCEL, random_event_id())
 
 
 def test_no_meeting_linked_is_permanent_after_one_call(
@@ -178,7 +260,7 @@ def test_429_waits_for_retry_after_then_succeeds(
     gateway.call(Action.GET, event)  # open the session first
     sandbox.set_faults(fail_next=1, status=429, retry_after=1)
     started = time.monotonic()
-    assert gateway.call(Action.GET, event).meeting_status == "BOOKED"
+    assert gateway.call(Action.GET, event).meeting.status == "BOOKED"
     assert time.monotonic() - started >= 0.9
 
 
@@ -186,8 +268,8 @@ def test_503_blips_are_retried_in_call(gateway: McpGateway, sandbox: SandboxServ
     event = random_event_id()
     gateway.call(Action.GET, event)
     sandbox.set_faults(fail_next=2, status=503)
-    assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
-    assert len(sandbox.calls(event, "crm-cancel")) == 1
+    assert gateway.call(Action.CANCEL, event).meeting.status == "CANCELLED"
+    assert len(sandbox.calls(event, action="cancel")) == 1
 
 
 def test_persistent_503_surfaces_as_retryable(gateway: McpGateway, sandbox: SandboxServer) -> None:
@@ -214,7 +296,7 @@ def test_timeout_on_cancel_is_in_doubt_and_not_retried(
         gateway.call(Action.CANCEL, event)
     sandbox.set_faults()
     time.sleep(0.7)  # let the slow request finish on the server
-    assert len(sandbox.calls(event, "crm-cancel")) == 1  # sent once, never repeated blind
+    assert len(sandbox.calls(event, action="cancel")) == 1  # sent once, never repeated blind
 
 
 def test_sse_answers_and_expired_sessions_on_the_sandbox(
@@ -223,9 +305,5 @@ def test_sse_answers_and_expired_sessions_on_the_sandbox(
     event = random_event_id()
     gateway.call(Action.GET, event)
     sandbox.set_faults(sse=True, expire_sessions=True)
-    assert gateway.call(Action.CANCEL, event).meeting_status == "CANCELLED"
-    assert set(gateway.list_tools()) == {
-        "crm-get",
-        "crm-cancel",
-        "crm-noshow",
-    }
+    assert gateway.call(Action.CANCEL, event).meeting.status == "CANCELLED"
+    assert set(gateway.list_tools()) == set(BOTH)

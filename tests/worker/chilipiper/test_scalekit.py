@@ -13,7 +13,14 @@ from tests.scalekit_standin import CLIENT_ID, CONNECTION
 from worker.chilipiper import build_gateway
 from worker.chilipiper.scalekit import ClientCredentials, ScalekitGateway
 from worker.domain.operations import Action
-from worker.errors import InDoubtError, NoMeetingError, PermanentError, RetryableError, ToolError
+from worker.errors import (
+    InDoubtError,
+    MissingPermission,
+    NoMeetingError,
+    PermanentError,
+    RetryableError,
+    ToolError,
+)
 from worker.settings import Settings
 
 
@@ -35,10 +42,35 @@ def test_tools_are_called_with_the_connector_prefix_and_identifier(
 ) -> None:
     event = random_event_id()
     result = gateway.call(Action.CANCEL, event)
-    assert result.meeting_status == "CANCELLED"
+    assert result.meeting.status == "CANCELLED"
     assert result.execution_id == scalekit.state.executions[-1]["execution_id"]
-    assert scalekit.state.executions[-1]["tool_name"] == f"{CONNECTION}_crm-cancel"
+    assert scalekit.state.executions[-1]["tool_name"] == f"{CONNECTION}_crm_cancel_post"
     assert sandbox.state.meetings[event] == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    ("tools", "used"),
+    [("v1", "chilipipermcp_crm-noshow"), ("v2", "chilipipermcp_crm_noshow_post")],
+)
+def test_the_catalogue_names_are_used_as_listed(
+    gateway: ScalekitGateway,
+    scalekit: ScalekitServer,
+    sandbox: SandboxServer,
+    tools: str,
+    used: str,
+) -> None:
+    """Scalekit spells v1 tools with dashes and v2 with underscores after the prefix."""
+    sandbox.configure(tools=tools)
+    assert gateway.call(Action.NOSHOW, random_event_id()).meeting.status == "NO_SHOW"
+    assert scalekit.state.executions[-1]["tool_name"] == used
+
+
+def test_chilipipers_refusal_through_scalekit_keeps_its_meaning(
+    gateway: ScalekitGateway, sandbox: SandboxServer
+) -> None:
+    sandbox.configure(missing_permission="meeting.modify")
+    with pytest.raises(MissingPermission, match=r"lacks the permission meeting\.modify"):
+        gateway.call(Action.CANCEL, random_event_id())
 
 
 def test_token_is_cached_and_shared(gateway: ScalekitGateway, scalekit: ScalekitServer) -> None:
@@ -67,7 +99,7 @@ def test_one_401_refreshes_the_token_and_the_call_goes_through(
     gateway.call(Action.GET, random_event_id())
     issued = scalekit.state.tokens_issued
     scalekit.state.reject_tokens = 1  # revoked
-    assert gateway.call(Action.GET, random_event_id()).meeting_status == "BOOKED"
+    assert gateway.call(Action.GET, random_event_id()).meeting.status == "BOOKED"
     assert scalekit.state.tokens_issued == issued + 1
 
 
@@ -93,7 +125,7 @@ def test_no_meeting_linked_is_a_permanent_tool_error(gateway: ScalekitGateway) -
 def test_already_cancelled_is_a_tool_error(gateway: ScalekitGateway) -> None:
     event = random_event_id()
     gateway.call(Action.CANCEL, event)
-    with pytest.raises(ToolError, match="already CANCELLED"):
+    with pytest.raises(ToolError, match=r"HTTP 409: MeetingNotActive: .* already Canceled"):
         gateway.call(Action.CANCEL, event)
 
 
@@ -103,7 +135,7 @@ def test_429_is_retried_after_retry_after(
     gateway.call(Action.GET, random_event_id())
     scalekit.state.fail_next, scalekit.state.fail_status, scalekit.state.retry_after = 1, 429, 1
     started = time.monotonic()
-    assert gateway.call(Action.GET, random_event_id()).meeting_status == "BOOKED"
+    assert gateway.call(Action.GET, random_event_id()).meeting.status == "BOOKED"
     assert time.monotonic() - started >= 0.9
 
 
@@ -119,7 +151,8 @@ def test_persistent_5xx_on_cancel(
 
 def test_scoped_tools_are_listed_across_pages(gateway: ScalekitGateway) -> None:
     assert sorted(gateway.list_tools()) == sorted(
-        f"{CONNECTION}_{tool}" for tool in ("crm-get", "crm-cancel", "crm-noshow")
+        f"{CONNECTION}_{tool}"
+        for tool in ("crm-get", "crm-cancel", "crm-noshow", "crm_cancel_post", "crm_noshow_post")
     )
 
 

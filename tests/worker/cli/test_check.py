@@ -27,11 +27,29 @@ def lines(settings: Settings, event: str | None = None) -> tuple[bool, str]:
     return report.ok, "\n".join(text for _, text in report.lines)
 
 
-def test_mcp_ok_lists_the_three_tools(settings: Settings, sandbox: SandboxServer) -> None:
+def test_mcp_ok_names_the_tools_in_use(settings: Settings, sandbox: SandboxServer) -> None:
     ok, text = lines(settings, random_event_id())
     assert ok, text
-    assert "tools present: crm-get, crm-noshow, crm-cancel" in text
-    assert "meeting status BOOKED" in text
+    assert "tools in use: crm-get, crm-noshow-post, crm-cancel-post" in text
+    assert "meeting status Active" in text  # as ChiliPiper wrote it
+
+
+def test_mcp_v1_tools_only(settings: Settings, sandbox: SandboxServer) -> None:
+    sandbox.configure(tools="v1")
+    ok, text = lines(settings)
+    assert ok, text
+    assert "tools in use: crm-get, crm-noshow, crm-cancel" in text
+
+
+def test_a_listing_without_a_cancel_tool_explains_why_the_worker_will_not_start(
+    settings: Settings, sandbox: SandboxServer
+) -> None:
+    sandbox.configure(tools="get-only")  # a token that may only read
+    ok, text = lines(settings)
+    assert not ok
+    assert "ChiliPiper offers no crm-cancel-post or crm-cancel" in text
+    assert "CRM tools: crm-get" in text
+    assert "the worker will not start" in text
 
 
 def test_mcp_bad_token(settings: Settings, token_required: str) -> None:
@@ -63,7 +81,10 @@ def test_event_without_a_meeting(settings: Settings, sandbox: SandboxServer) -> 
 def test_scalekit_ok(settings: Settings, scalekit: ScalekitServer) -> None:
     ok, text = lines(scalekit_settings(settings, scalekit))
     assert ok, text
-    assert "chilipipermcp_crm-get, chilipipermcp_crm-noshow, chilipipermcp_crm-cancel" in text
+    assert (
+        "tools in use: chilipipermcp_crm-get, chilipipermcp_crm_noshow_post, "
+        "chilipipermcp_crm_cancel_post" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,7 +137,7 @@ def test_cli_exit_status(
         monkeypatch.setenv(name, value)
     good = CliRunner().invoke(main, ["check"])
     assert good.exit_code == 0, good.output
-    assert "✓ tools present" in good.output
+    assert "✓ tools in use" in good.output
     monkeypatch.setenv("SCALEKIT_IDENTIFIER", "user_999")
     bad = CliRunner().invoke(main, ["check"])
     assert bad.exit_code == 1

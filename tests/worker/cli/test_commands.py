@@ -33,7 +33,7 @@ def test_enqueue_validates_like_the_edge_and_the_worker_performs(
     assert result.exit_code == 1  # one ID was rejected
     assert f"queued   {event}" in result.output
     assert "rejected 003000000000001" in result.output
-    wait_for(lambda: sandbox.calls(event, "crm-noshow"))
+    wait_for(lambda: sandbox.calls(event, action="noshow"))
 
 
 def test_enqueue_refuses_an_unknown_action(runner: CliRunner) -> None:
@@ -54,7 +54,7 @@ def test_status_shows_state_attempts_and_result(
     assert "succeeded" in shown.output
     as_json = json.loads(runner.invoke(main, ["status", "--json", event]).output)
     assert as_json[0]["attempts"] == "1"
-    assert as_json[0]["result"]["data"]["status"] == "CANCELLED"
+    assert as_json[0]["result"]["meeting"]["status"] == "CANCELLED"
     by_key = runner.invoke(main, ["status", as_json[0]["key"]])
     assert by_key.exit_code == 0
 
