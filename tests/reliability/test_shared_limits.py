@@ -134,10 +134,14 @@ def test_with_no_server_limit_the_rate_fills_the_calls_in_flight(
     ceiling = in_flight / latency
     ramped = rate_between(done, 0.1, 1.0)
     whole = (len(done) - 1) / (done[-1] - done[0])
+    client = stack.redis()
+    allowed = float(client.hget(keys.GATE_LIMITER, "rate") or 0)
+    client.close()
     report(
         f"no server limit, {latency * 1000:.0f} ms per call, {in_flight} in flight "
         f"(ceiling {ceiling:.0f}/s), 2000 cancels: {ramped:.1f}/s once ramped "
-        f"({ramped / ceiling:.0%}), {whole:.1f}/s over the whole run ({whole / ceiling:.0%})"
+        f"({ramped / ceiling:.0%}), {whole:.1f}/s over the whole run ({whole / ceiling:.0%}); "
+        f"the limiter allowed {allowed:.0f}/s at the end"
     )
     assert ramped >= 0.8 * ceiling
     assert whole >= 0.6 * ceiling
