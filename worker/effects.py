@@ -111,8 +111,15 @@ def _attempt(runtime: Runtime, operation: Operation, claim: Claim) -> Outcome:
         if action.irreversible and not isinstance(refused, NoMeetingError):
             try:
                 current = _in_effect(runtime, operation)
-            except GatewayError:
-                raise refused from None
+            except (DeferredError, RetryableError, InDoubtError) as unchecked:
+                # The check could not run yet: the refusal may mean it was done already, so
+                # the next try reconciles before it sends anything.
+                raise InDoubtError(
+                    f"{refused}; crm-get could not check the meeting yet: {unchecked}",
+                    tool=refused.tool,
+                ) from unchecked
+            except PermanentError as unclear:
+                raise PermanentError(f"{refused}; {unclear}", tool=refused.tool) from unclear
             if current is not None:
                 return _succeed(runtime, operation, claim, current, Outcome.RECONCILED)
         raise

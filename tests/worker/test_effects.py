@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -10,10 +11,11 @@ import pytest
 import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
+from worker.chilipiper import Gateway, ToolNames, ToolResult
 from worker.dev.redis_server import RedisServer
 from worker.domain.operations import Action, Operation
 from worker.effects import Outcome, RetryLater, perform
-from worker.errors import InDoubtError, RetryableError
+from worker.errors import DeferredError, GatewayError, InDoubtError, RetryableError
 from worker.store import keys
 from worker.tasks.runtime import Runtime, build_runtime
 
@@ -254,3 +256,48 @@ def test_an_open_circuit_defers_without_spending_an_attempt(
     assert record is not None
     assert (record["state"], record["attempts"]) == ("queued", "0")  # as if never claimed
     assert sandbox.calls(operation.crm_event_id) == []
+
+
+class ReadsFailOnce:
+    """The real gateway, except that ChiliPiper's next `crm-get` meets a bad minute."""
+
+    def __init__(self, gateway: Gateway, error: GatewayError) -> None:
+        self._gateway, self._error = gateway, error
+
+    def call(self, action: Action, crm_event_id: str) -> ToolResult:
+        if action is Action.GET and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._gateway.call(action, crm_event_id)
+
+    def list_tools(self) -> list[str]:
+        return self._gateway.list_tools()
+
+    def discover(self) -> ToolNames:
+        return self._gateway.discover()
+
+
+@pytest.mark.parametrize(
+    "bad_minute",
+    [
+        DeferredError("held back: rate limit", retry_after=0.1),
+        RetryableError("crm-get: HTTP 503", status=503),
+    ],
+)
+def test_a_refusal_whose_check_cannot_run_yet_is_in_doubt_not_dead(
+    runtime: Runtime, sandbox: SandboxServer, bad_minute: GatewayError
+) -> None:
+    """ChiliPiper refuses the cancel (409: no longer active) and the crm-get that would tell
+    whether it is cancelled already cannot run yet: the operation waits in doubt, and the
+    next try reconciles instead of dead-lettering a cancel that happened."""
+    operation = cancel()
+    sandbox.state.seed({operation.crm_event_id: "CANCELLED"})
+    flaky = dataclasses.replace(runtime, gateway=ReadsFailOnce(runtime.gateway, bad_minute))
+    with pytest.raises(RetryLater) as later:
+        perform(flaky, operation, owner="t1")
+    assert isinstance(later.value.error, InDoubtError)
+    record = runtime.store.records.read(keys.operation(operation))
+    assert record is not None
+    assert record["state"] == "in_doubt"
+    assert perform(flaky, operation, owner="t2") is Outcome.RECONCILED
+    assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["cancel", "get"]

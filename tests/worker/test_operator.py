@@ -108,6 +108,9 @@ def test_replay_of_a_dead_cancel_that_had_taken_effect_sends_no_second_cancel(
     record = worker_store.records.read(keys.operation(operation))
     assert record is not None
     assert record["result"]["reconciled"] is True
+    # Read from ChiliPiper's own field and spelling: {"meetingStatus": "Canceled", ...}.
+    assert record["result"]["meeting"]["status_as_sent"] == "Canceled"
+    assert record["result"]["meeting"]["status"] == "CANCELLED"
 
 
 def test_replaying_a_succeeded_cancel_sends_nothing_unless_forced(

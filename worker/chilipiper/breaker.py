@@ -149,12 +149,5 @@ class CircuitBreaker:
             )
         )
 
-    def opened_for(self, now_ms: float) -> float:
-        """Seconds until the open circuit lets a trial through; 0 unless open."""
-        state, until = self._redis.hmget(keys.GATE_BREAKER, ["state", "until"])
-        if text(state or b"closed") != "open":
-            return 0.0
-        return max(0.0, float(until or 0) - now_ms) / 1000
-
     def state(self) -> str:
         return text(self._redis.hget(keys.GATE_BREAKER, "state") or b"closed")

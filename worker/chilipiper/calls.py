@@ -12,9 +12,15 @@ from typing import Protocol, TypeVar
 from tenacity import Retrying
 
 from worker.chilipiper.result import ToolResult
-from worker.chilipiper.tools import ToolCatalog
+from worker.chilipiper.tools import ToolCatalog, ToolNames
 from worker.domain.operations import Action
-from worker.errors import InDoubtError, PermanentError, RetryableError, UnknownTool
+from worker.errors import (
+    InDoubtError,
+    PermanentError,
+    RetryableError,
+    ToolsMissing,
+    UnknownTool,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,12 +76,22 @@ def call_tool(
 ) -> ToolResult:
     """`send` to the tool that performs `action` now. A tool ChiliPiper no longer knows ran
     nothing, so after listing the tools again the call goes once more, to the new name."""
-    tools = catalog.names()
+    tools = _known(catalog.names)
     try:
         return send(Target.of(action, tools[action]))
     except UnknownTool:
-        fresh = catalog.refresh(tools)
+        fresh = _known(lambda: catalog.refresh(tools))
         if fresh[action] == tools[action]:
             raise
         log.warning("ChiliPiper renamed its tools: %s replaces %s", fresh[action], tools[action])
         return send(Target.of(action, fresh[action]))
+
+
+def _known(names: Callable[[], ToolNames]) -> ToolNames:
+    """The tools, or a RetryableError when ChiliPiper lists none for an action now: the
+    worker started with them, so they may well come back (a deploy on ChiliPiper's side);
+    the task's retries give them time before an operator has to look."""
+    try:
+        return names()
+    except ToolsMissing as missing:
+        raise RetryableError(str(missing)) from missing

@@ -49,6 +49,7 @@ def error_for_status(
     detail: str = "",
     retry_after: float | None = None,
 ) -> GatewayError:
+    detail = redact(detail)
     message = f"{tool or 'MCP request'}: HTTP {status}" + (f": {detail}" if detail else "")
     if status in NOT_PROCESSED:
         return RetryableError(message, tool=tool, status=status, retry_after=retry_after)
@@ -81,7 +82,7 @@ def missing_permission(
     needs = f"the token lacks the permission {named}" if named else "the token may not do this"
     return MissingPermission(
         f"{tool or 'MCP request'}: HTTP 403: {needs}"
-        + (f" ({detail})" if detail else "")
+        + (f" ({redact(detail)})" if detail else "")
         + ": grant it to the API token in ChiliPiper's Command Center (Credentials)",
         tool=tool,
         permission=named,
@@ -101,6 +102,7 @@ def error_for_exception(exc: httpx.HTTPError, *, tool: str, irreversible: bool) 
     return PermanentError(message, tool=tool)
 
 
+# JSON-RPC's "invalid params" naming an unknown tool: refused before anything ran.
 UNKNOWN_TOOL = re.compile(r"unknown tool|tool .*not found|no such tool", re.IGNORECASE)
 
 
@@ -128,7 +130,10 @@ class EdgeAnswer:
     The Edge API answers errors as `{"errorCode", "errorMessage", "arguments"}` (a request it
     cannot decode, as plain text such as `Invalid value for: path parameter …`); the MCP
     server and Scalekit pass them on as the tool's text, often behind the HTTP status
-    (`404 Not Found: {...}`, `HTTP 403: ...`). Whatever cannot be read stays empty."""
+    (`404 Not Found: {...}`, `HTTP 403: ...`, `Request failed with status code 503`), and an
+    MCP server built with the official SDK prefixes `Error executing tool <name>:`. What
+    cannot be read stays empty; a JSON body is read for its code and message only, never
+    kept whole (it may carry a meeting's attendees)."""
 
     status: int | None = None
     code: str = ""
@@ -137,18 +142,19 @@ class EdgeAnswer:
 
     @classmethod
     def read(cls, text: str, structured: dict[str, Any] | None = None) -> EdgeAnswer:
+        text = _SDK_PREFIX.sub("", text.strip())
         body = structured if isinstance(structured, dict) else {}
         if not body.get("errorCode"):
             body = _json_in(text) or body
         status = _status_in(body) or _status_in_text(text)
-        code = str(body.get("errorCode") or "")
-        message = str(body.get("errorMessage") or body.get("message") or "")
-        if not message:
+        if body:
+            message = str(body.get("errorMessage") or body.get("message") or "")
+        else:
             message = _STATUS_PREFIX.sub("", text).strip()
         arguments = body.get("arguments")
         return cls(
             status=status,
-            code=code,
+            code=str(body.get("errorCode") or ""),
             message=message,
             arguments={str(k): str(v) for k, v in arguments.items()}
             if isinstance(arguments, dict)
@@ -156,11 +162,22 @@ class EdgeAnswer:
         )
 
     def describe(self) -> str:
-        said = f"{self.code}: {self.message}" if self.code else self.message
+        said = redact(": ".join(part for part in (self.code, self.message) if part))
         return f"HTTP {self.status}: {said}" if self.status else said
 
 
+_SDK_PREFIX = re.compile(r"^Error executing tool [^:\s]+:\s*", re.IGNORECASE)
 _STATUS_PREFIX = re.compile(r"^\s*(?:HTTP\s*)?([1-5]\d\d)\b[^:{]*:?", re.IGNORECASE)
+_STATUS_ANYWHERE = re.compile(r"\bstatus(?:\s*code)?\s*[:=]?\s*([1-5]\d\d)\b", re.IGNORECASE)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+MAX_DETAIL = 300
+
+
+def redact(text: str) -> str:
+    """ChiliPiper's words as fit for a dead letter or a log line: e-mail addresses (an
+    attendee's) masked, and no longer than MAX_DETAIL characters."""
+    text = _EMAIL.sub("<email>", " ".join(text.split()))
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "…"
 
 
 def _status_in(body: dict[str, Any]) -> int | None:
@@ -174,7 +191,7 @@ def _status_in(body: dict[str, Any]) -> int | None:
 
 
 def _status_in_text(text: str) -> int | None:
-    match = _STATUS_PREFIX.match(text)
+    match = _STATUS_PREFIX.match(text) or _STATUS_ANYWHERE.search(text)
     return int(match.group(1)) if match else None
 
 
@@ -187,6 +204,13 @@ def _json_in(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def is_unknown_tool(tool: str, text: str) -> bool:
+    """The exact answer of an MCP server that has no tool by that name (the official SDK's
+    `Unknown tool: <name>`): refused before anything ran. Anything looser could mistake a
+    tool that ran and failed ("meeting not found") for one that does not exist."""
+    return text.strip().lower() in (f"unknown tool: {tool}".lower(), f"tool {tool} not found")
 
 
 def tool_failure(
@@ -205,14 +229,15 @@ def tool_failure(
     - 400: ChiliPiper could not read the request: permanent;
     - 403: the missing permission, named; 401: our credentials;
     - 423, 429, 5xx: as the same status on the wire (retry, or in doubt);
-    - an unknown tool: `UnknownTool`, so the names are listed again.
+    - the exact "Unknown tool: <name>" of a server without that tool: `UnknownTool`, so the
+      names are listed again (nothing ran).
     """
+    if is_unknown_tool(tool, text):
+        return UnknownTool(f"{tool}: {text.strip()}", tool=tool)
     answer = EdgeAnswer.read(text, structured)
     said = answer.describe() or "tool reported an error"
     message = f"{tool}: {said}"
     status = answer.status
-    if status is None and UNKNOWN_TOOL.search(text):
-        return UnknownTool(message, tool=tool)
     if status == 404 or (status is None and NO_MEETING.search(text)):
         return NoMeetingError(message, tool=tool, status=status)
     if status is None or status in (409, 422):

@@ -13,6 +13,7 @@ an attempt. All keys share one hash tag, so each script runs on Redis Cluster to
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +40,20 @@ return until_ms
 )
 
 
+# KEYS: pause[, breaker]. Milliseconds until the pause and an open circuit end, by Redis's
+# clock (every worker host may have its own).
+_HOLDS = (
+    NOW
+    + """
+local until_ms = tonumber(redis.call('GET', KEYS[1]) or '0')
+if KEYS[2] and redis.call('HGET', KEYS[2], 'state') == 'open' then
+  until_ms = math.max(until_ms, tonumber(redis.call('HGET', KEYS[2], 'until') or '0'))
+end
+return math.max(0, until_ms - now)
+"""
+)
+
+
 @dataclass(frozen=True)
 class GateSettings:
     ceiling_per_second: float | None
@@ -56,11 +71,14 @@ class Gate:
         self.limiter = AdaptiveLimiter(client, settings.ceiling_per_second, settings.limiter)
         self.breaker = CircuitBreaker(client, settings.breaker)
         self._pause = client.register_script(_PAUSE)
+        self._holds = client.register_script(_HOLDS)
+        self._calls = _ThisCall()
 
     def enter(self) -> None:
         """Return when this request may go (after a short sleep at most), or raise
         DeferredError saying for how long calls are held back, and why."""
-        paused = self._paused_for()
+        self._calls.trial = False
+        paused = self._held_for(keys.GATE_PAUSE)
         if paused > 0:
             raise DeferredError("ChiliPiper calls held back: paused", retry_after=paused)
         admission = self.breaker.admit()
@@ -68,21 +86,24 @@ class Gate:
             raise DeferredError(
                 f"ChiliPiper calls held back: {admission.reason}", retry_after=admission.wait
             )
+        trial = admission.reason == "trial"
         slot = self.limiter.reserve(self._settings.max_block_seconds)
         if not slot.granted:
-            if admission.reason == "trial":
-                self.breaker.return_trial()
+            self._give_back(trial)
             raise DeferredError("ChiliPiper calls held back: rate limit", retry_after=slot.wait)
         if slot.wait > 0:
             time.sleep(slot.wait)
             # A pause or an open circuit may have begun while we waited for our slot.
             held = self.deferral()
             if held > 0:
+                self._give_back(trial)
                 raise DeferredError("ChiliPiper calls held back: paused", retry_after=held)
+        self._calls.trial = trial
 
     def deferral(self) -> float:
-        """Seconds until calls may go at all (pause or open circuit); 0 when they may."""
-        return max(self._paused_for(), self.breaker.opened_for(time.time() * 1000))
+        """Seconds until calls may go at all (pause or open circuit); 0 when they may.
+        Reckoned by Redis's clock, which wrote the times, not by this host's."""
+        return self._held_for(keys.GATE_PAUSE, keys.GATE_BREAKER)
 
     def succeeded(self) -> None:
         self.limiter.record(Answer.ACCEPTED)
@@ -92,6 +113,7 @@ class Gate:
         """A 429 is the limiter's signal (and its Retry-After pauses everyone); any other
         transient failure counts toward the circuit."""
         if isinstance(error, RetryableError) and error.status == 429:
+            self._give_back(self._calls.trial)  # a trial told to slow down decided nothing
             decision, rate = self.limiter.record(Answer.LIMITED)
             if decision == "cut":
                 log.warning("ChiliPiper is refusing calls (429): rate cut to %.1f/s", rate)
@@ -109,9 +131,21 @@ class Gate:
                 self._settings.breaker.cooldown_seconds,
             )
 
-    def _paused_for(self) -> float:
-        until = float(self._redis.get(keys.GATE_PAUSE) or 0)
-        return max(0.0, until - time.time() * 1000) / 1000
+    def _give_back(self, trial: bool) -> None:
+        if trial:
+            self.breaker.return_trial()
+            self._calls.trial = False
+
+    def _held_for(self, *held: str) -> float:
+        """Seconds until the pause (and the open circuit, if asked) end."""
+        return int(self._holds(keys=list(held))) / 1000
+
+
+class _ThisCall(threading.local):
+    """What the gate remembers about the current thread's call: whether it is a trial of
+    the half-open circuit (whose permit goes back if the call does not decide anything)."""
+
+    trial = False
 
 
 class OpenGate:

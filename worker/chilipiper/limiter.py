@@ -11,7 +11,8 @@ capacity, from the one signal the server gives (HTTP 429):
   `decrease_factor` x the rate actually sent (CUBIC's 0.7) when a round's share of 429s shows
   a limit: a server at its limit refuses most calls above it, while a scattered 429 is noise.
   A cut needs at least `cut_share` of the round's answers, and `cut_min_refusals` of them, to
-  be 429s; at most one cut per round; never below `floor_rate`.
+  be 429s; at most one cut per round, and none in the round after a cut, whose 429s may
+  answer calls sent before it; never below `floor_rate`.
 - **Only a rate in use grows** (RFC 7661, congestion window validation): a round that sent
   less than half the allowed rate leaves it alone, so a quiet hour does not license a burst.
 - A state left idle for `idle` seconds expires, and the next call starts fast again.
@@ -62,19 +63,20 @@ class Answer(StrEnum):
     LIMITED = "limited"  # 429
 
 
-# The hash: rate (calls/s), ceiling-free `ssthresh` (the rate of the last cut; below it the
-# rate doubles), `tat` (GCRA's theoretical arrival time, ms), and the open round's start and
-# counts (`sent`, `accepted`, `limited`).
+# The hash: rate (calls/s), `ssthresh` (the rate after the last cut, -1 before any; below it the
+# rate doubles), `tat` (GCRA's theoretical arrival time, ms), the open round's start and counts
+# (`sent`, `accepted`, `limited`), and `recovering` (1 in the round after a cut).
 
 # ARGV: initial rate, ceiling (0 = none), floor, idle ms.
 _STATE = """
 local h = KEYS[1]
 local ceiling, floor = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rate = tonumber(redis.call('HGET', h, 'rate') or '0')
-if rate <= 0 then
+local kept = redis.call('HMGET', h, 'rate', 'ssthresh', 'round_start')
+local rate = tonumber(kept[1] or '0')
+if rate <= 0 or not kept[2] or not kept[3] then  -- new, expired, or not ours: start fast
   rate = tonumber(ARGV[1])
   redis.call('HSET', h, 'rate', rate, 'ssthresh', -1, 'round_start', now,
-             'sent', 0, 'accepted', 0, 'limited', 0)
+             'sent', 0, 'accepted', 0, 'limited', 0, 'recovering', 0)
 end
 if ceiling > 0 and rate > ceiling then rate = ceiling end
 if rate < floor then rate = floor end
@@ -89,6 +91,7 @@ _RESERVE = (
     + """
 local interval = 1000 / rate
 local tat = math.max(tonumber(redis.call('HGET', h, 'tat') or '0'), now)
+if tat > now + tonumber(ARGV[5]) + interval then tat = now end  -- Redis's clock went back
 local wait = tat - now
 if wait > tonumber(ARGV[5]) then return {0, math.ceil(wait)} end
 redis.call('HSET', h, 'tat', tostring(tat + interval))
@@ -109,15 +112,22 @@ redis.call('HINCRBY', h, ARGV[5], 1)
 local ssthresh = tonumber(redis.call('HGET', h, 'ssthresh'))
 local fast = ssthresh < 0 or rate < ssthresh
 local round = fast and tonumber(ARGV[6]) or tonumber(ARGV[7])
-local started = tonumber(redis.call('HGET', h, 'round_start'))
-local elapsed = now - started
+local elapsed = now - tonumber(redis.call('HGET', h, 'round_start'))
+if elapsed < 0 then  -- Redis's clock went back: count from now
+  redis.call('HSET', h, 'round_start', now)
+  return {'open', tostring(rate)}
+end
 if elapsed < round then return {'open', tostring(rate)} end
 local counts = redis.call('HMGET', h, 'sent', 'accepted', 'limited')
 local sent, limited = tonumber(counts[1]), tonumber(counts[3])
 local answered = tonumber(counts[2]) + limited
 local refused = limited > 0 and limited >= tonumber(ARGV[10]) * answered
 local decision = 'hold'
-if refused and limited >= tonumber(ARGV[11]) then
+if refused and (redis.call('HGET', h, 'recovering') == '1' or sent == 0) then
+  -- 429s answering calls sent before the last cut, or while nobody sent: no news about
+  -- the rate now (TCP cuts once per window of loss, not once per lost packet).
+  decision = 'hold'
+elseif refused and limited >= tonumber(ARGV[11]) then
   local sending = math.min(rate, sent * 1000 / elapsed)
   rate = math.max(tonumber(ARGV[3]), sending * tonumber(ARGV[9]))
   ssthresh = rate
@@ -131,7 +141,8 @@ end
 local ceiling = tonumber(ARGV[2])
 if ceiling > 0 and rate > ceiling then rate = ceiling end
 redis.call('HSET', h, 'rate', tostring(rate), 'ssthresh', tostring(ssthresh),
-           'round_start', now, 'sent', 0, 'accepted', 0, 'limited', 0)
+           'round_start', now, 'sent', 0, 'accepted', 0, 'limited', 0,
+           'recovering', decision == 'cut' and 1 or 0)
 return {decision, tostring(rate)}
 """
 )

@@ -180,7 +180,7 @@ class McpGateway:
     ) -> dict[str, Any]:
         tool, irreversible = target.tool, target.irreversible
         if response.status_code != 200:
-            detail = _short(response.read().decode("utf-8", "replace"))
+            detail = response.read().decode("utf-8", "replace")
             raise error_for_status(
                 response.status_code,
                 tool=tool,
@@ -281,8 +281,3 @@ def _decode(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -48,7 +48,7 @@ class ToolResult:
         if isinstance(data, dict) and ("content" in data or "isError" in data):
             parsed = cls.from_mcp(tool, crm_event_id, data)
         else:
-            structured = _unwrap(data) if not isinstance(data, dict) else data
+            structured = _unwrap(data)
             parsed = cls(
                 tool=tool,
                 crm_event_id=crm_event_id,

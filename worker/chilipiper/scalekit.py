@@ -9,6 +9,7 @@ is permanent (the client credentials themselves are wrong). Tools run with
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -146,17 +147,17 @@ class ScalekitGateway:
                         tool=target.tool,
                         irreversible=target.irreversible,
                     )
-                return ToolResult.from_scalekit(target.tool, crm_event_id, payload)
+                result = ToolResult.from_scalekit(target.tool, crm_event_id, payload)
+                if result.is_error:  # inside the gate: a tool's 429 teaches the limiter too
+                    raise tool_failure(
+                        target.tool,
+                        result.text,
+                        irreversible=target.irreversible,
+                        structured=result.data,
+                    )
+                return result
 
-            result = call_through(self._gate, self._retrying(), once)
-            if result.is_error:
-                raise tool_failure(
-                    target.tool,
-                    result.text,
-                    irreversible=target.irreversible,
-                    structured=result.data,
-                )
-            return result
+            return call_through(self._gate, self._retrying(), once)
 
         return call_tool(self.catalog, action, send)
 
@@ -238,8 +239,15 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         )
     if response.status_code == 404 and "connected account" in lowered:
         return UnknownAccount(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
-    if response.status_code == 404 and "tool" in lowered:
+    if response.status_code == 404 and _TOOL_NOT_FOUND.search(message):
         return UnknownTool(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
+    if response.status_code == 403:
+        return CredentialsRefused(
+            f"{tool or 'Scalekit'}: Scalekit refused (HTTP 403): {message}: check that the "
+            "API client may use AgentKit and this connection",
+            tool=tool,
+            status=403,
+        )
     return error_for_status(
         response.status_code,
         tool=tool or "Scalekit",
@@ -247,6 +255,10 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         detail=message,
         retry_after=retry_after_seconds(response.headers.get("retry-after")),
     )
+
+
+# Scalekit's 404 for a tool it does not have (before anything ran), not a tool's own 404.
+_TOOL_NOT_FOUND = re.compile(r"\btool\b.*\bnot found\b", re.IGNORECASE)
 
 
 def _error_info(body: dict[str, Any]) -> dict[str, Any]:

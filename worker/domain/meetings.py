@@ -62,10 +62,9 @@ class Meeting:
     def from_record(cls, data: dict[str, Any]) -> Meeting:
         """Read a record in any of the shapes ChiliPiper answers with; fields it lacks stay
         None (an empty record gives an empty Meeting)."""
-        record = data
-        nested = data.get("meeting")
-        if isinstance(nested, dict) and not _has_status(data):
-            record = nested
+        record, nested = data, data.get("meeting")
+        if isinstance(nested, dict) and not isinstance(data.get("meetingStatus"), str):
+            record = nested  # `{"status": "ok", "meeting": {...}}`: the meeting's own status
         window = record.get("dateTime")
         if not isinstance(window, dict):
             window = {}
@@ -92,12 +91,14 @@ class Meeting:
         return {name: value for name, value in fields.items() if value is not None}
 
 
-def _has_status(record: dict[str, Any]) -> bool:
-    return _status_of(record) is not None
-
-
 def _status_of(record: dict[str, Any]) -> str | None:
-    return _text(record, "meetingStatus", "status")
+    """`meetingStatus`, else `status`: as text only (an HTTP `"status": 200` is no meeting
+    status)."""
+    for name in ("meetingStatus", "status"):
+        value = record.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def _text(record: dict[str, Any], *names: str) -> str | None:

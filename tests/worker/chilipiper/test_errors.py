@@ -177,7 +177,14 @@ PERMISSION = (
         ("502 Bad Gateway", R, D),
         ("503 Service Unavailable: maintenance", R, R),
         ("504 Gateway Timeout", R, D),
-        ("Unknown tool: crm-cancel", U, U),
+        # As an MCP server built with the official SDK wraps a tool's exception:
+        ("Error executing tool crm-x: Meeting not found", NoMeetingError, NoMeetingError),
+        (
+            'Error executing tool crm-x: 404 Not Found: {"errorCode":"X"}',
+            NoMeetingError,
+            NoMeetingError,
+        ),
+        ("Error executing tool crm-x: Request failed with status code 503", R, R),
     ],
 )
 def test_chilipipers_documented_answers(
@@ -218,3 +225,30 @@ def test_a_403_of_a_read_does_not_guess_a_permission() -> None:
     error = tool_failure("crm-get", "403 Forbidden: <html>see chilipiper.com</html>")
     assert isinstance(error, MissingPermission)
     assert error.permission == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "unknown"),
+    [
+        ("Unknown tool: crm-cancel", True),  # the official SDK's answer: nothing ran
+        ("Tool crm-cancel not found", True),
+        ("Unknown tool: crm-noshow", False),  # another tool's name: not about this call
+        ("Error executing tool crm-cancel: tool step not found", False),  # it ran, and failed
+        ("404 Not Found: meeting tool not found", False),
+    ],
+)
+def test_only_the_exact_unknown_tool_answer_means_nothing_ran(text: str, unknown: bool) -> None:
+    assert isinstance(tool_failure("crm-cancel", text, irreversible=True), UnknownTool) is unknown
+
+
+def test_chilipipers_text_reaches_a_dead_letter_without_attendees() -> None:
+    body = (
+        '{"errorCode":"MeetingLocked","meeting":{"attendees":'
+        '[{"email":"ada@example.org","fullName":"Ada Lovelace"}]}}'
+    )
+    error = tool_failure("crm-cancel-post", f"409 Conflict: {body}", irreversible=True)
+    assert str(error) == "crm-cancel-post: HTTP 409: MeetingLocked"
+    plain = tool_failure("crm-get", "500 Internal Server Error: ask ada@example.org " + "x" * 400)
+    assert "ada@" not in str(plain)
+    assert "<email>" in str(plain)
+    assert len(str(plain)) < 360

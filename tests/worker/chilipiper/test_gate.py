@@ -13,7 +13,7 @@ import redis
 
 from worker.chilipiper.breaker import BreakerSettings, CircuitBreaker
 from worker.chilipiper.gate import Gate, GateSettings
-from worker.chilipiper.limiter import AdaptiveLimiter, Answer, LimiterPolicy
+from worker.chilipiper.limiter import AdaptiveLimiter, Answer, LimiterPolicy, Reservation
 from worker.errors import DeferredError, InDoubtError, RetryableError
 from worker.store import keys
 
@@ -137,7 +137,7 @@ def test_the_rate_never_falls_below_the_floor_nor_rises_above_the_ceiling(
 ) -> None:
     capped = limiter(idle_redis, ceiling=50, initial_rate=40)
     assert a_round(capped, [Answer.ACCEPTED], sent=100)[1] == 50
-    for _ in range(12):  # 50 x 0.7^12 < 1
+    for _ in range(24):  # a cut every other round (none right after one): 50 x 0.7^12 < 1
         a_round(capped, [Answer.LIMITED] * 4, sent=100)
     assert capped.rate() == 1.0
 
@@ -233,3 +233,53 @@ def test_a_trial_held_back_by_the_rate_is_given_back(idle_redis: redis.Redis) ->
     with pytest.raises(DeferredError, match="rate limit"):
         slow.enter()  # the second trial's permit, then held back by the rate
     assert idle_redis.hget(keys.GATE_BREAKER, "permits") == "1"  # given back
+
+
+def test_429s_of_calls_sent_before_a_cut_do_not_cut_again(idle_redis: redis.Redis) -> None:
+    """One burst of refusals is one cut (TCP: one cut per window of loss), however its 429s
+    straddle the rounds; a later round that is refused again cuts again."""
+    learning = limiter(idle_redis, initial_rate=100)
+    refusals = [Answer.ACCEPTED] * 6 + [Answer.LIMITED] * 4
+    assert a_round(learning, refusals, sent=100)[0] == "cut"
+    cut = stored(idle_redis, "rate")
+    assert a_round(learning, refusals, sent=100) == ("hold", cut)
+    assert a_round(learning, refusals, sent=100)[0] == "cut"
+
+
+def test_429s_while_nobody_sent_say_nothing_about_the_rate(idle_redis: redis.Redis) -> None:
+    learning = limiter(idle_redis, initial_rate=100)
+    assert a_round(learning, [Answer.LIMITED] * 5, sent=0) == ("hold", 100)
+
+
+def test_a_redis_clock_that_went_back_does_not_stall_the_limiter(idle_redis: redis.Redis) -> None:
+    learning = limiter(idle_redis, initial_rate=100)
+    learning.reserve(max_block_seconds=1)
+    now_ms = time.time() * 1000
+    idle_redis.hset(
+        keys.GATE_LIMITER, mapping={"tat": now_ms + 120_000, "round_start": now_ms + 120_000}
+    )
+    assert learning.reserve(max_block_seconds=1) == Reservation(True, 0)
+    assert learning.record(Answer.ACCEPTED)[0] == "open"
+    assert stored(idle_redis, "round_start") <= time.time() * 1000
+
+
+def test_a_state_missing_fields_starts_afresh(idle_redis: redis.Redis) -> None:
+    idle_redis.hset(keys.GATE_LIMITER, "rate", "50")  # not written by this version
+    learning = limiter(idle_redis, initial_rate=10)
+    assert learning.reserve(max_block_seconds=1).granted
+    assert learning.record(Answer.ACCEPTED)[0] == "open"
+    assert stored(idle_redis, "rate") == 10
+
+
+def test_a_trial_told_to_slow_down_gives_its_permit_back(idle_redis: redis.Redis) -> None:
+    """A 429 decides nothing about ChiliPiper's health: the half-open circuit must not run
+    out of trials (and hold every call) because its trials were asked to wait."""
+    breaker = gate(idle_redis, window=10)
+    for _ in range(10):
+        breaker.failed(InDoubtError("timeout"))
+    time.sleep(0.55)
+    for _ in range(2):  # both trial permits, each answered 429
+        breaker.enter()
+        breaker.failed(RetryableError("HTTP 429", status=429))
+    breaker.enter()
+    assert breaker.breaker.state() == "half-open"

@@ -156,12 +156,13 @@ def test_an_unknown_tool_answer_lists_the_tools_again_and_calls_the_new_name() -
     assert calls[-2:] == ["crm-cancel-post", "crm-cancel"]
 
 
-def test_a_tool_withdrawn_without_a_replacement_is_permanent() -> None:
+def test_a_tool_withdrawn_without_a_replacement_is_retried_later() -> None:
+    """The worker started with it: it may come back, so the task's retries wait for it."""
     server = FakeServer(tools=BOTH)
     gateway = gateway_for(server)
     gateway.call(Action.GET, "00U5g00000MnOpQEAV")
     server.tools = ["crm-get", "crm-noshow-post"]
-    with pytest.raises(ToolsMissing, match="no crm-cancel-post or crm-cancel"):
+    with pytest.raises(RetryableError, match="no crm-cancel-post or crm-cancel"):
         gateway.call(Action.CANCEL, "00U5g00000MnOpQEAV")
 
 

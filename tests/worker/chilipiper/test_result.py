@@ -46,3 +46,9 @@ def test_the_stored_record_keeps_the_meeting_not_the_attendees() -> None:
         "crm_event_id": "00U",
         "meeting": {"meeting_id": "m1", "status": "CANCELLED", "status_as_sent": "Canceled"},
     }
+
+
+def test_scalekit_data_wrapped_by_an_sdk_server_is_unwrapped() -> None:
+    payload = {"data": {"result": json.dumps(STATUS)}, "execution_id": "e1"}
+    result = ToolResult.from_scalekit("chilipipermcp_crm-get", "00U", payload)
+    assert result.meeting.status is MeetingStatus.CANCELLED

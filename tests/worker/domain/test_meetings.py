@@ -81,3 +81,19 @@ def test_an_unknown_status_is_kept_verbatim_for_operators() -> None:
 def test_a_record_without_a_status_reads_as_an_empty_meeting() -> None:
     assert Meeting.from_record({"result": 3}) == Meeting()
     assert Meeting.from_record({}).to_record() == {}
+
+
+@pytest.mark.parametrize(
+    ("record", "status"),
+    [
+        # An envelope's own status is not the meeting's.
+        ({"status": "Active", "meeting": {"meetingStatus": "Canceled"}}, MeetingStatus.CANCELLED),
+        ({"status": "success", "meeting": {"status": "NO_SHOW"}}, MeetingStatus.NO_SHOW),
+        ({"status": 200, "meetingStatus": "Canceled"}, MeetingStatus.CANCELLED),
+        ({"status": 200}, None),
+    ],
+)
+def test_the_meetings_own_status_wins_over_an_envelopes(
+    record: dict[str, Any], status: MeetingStatus | None
+) -> None:
+    assert Meeting.from_record(record).status is status
