@@ -18,6 +18,7 @@ from worker.domain.operations import Action
 from worker.errors import (
     CredentialsRefused,
     GatewayError,
+    MissingPermission,
     NoMeetingError,
     PermanentError,
     ToolsMissing,
@@ -100,6 +101,8 @@ def explain(error: GatewayError, settings: Settings) -> str:
             if settings.chilipiper_transport == "mcp"
             else ("CHILIPIPER_SANDBOX_URL (is `crmhook sandbox` running?)")
         )
+        if isinstance(error, MissingPermission):
+            return str(error)  # it names the permission and where to grant it
         if isinstance(error, CredentialsRefused):
             return f"ChiliPiper refused the token (HTTP {error.status}): check CHILIPIPER_API_TOKEN"
     if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from tests.conftest import SandboxServer, ScalekitServer, random_event_id, scalekit_settings
 from tests.scalekit_standin import CLIENT_ID, CLIENT_SECRET, IDENTIFIER
+from worker.chilipiper.errors import tool_failure
 from worker.cli import main
-from worker.cli.check import check
+from worker.cli.check import check, explain
 from worker.dev.redis_server import free_port
 from worker.settings import Settings
 
@@ -142,3 +143,14 @@ def test_cli_exit_status(
     bad = CliRunner().invoke(main, ["check"])
     assert bad.exit_code == 1
     assert "✗ Scalekit has no connected account" in bad.output
+
+
+def test_a_missing_permission_is_explained_by_name(settings: Settings) -> None:
+    error = tool_failure(
+        "crm-get",
+        '403 Forbidden: {"errorCode":"MissingPermission","errorMessage":"Missing permission: '
+        'meeting.read"}',
+    )
+    explained = explain(error, settings.model_copy(update={"chilipiper_transport": "mcp"}))
+    assert "lacks the permission meeting.read" in explained
+    assert "Command Center" in explained
