@@ -301,3 +301,15 @@ def test_a_refusal_whose_check_cannot_run_yet_is_in_doubt_not_dead(
     assert record["state"] == "in_doubt"
     assert perform(flaky, operation, owner="t2") is Outcome.RECONCILED
     assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["cancel", "get"]
+
+
+def test_a_missing_permission_is_named_in_the_dead_letter(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    sandbox.configure(missing_permission="meeting.modify")
+    operation = cancel()
+    assert perform(runtime, operation, owner="t1") is Outcome.FAILED
+    record = runtime.store.records.read(keys.operation(operation))
+    assert record is not None
+    assert "the token lacks the permission meeting.modify" in record["last_error"]
+    assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1  # not retried
