@@ -87,7 +87,7 @@ def dev(port: int, sandbox_port: int, concurrency: int) -> None:
     type=click.Choice(["v1", "v2", "both", "get-only"]),
     default="both",
     show_default=True,
-    help="Tools offered: v1 crm-cancel/crm-noshow, their v2 -post replacements, or both.",
+    help="Tools offered: v1 crm-cancel/crm-noshow, their v2 -post twins, both, or crm-get only.",
 )
 @click.option(
     "--rate-limit",
