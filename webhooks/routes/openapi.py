@@ -22,6 +22,7 @@ from webhooks.schemas import (
     ReplayFailedRequest,
     ReplayRequest,
 )
+from worker.domain.meetings import MeetingStatus
 from worker.domain.notifications import Disposition
 from worker.domain.operations import State
 from worker.operator import Outcome
@@ -194,7 +195,32 @@ _RESPONSE_SCHEMAS: dict[str, Any] = {
             "last_error": _STRING,
             "sources": {"type": "array", "items": _STRING},
             "audit": {"type": "array", "items": _ref("Audit")},
-            "result": {"type": "object", "additionalProperties": True},
+            "result": {
+                "type": "object",
+                "description": "What ChiliPiper answered: the tool, and the meeting's ID, status "
+                "and times (never its attendees)",
+                "additionalProperties": True,
+                "properties": {
+                    "tool": _STRING,
+                    "crm_event_id": _STRING,
+                    "execution_id": _STRING,
+                    "reconciled": {"type": "boolean"},
+                    "meeting": {
+                        "type": "object",
+                        "properties": {
+                            "meeting_id": _STRING,
+                            "status": {
+                                **_enum(MeetingStatus),
+                                "description": "normalized; absent when unknown",
+                            },
+                            "status_as_sent": _STRING,
+                            "start": _STRING,
+                            "end": _STRING,
+                            "booked_at": _STRING,
+                        },
+                    },
+                },
+            },
             **dict.fromkeys(_RECORD_TIMES, _SECONDS),
         },
     },
