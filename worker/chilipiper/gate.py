@@ -131,6 +131,15 @@ class Gate:
                 self._settings.breaker.cooldown_seconds,
             )
 
+    def limits(self) -> Limits:
+        """Where the shared limits stand now, for operators (`crmhook check`)."""
+        return Limits(
+            rate=self.limiter.rate(),
+            ceiling=self._settings.ceiling_per_second,
+            circuit=self.breaker.state(),
+            held_for=self.deferral(),
+        )
+
     def _give_back(self, trial: bool) -> None:
         if trial:
             self.breaker.return_trial()
@@ -139,6 +148,19 @@ class Gate:
     def _held_for(self, *held: str) -> float:
         """Seconds until the pause (and the open circuit, if asked) end."""
         return int(self._holds(keys=list(held))) / 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate: float
+    ceiling: float | None
+    circuit: str
+    held_for: float
+
+    def __str__(self) -> str:
+        ceiling = f"ceiling {self.ceiling:g}/s" if self.ceiling else "no ceiling"
+        held = f", calls held back {self.held_for:.0f} s more" if self.held_for > 0 else ""
+        return f"{self.rate:g} calls/s allowed ({ceiling}), circuit {self.circuit}{held}"
 
 
 class _ThisCall(threading.local):

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 import httpx
+import redis
 
 from worker.chilipiper import ToolNames, build_gateway
 from worker.domain.operations import Action
@@ -25,6 +26,8 @@ from worker.errors import (
     UnknownAccount,
 )
 from worker.settings import Settings
+from worker.store.connection import redis_client
+from worker.tasks.runtime import build_gate
 
 
 @dataclass
@@ -44,6 +47,15 @@ def check(
     settings: Settings, event_id: str | None = None, client: httpx.Client | None = None
 ) -> Report:
     report = Report()
+    reach_chilipiper(settings, report, event_id, client)
+    shared_limits(settings, report)
+    return report
+
+
+def reach_chilipiper(
+    settings: Settings, report: Report, event_id: str | None, client: httpx.Client | None
+) -> None:
+    """Authenticate, list the tools, name the ones in use, and read `event_id` if given."""
     quick = settings.model_copy(update={"chilipiper_attempts": 1})  # answer fast, no retries
     gateway = build_gateway(quick, client=client)
     where = _where(settings)
@@ -51,7 +63,7 @@ def check(
         names = gateway.list_tools()
     except GatewayError as error:
         report.add(False, explain(error, settings))
-        return report
+        return
     report.add(True, f"authenticated with {where}; {len(names)} tool(s) available")
     if not names and settings.chilipiper_transport == "scalekit":
         report.add(
@@ -60,13 +72,13 @@ def check(
             f"identifier {settings.scalekit_identifier!r}: check SCALEKIT_CONNECTION_NAME "
             "(the Connection Name on the Scalekit dashboard)",
         )
-        return report
+        return
     prefix = settings.scalekit_tool_prefix if settings.chilipiper_transport == "scalekit" else ""
     try:
         tools = ToolNames.choose(names, prefix)
     except ToolsMissing as missing:
         report.add(False, f"{missing}; the worker will not start" + _prefix_hint(settings, names))
-        return report
+        return
     report.add(True, f"tools in use: {tools}")
     if event_id:
         try:
@@ -79,7 +91,17 @@ def check(
             report.add(
                 True, f"crm-get {event_id}: meeting status {result.meeting.status_as_sent or '?'}"
             )
-    return report
+
+
+def shared_limits(settings: Settings, report: Report) -> None:
+    """Where the limits every worker shares stand (read from Redis, which workers need)."""
+    client = redis_client(settings.redis_url)
+    try:
+        report.add(True, f"shared limits: {build_gate(settings, client).limits()}")
+    except redis.RedisError as error:
+        report.add(False, f"cannot read the shared limits: Redis at REDIS_URL: {error}")
+    finally:
+        client.close()
 
 
 def explain(error: GatewayError, settings: Settings) -> str:

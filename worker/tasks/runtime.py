@@ -47,12 +47,10 @@ def build_store(settings: Settings, client: redis.Redis | None = None) -> Store:
     return Store(client or redis_client(settings.redis_url), retention(settings))
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    # One line per ChiliPiper request at INFO drowns the task log; our own lines say enough.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    store = build_store(settings)
-    gate = Gate(
-        store.redis,
+def build_gate(settings: Settings, client: redis.Redis) -> Gate:
+    """The limits toward ChiliPiper that every worker shares through `client`."""
+    return Gate(
+        client,
         GateSettings(
             ceiling_per_second=settings.rate_ceiling,
             max_block_seconds=RATE_LIMIT_MAX_BLOCK_SECONDS,
@@ -65,6 +63,13 @@ def build_runtime(settings: Settings) -> Runtime:
             ),
         ),
     )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    # One line per ChiliPiper request at INFO drowns the task log; our own lines say enough.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    store = build_store(settings)
+    gate = build_gate(settings, store.redis)
     return Runtime(
         settings=settings,
         redis=store.redis,

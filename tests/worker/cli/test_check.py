@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from tests.conftest import SandboxServer, ScalekitServer, random_event_id, scalekit_settings
@@ -14,6 +17,7 @@ from worker.cli import main
 from worker.cli.check import check, explain
 from worker.dev.redis_server import free_port
 from worker.settings import Settings
+from worker.store import keys
 
 
 @pytest.fixture
@@ -154,3 +158,22 @@ def test_a_missing_permission_is_explained_by_name(settings: Settings) -> None:
     explained = explain(error, settings.model_copy(update={"chilipiper_transport": "mcp"}))
     assert "lacks the permission meeting.read" in explained
     assert "Command Center" in explained
+
+
+def test_the_shared_limits_are_shown(
+    settings: Settings, sandbox: SandboxServer, idle_redis: redis.Redis
+) -> None:
+    ok, text = lines(settings)
+    assert ok, text
+    assert "shared limits: 10 calls/s allowed (ceiling 1000/s), circuit closed" in text
+    until = (time.time() + 20) * 1000
+    idle_redis.hset(keys.GATE_BREAKER, mapping={"state": "open", "until": until})
+    _, text = lines(settings)
+    assert re.search(r"circuit open, calls held back (19|20) s more", text), text
+
+
+def test_redis_out_of_reach_is_said(settings: Settings, sandbox: SandboxServer) -> None:
+    nowhere = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    ok, text = lines(nowhere)
+    assert not ok
+    assert "cannot read the shared limits: Redis at REDIS_URL" in text
