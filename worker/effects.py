@@ -83,7 +83,11 @@ def perform(runtime: Runtime, operation: Operation, *, owner: str) -> Outcome:
         elif claim.age_seconds >= settings.task_max_age_seconds:
             reason = f"gave up after {claim.age_seconds:.0f} s: {exc}"
         else:
-            state = State.IN_DOUBT if isinstance(exc, InDoubtError) else State.RETRYING
+            # Still in doubt until a crm-get has answered: a check that failed transiently
+            # leaves the operation as doubtful as it was, so the next run checks again.
+            doubtful = operation.action.irreversible and claim.after_interruption
+            in_doubt = isinstance(exc, InDoubtError) or doubtful
+            state = State.IN_DOUBT if in_doubt else State.RETRYING
             _settle_error(runtime, operation, claim, state, str(exc))
             raise RetryLater(exc, claim.attempts) from exc
         return _settle_error(runtime, operation, claim, State.FAILED, reason)

@@ -313,3 +313,22 @@ def test_a_missing_permission_is_named_in_the_dead_letter(
     assert record is not None
     assert "the token lacks the permission meeting.modify" in record["last_error"]
     assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1  # not retried
+
+
+def test_a_check_that_fails_leaves_the_operation_in_doubt_for_the_next_run(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    """After an interruption, a crm-get that meets a 503 has not answered: the next run must
+    ask again before it sends, not send blind."""
+    operation = cancel()
+    interrupted(runtime, operation)
+    flaky = dataclasses.replace(
+        runtime, gateway=ReadsFailOnce(runtime.gateway, RetryableError("HTTP 503", status=503))
+    )
+    with pytest.raises(RetryLater):
+        perform(flaky, operation, owner="t2")
+    record = runtime.store.records.read(keys.operation(operation))
+    assert record is not None
+    assert record["state"] == "in_doubt"
+    assert perform(flaky, operation, owner="t3") is Outcome.SUCCEEDED
+    assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["get", "cancel"]

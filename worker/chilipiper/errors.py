@@ -102,16 +102,12 @@ def error_for_exception(exc: httpx.HTTPError, *, tool: str, irreversible: bool) 
     return PermanentError(message, tool=tool)
 
 
-# JSON-RPC's "invalid params" naming an unknown tool: refused before anything ran.
-UNKNOWN_TOOL = re.compile(r"unknown tool|tool .*not found|no such tool", re.IGNORECASE)
-
-
 def error_for_rpc(error: object, *, tool: str, irreversible: bool) -> GatewayError:
     """A JSON-RPC `error` member. Internal errors may follow the tool's effect."""
     code = error.get("code") if isinstance(error, dict) else None
-    text = error.get("message", "") if isinstance(error, dict) else str(error)
-    message = f"{tool or 'MCP request'}: JSON-RPC error {code}: {text}"
-    if code == -32602 and UNKNOWN_TOOL.search(str(text)):
+    text = str(error.get("message", "") if isinstance(error, dict) else error)
+    message = f"{tool or 'MCP request'}: JSON-RPC error {code}: {redact(text)}"
+    if code == -32602 and is_unknown_tool(tool, text):
         return UnknownTool(message, tool=tool)
     if code in PERMANENT_RPC_CODES or not isinstance(code, int):
         return PermanentError(message, tool=tool)
@@ -168,8 +164,10 @@ class EdgeAnswer:
 
 _SDK_PREFIX = re.compile(r"^Error executing tool [^:\s]+:\s*", re.IGNORECASE)
 _STATUS_PREFIX = re.compile(r"^\s*(?:HTTP\s*)?([1-5]\d\d)\b[^:{]*:?", re.IGNORECASE)
-_STATUS_ANYWHERE = re.compile(r"\bstatus(?:\s*code)?\s*[:=]?\s*([1-5]\d\d)\b", re.IGNORECASE)
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# The whole text of a JavaScript HTTP client's failure (axios), nothing more: a status named
+# anywhere else in a tool's words may describe a later step of a call that ran.
+_STATUS_SENTENCE = re.compile(r"Request failed with status code ([1-5]\d\d)\.?", re.IGNORECASE)
+_EMAIL = re.compile(r"[\w.+-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE)
 MAX_DETAIL = 300
 
 
@@ -191,26 +189,42 @@ def _status_in(body: dict[str, Any]) -> int | None:
 
 
 def _status_in_text(text: str) -> int | None:
-    match = _STATUS_PREFIX.match(text) or _STATUS_ANYWHERE.search(text)
+    match = _STATUS_PREFIX.match(text) or _STATUS_SENTENCE.fullmatch(text.strip())
     return int(match.group(1)) if match else None
 
 
 def _json_in(text: str) -> dict[str, Any] | None:
+    """The first JSON object in `text`, whatever follows it."""
     start = text.find("{")
     if start < 0:
         return None
     try:
-        value = json.loads(text[start:])
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
 
 
 def is_unknown_tool(tool: str, text: str) -> bool:
-    """The exact answer of an MCP server that has no tool by that name (the official SDK's
-    `Unknown tool: <name>`): refused before anything ran. Anything looser could mistake a
-    tool that ran and failed ("meeting not found") for one that does not exist."""
-    return text.strip().lower() in (f"unknown tool: {tool}".lower(), f"tool {tool} not found")
+    """The answer of an MCP server that has no tool by that name, and nothing else: the
+    official Python SDK's `Unknown tool: <name>`, the TypeScript SDK's `Tool <name> not
+    found` (maybe behind `MCP error -32602:`), naming the tool we called. The server refused
+    before anything ran. Anything looser could take a tool that ran and failed ("CRM event not
+    found") for one that does not exist, and send an irreversible call again."""
+    said = _UNKNOWN_TOOL.fullmatch(_MCP_ERROR_PREFIX.sub("", text.strip()))
+    if said is None:
+        return False
+    return _bare_tool(said.group(1) or said.group(2)) == _bare_tool(tool)
+
+
+_MCP_ERROR_PREFIX = re.compile(r"^MCP error -?\d+:\s*", re.IGNORECASE)
+_UNKNOWN_TOOL = re.compile(r"unknown tool:?\s*(\S+?)\.?|tool\s+(\S+)\s+not found\.?", re.IGNORECASE)
+
+
+def _bare_tool(name: str) -> str:
+    """`chilipipermcp_crm_cancel_post` (Scalekit) and `crm-cancel-post` (ChiliPiper) alike."""
+    name = name.strip("'\"`").lower().replace("-", "_")
+    return name[name.find("crm_") :] if "crm_" in name else name
 
 
 def tool_failure(
@@ -256,17 +270,24 @@ def tool_failure(
     )
 
 
+# A server asking for more than an hour is having an outage: the circuit and the tasks'
+# back-off take it from there, rather than every worker pausing for as long as it says.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
     """`Retry-After` as seconds: either delta-seconds or an HTTP date; None if unusable."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(
+        max(0.0, (when - (now or datetime.now(UTC))).total_seconds()), MAX_RETRY_AFTER_SECONDS
+    )

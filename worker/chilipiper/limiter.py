@@ -91,7 +91,9 @@ _RESERVE = (
     + """
 local interval = 1000 / rate
 local tat = math.max(tonumber(redis.call('HGET', h, 'tat') or '0'), now)
-if tat > now + tonumber(ARGV[5]) + interval then tat = now end  -- Redis's clock went back
+-- Further ahead than any reservation can reach (the longest wait at the slowest rate):
+-- Redis's clock went back.
+if tat > now + tonumber(ARGV[5]) + 1000 / floor then tat = now end
 local wait = tat - now
 if wait > tonumber(ARGV[5]) then return {0, math.ceil(wait)} end
 redis.call('HSET', h, 'tat', tostring(tat + interval))

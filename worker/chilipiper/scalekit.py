@@ -9,7 +9,6 @@ is permanent (the client credentials themselves are wrong). Tools run with
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,8 @@ from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through, ca
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_status,
+    is_unknown_tool,
+    redact,
     retry_after_seconds,
     tool_failure,
 )
@@ -224,7 +225,8 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
     answer, read as such; a 404 for the tool or the connected account is ours to fix; the
     rest by status. Scalekit's words are read here, once."""
     body = _json(response) or {}
-    message = str(body.get("message") or body.get("error") or response.text[:300]).strip()
+    said = str(body.get("message") or body.get("error") or response.text).strip()
+    message = redact(said)
     info = _error_info(body)
     code = str(info.get("error_code") or body.get("error_code") or body.get("code") or "")
     tool_info = info.get("tool_error_info")
@@ -232,14 +234,14 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         tool_info = {}
     lowered = message.lower()
     if code.upper() == "TOOL_ERROR" or (response.status_code == 404 and "meeting" in lowered):
-        said = str(tool_info.get("tool_error_message") or message)
+        said = str(tool_info.get("tool_error_message") or said)
         status = str(tool_info.get("tool_error_code") or "")
         return tool_failure(
             tool, f"{status} {said}" if status.isdigit() else said, irreversible=irreversible
         )
     if response.status_code == 404 and "connected account" in lowered:
         return UnknownAccount(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
-    if response.status_code == 404 and _TOOL_NOT_FOUND.search(message):
+    if response.status_code == 404 and is_unknown_tool(tool, said):
         return UnknownTool(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)
     if response.status_code == 403:
         return CredentialsRefused(
@@ -255,10 +257,6 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         detail=message,
         retry_after=retry_after_seconds(response.headers.get("retry-after")),
     )
-
-
-# Scalekit's 404 for a tool it does not have (before anything ran), not a tool's own 404.
-_TOOL_NOT_FOUND = re.compile(r"\btool\b.*\bnot found\b", re.IGNORECASE)
 
 
 def _error_info(body: dict[str, Any]) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class Meeting:
         """Read a record in any of the shapes ChiliPiper answers with; fields it lacks stay
         None (an empty record gives an empty Meeting)."""
         record, nested = data, data.get("meeting")
-        if isinstance(nested, dict) and not isinstance(data.get("meetingStatus"), str):
+        if isinstance(nested, dict) and not _text(data, "meetingStatus"):
             record = nested  # `{"status": "ok", "meeting": {...}}`: the meeting's own status
         window = record.get("dateTime")
         if not isinstance(window, dict):

@@ -98,7 +98,7 @@ def test_transport_exceptions_by_whether_the_request_was_sent(
         ({"code": -32600, "message": "invalid request"}, P, P),
         ({"code": -32601, "message": "no such method"}, P, P),
         ({"code": -32602, "message": "invalid params"}, P, P),
-        ({"code": -32602, "message": "Unknown tool: crm-cancel"}, U, U),
+        ({"code": -32602, "message": "Unknown tool: crm-other"}, P, P),  # not the one called
         ({"code": -32603, "message": "internal error"}, R, D),
         ({"code": -32000, "message": "server error"}, R, D),
         ({"message": "no code"}, P, P),
@@ -239,6 +239,55 @@ def test_a_403_of_a_read_does_not_guess_a_permission() -> None:
 )
 def test_only_the_exact_unknown_tool_answer_means_nothing_ran(text: str, unknown: bool) -> None:
     assert isinstance(tool_failure("crm-cancel", text, irreversible=True), UnknownTool) is unknown
+
+
+@pytest.mark.parametrize(
+    ("message", "unknown"),
+    [
+        ("Unknown tool: crm-cancel", True),  # the Python SDK
+        ("MCP error -32602: Tool crm-cancel not found", True),  # the TypeScript SDK
+        ("Tool crm-cancel: CRM event not found", False),  # raised by a tool that ran
+        ("Unknown tool: crm-get", False),
+        ("invalid params", False),
+    ],
+)
+def test_a_json_rpc_unknown_tool_must_name_the_tool_called(message: str, unknown: bool) -> None:
+    error = error_for_rpc(
+        {"code": -32602, "message": message}, tool="crm-cancel", irreversible=True
+    )
+    assert isinstance(error, UnknownTool) is unknown
+
+
+def test_scalekit_and_chilipiper_spellings_of_one_tool_are_one_tool() -> None:
+    said = "Unknown tool: crm-cancel-post"  # ChiliPiper's words, relayed by Scalekit
+    assert isinstance(tool_failure("chilipipermcp_crm_cancel_post", said), UnknownTool)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Meeting canceled; CRM write-back failed: Request failed with status code 503",
+        "Cancelled, then the provider answered status: 429",
+    ],
+)
+def test_a_status_named_inside_a_tools_words_is_not_its_answer(text: str) -> None:
+    """Only a status that opens the text (or a bare HTTP client failure) is the tool's own:
+    one named later may describe a step after the cancel took effect."""
+    error = tool_failure("crm-cancel-post", text, irreversible=True)
+    assert type(error) is ToolError  # crm-get decides, nothing is resent blind
+
+
+def test_a_json_body_followed_by_more_words_is_still_read_for_its_code_only() -> None:
+    text = (
+        '409 Conflict: {"errorCode":"MeetingLocked","meeting":{"attendees":[{"fullName":'
+        '"Ada Lovelace","phone":"+44 20 7946 0958"}]}} (request 7f3a)'
+    )
+    assert str(tool_failure("crm-cancel-post", text)) == "crm-cancel-post: HTTP 409: MeetingLocked"
+
+
+def test_retry_after_is_capped_at_an_hour() -> None:
+    assert retry_after_seconds("99999999999999999999") == 3600
+    assert retry_after_seconds("Fri, 31 Dec 9999 23:59:59 GMT") == 3600
 
 
 def test_chilipipers_text_reaches_a_dead_letter_without_attendees() -> None:
