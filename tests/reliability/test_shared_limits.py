@@ -115,8 +115,16 @@ def test_the_rate_converges_to_a_server_side_limit(stack: Stack, report: Report)
         f"converged ({converged / 20:.0%} of the limit), {refused} of {len(done) + refused} "
         f"calls refused ({share:.1%})"
     )
-    assert converged >= 0.7 * 20
-    assert share <= 0.15
+    start = done[0]
+    per_second = [0] * (int(done[-1] - start) + 1)
+    for at in done:
+        per_second[int(at - start)] += 1
+    refusals = sorted(
+        round(c["at"] - start, 1) for c in stack.sandbox.calls() if c["status"] == 429
+    )
+    timeline = f"cancels per second {per_second}; 429s at {refusals}"
+    assert converged >= 0.7 * 20, timeline
+    assert share <= 0.15, timeline
 
 
 def test_with_no_server_limit_the_rate_fills_the_calls_in_flight(

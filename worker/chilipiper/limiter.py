@@ -8,8 +8,9 @@ capacity, from the one signal the server gives (HTTP 429):
   ceiling is reached. 10/s becomes 320/s in 2.5 s.
 - **Additive increase, multiplicative decrease** (TCP Reno, RFC 5681): once a limit has been
   seen, the rate rises by `additive_increase` per `round` while calls succeed, and is cut to
-  `decrease_factor` x the rate actually sent (CUBIC's 0.7) when a round's share of 429s shows
-  a limit: a server at its limit refuses most calls above it, while a scattered 429 is noise.
+  `decrease_factor` x the rate actually sent (CUBIC's 0.7; time a `Retry-After` pause held
+  every worker back does not count as sending slowly) when a round's share of 429s shows a
+  limit: a server at its limit refuses most calls above it, while a scattered 429 is noise.
   A cut needs at least `cut_share` of the round's answers, and `cut_min_refusals` of them, to
   be 429s; at most one cut per round, and none in the round after a cut, whose 429s may
   answer calls sent before it; never below `floor_rate`.
@@ -102,7 +103,7 @@ return {1, math.ceil(wait)}
 """
 )
 
-# KEYS: limiter. ARGV: as _STATE, then the answer, fast-start round ms, round ms, additive
+# KEYS: limiter, pause. ARGV: as _STATE, then the answer, fast-start round ms, round ms, additive
 # increase, decrease factor, cut share, cut min refusals, stale round ms.
 # Returns {decision, rate as text}: decision is 'open' (round still counting), 'hold',
 # 'grow' or 'cut'.
@@ -130,7 +131,10 @@ if refused and (redis.call('HGET', h, 'recovering') == '1' or sent == 0) then
   -- the rate now (TCP cuts once per window of loss, not once per lost packet).
   decision = 'hold'
 elseif refused and limited >= tonumber(ARGV[11]) then
-  local sending = math.min(rate, sent * 1000 / elapsed)
+  -- The rate really sent, over the part of the round no Retry-After pause held back.
+  local paused = math.min(tonumber(redis.call('GET', KEYS[2]) or '0'), now) - (now - elapsed)
+  local active = math.max(elapsed - math.max(paused, 0), elapsed / 10)
+  local sending = math.min(rate, sent * 1000 / active)
   rate = math.max(tonumber(ARGV[3]), sending * tonumber(ARGV[9]))
   ssthresh = rate
   decision = 'cut'
@@ -181,7 +185,7 @@ class AdaptiveLimiter:
         """Count one answer; returns the round's decision and the rate after it."""
         policy = self.policy
         decision, rate = self._record(
-            keys=[keys.GATE_LIMITER],
+            keys=[keys.GATE_LIMITER, keys.GATE_PAUSE],
             args=[
                 *self._state_args(),
                 answer.value,

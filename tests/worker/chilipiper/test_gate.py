@@ -283,3 +283,20 @@ def test_a_trial_told_to_slow_down_gives_its_permit_back(idle_redis: redis.Redis
         breaker.failed(RetryableError("HTTP 429", status=429))
     breaker.enter()
     assert breaker.breaker.state() == "half-open"
+
+
+def test_time_held_back_by_a_pause_is_not_sending_slowly(idle_redis: redis.Redis) -> None:
+    """A round that a `Retry-After` pause held back sent little, but not because the rate was
+    low: the cut is taken from what was sent while calls could go."""
+    refusals = [Answer.ACCEPTED] * 6 + [Answer.LIMITED] * 4
+    learning = limiter(idle_redis, initial_rate=100)
+    assert a_round(learning, refusals, sent=2)[1] < 40  # 2 calls in 60 ms: ~33/s sent
+    idle_redis.delete(keys.GATE_LIMITER)
+    for _ in range(2):
+        learning.reserve(max_block_seconds=1)
+    for answer in refusals[:-1]:
+        learning.record(answer)
+    time.sleep(0.06)
+    idle_redis.set(keys.GATE_PAUSE, int(time.time() * 1000))  # held back until just now
+    decision, rate = learning.record(refusals[-1])
+    assert (decision, rate) == ("cut", 70)
