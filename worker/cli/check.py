@@ -1,4 +1,4 @@
-"""`crmhook check`: can this configuration reach ChiliPiper and call the three tools?
+"""`crmhook check`: can this configuration reach ChiliPiper and call the tools it needs?
 
 Authenticates with the configured transport, lists the tools the account may call, names the
 ones the worker will use (`crm-get`, and `crm-cancel-post` / `crm-noshow-post` when offered,

@@ -19,7 +19,9 @@ class Action(StrEnum):
 
     @property
     def tool(self) -> str:
-        """The ChiliPiper MCP tool that performs this action."""
+        """The action in ChiliPiper's words (`crm-get`, `crm-cancel`, `crm-noshow`), for
+        messages. The tool actually called is the one ChiliPiper lists for it, such as
+        `crm-cancel-post` (`chilipiper.tools`)."""
         return f"crm-{self.value}"
 
     @property
