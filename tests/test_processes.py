@@ -70,6 +70,25 @@ class Output:
         return "".join(self.lines)
 
 
+def worker_command() -> list[str]:
+    """A small Celery worker of the service, as the Procfile starts one."""
+    return ["celery", "--app", "worker", "worker", "--pool", "threads", "-c", "4", "-l", "INFO"]
+
+
+def spawn(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """Start `command` in a session of its own (so `stop_group` can end all of it), its
+    output merged and readable as text."""
+    return subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def stop_group(process: subprocess.Popen[str]) -> int:
     """Interrupt the process we started (as Ctrl-C would), then make sure its group is gone."""
     if process.poll() is None:
@@ -109,14 +128,10 @@ def test_procfile_runs_web_and_worker_under_honcho(
         WEB_CONCURRENCY="1",
         WORKER_CONCURRENCY="4",
     )
-    process = subprocess.Popen(
+    process = spawn(
         ["honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        env,
+        tmp_path,
     )
     output = Output(process)
     try:
@@ -150,7 +165,7 @@ def _ready(port: int) -> bool:
 
 def test_crmhook_dev_runs_the_printed_curl_to_a_sandbox_cancel(tmp_path: Path) -> None:
     port, sandbox_port = free_port(), free_port()
-    process = subprocess.Popen(
+    process = spawn(
         [
             "crmhook",
             "dev",
@@ -161,12 +176,8 @@ def test_crmhook_dev_runs_the_printed_curl_to_a_sandbox_cancel(tmp_path: Path) -
             "--concurrency",
             "4",
         ],
-        env=clean_environment(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        clean_environment(),
+        tmp_path,
     )
     output = Output(process)
     try:
@@ -246,7 +257,7 @@ def test_worker_refuses_to_start_with_a_bad_setting(
     tmp_path: Path, setting: str, value: str, message: str
 ) -> None:
     result = subprocess.run(
-        ["celery", "--app", "worker", "worker", "--pool", "threads"],
+        worker_command(),
         env=clean_environment(
             REDIS_URL="redis://127.0.0.1:1/0", CHILIPIPER_TRANSPORT="sandbox", **{setting: value}
         ),
@@ -263,10 +274,6 @@ def test_worker_refuses_to_start_with_a_bad_setting(
 # --- the worker learns ChiliPiper's tools at start-up ---------------------------------------
 
 DISCOVERY_DB = 6
-
-
-def worker_command() -> list[str]:
-    return ["celery", "--app", "worker", "worker", "--pool", "threads", "-c", "4", "-l", "INFO"]
 
 
 def discovery_environment(redis_server: RedisServer, sandbox_url: str) -> dict[str, str]:
@@ -306,15 +313,7 @@ def test_worker_out_of_reach_of_chilipiper_starts_and_lists_the_tools_before_its
 
     port = free_port()
     env = discovery_environment(redis_server, f"http://127.0.0.1:{port}/mcp")
-    process = subprocess.Popen(
-        worker_command(),
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = spawn(worker_command(), env, tmp_path)
     output = Output(process)
     sandbox = Sandbox(tools="v1")
     server = make_server("127.0.0.1", port, create_sandbox_app(sandbox), threaded=True)
