@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -40,6 +41,13 @@ def cancel() -> Operation:
     return Operation(Action.CANCEL, random_event_id(), random_event_id("04l"))
 
 
+def record_of(runtime: Runtime, operation: Operation) -> dict[str, Any]:
+    """The stored record of `operation`, which must exist."""
+    record = runtime.store.records.read(keys.operation(operation))
+    assert record is not None
+    return record
+
+
 def interrupted(runtime: Runtime, operation: Operation) -> None:
     """A worker claimed `operation` and died mid-call: its lease has run out."""
     runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)
@@ -51,8 +59,7 @@ def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxSe
     assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
     assert perform(runtime, operation, owner="t2") is Outcome.ALREADY_DONE
     assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["state"] == "succeeded"
     assert record["result"]["tool"] == "crm-cancel-post"
     assert record["result"]["meeting"]["status"] == "CANCELLED"
@@ -62,8 +69,7 @@ def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxSe
 def test_get_result_is_kept_with_the_key(runtime: Runtime) -> None:
     operation = Operation(Action.GET, random_event_id(), random_event_id("04l"))
     assert perform(runtime, operation, owner="t1") is Outcome.SUCCEEDED
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     meeting = record["result"]["meeting"]
     assert (meeting["status"], meeting["status_as_sent"]) == ("BOOKED", "Active")
     assert {"meeting_id", "start", "end", "booked_at"} <= set(meeting)
@@ -89,8 +95,7 @@ def test_interrupted_cancel_that_took_effect_is_reconciled_without_a_second_call
     time.sleep(0.01)
     assert perform(runtime, operation, owner="t2") is Outcome.RECONCILED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get"]
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert (record["state"], record["result"]["reconciled"]) == ("succeeded", True)
 
 
@@ -116,8 +121,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
     with pytest.raises(RetryLater) as later:
         perform(runtime, operation, owner="t1")
     assert isinstance(later.value.error, InDoubtError)
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["state"] == "in_doubt"
     sandbox.set_faults()
     time.sleep(0.7)  # the slow cancel lands on the server after all
@@ -128,8 +132,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
 def test_permanent_error_fails_at_once(runtime: Runtime, sandbox: SandboxServer) -> None:
     operation = Operation(Action.NOSHOW, random_event_id("00V"), "04l")  # no meeting linked
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["state"] == "failed"
     assert "No meeting linked" in record["last_error"]
     assert len(sandbox.calls(operation.crm_event_id)) == 1
@@ -146,12 +149,10 @@ def test_transient_errors_retry_until_max_attempts_then_dead_letter(
             perform(runtime, operation, owner="t1")
         assert isinstance(later.value.error, RetryableError)
         assert later.value.attempts == attempt
-        record = runtime.store.records.read(keys.operation(operation))
-        assert record is not None
+        record = record_of(runtime, operation)
         assert record["state"] == "retrying"
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["last_error"].startswith(f"gave up after {max_attempts} attempts")
     assert keys.operation(operation) in [key for key, _ in runtime.store.dead_letters.since()]
     assert sandbox.calls(operation.crm_event_id) == []  # every try was refused with 503
@@ -164,8 +165,7 @@ def test_transient_errors_past_max_age_dead_letter(
     operation = cancel()
     sandbox.set_faults(fail_next=1000, status=503)
     assert perform(aged, operation, owner="t1") is Outcome.FAILED
-    record = aged.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(aged, operation)
     assert "gave up after" in record["last_error"]
     aged.redis.close()
 
@@ -190,8 +190,7 @@ def test_noshow_of_a_cancelled_meeting_fails_after_the_check(
     with sandbox.state.lock:
         sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert "already Canceled" in record["last_error"]
 
 
@@ -207,8 +206,7 @@ def test_an_interrupted_cancel_reconciles_through_meeting_status(
     sandbox.state.seed({operation.crm_event_id: "CANCELLED"})  # the lost call had taken effect
     assert perform(runtime, operation, owner="t2") is Outcome.RECONCILED
     assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["get"]
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["result"]["meeting"]["status"] == "CANCELLED"
     assert record["result"]["reconciled"] is True
 
@@ -221,8 +219,7 @@ def test_a_status_that_is_neither_booked_nor_wanted_is_left_to_an_operator(
     sandbox.state.seed({operation.crm_event_id: "COMPLETED"})
     assert perform(runtime, operation, owner="t2") is Outcome.FAILED
     assert sandbox.calls(operation.crm_event_id, action="cancel") == []
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert "crm-get reported status 'Completed'" in record["last_error"]
 
 
@@ -252,8 +249,7 @@ def test_an_open_circuit_defers_without_spending_an_attempt(
         perform(runtime, operation, owner="t1")
     assert later.value.delay is not None
     assert 4 < later.value.delay <= 5
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert (record["state"], record["attempts"]) == ("queued", "0")  # as if never claimed
     assert sandbox.calls(operation.crm_event_id) == []
 
@@ -296,8 +292,7 @@ def test_a_refusal_whose_check_cannot_run_yet_is_in_doubt_not_dead(
     with pytest.raises(RetryLater) as later:
         perform(flaky, operation, owner="t1")
     assert isinstance(later.value.error, InDoubtError)
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["state"] == "in_doubt"
     assert perform(flaky, operation, owner="t2") is Outcome.RECONCILED
     assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["cancel", "get"]
@@ -309,8 +304,7 @@ def test_a_missing_permission_is_named_in_the_dead_letter(
     sandbox.configure(missing_permission="meeting.modify")
     operation = cancel()
     assert perform(runtime, operation, owner="t1") is Outcome.FAILED
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert "the token lacks the permission meeting.modify" in record["last_error"]
     assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1  # not retried
 
@@ -327,8 +321,7 @@ def test_a_check_that_fails_leaves_the_operation_in_doubt_for_the_next_run(
     )
     with pytest.raises(RetryLater):
         perform(flaky, operation, owner="t2")
-    record = runtime.store.records.read(keys.operation(operation))
-    assert record is not None
+    record = record_of(runtime, operation)
     assert record["state"] == "in_doubt"
     assert perform(flaky, operation, owner="t3") is Outcome.SUCCEEDED
     assert [c["action"] for c in sandbox.calls(operation.crm_event_id)] == ["get", "cancel"]
