@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from worker.chilipiper.tools import same_tool
 from worker.errors import (
     CredentialsRefused,
     GatewayError,
@@ -214,17 +215,11 @@ def is_unknown_tool(tool: str, text: str) -> bool:
     said = _UNKNOWN_TOOL.fullmatch(_MCP_ERROR_PREFIX.sub("", text.strip()))
     if said is None:
         return False
-    return _bare_tool(said.group(1) or said.group(2)) == _bare_tool(tool)
+    return same_tool(said.group(1) or said.group(2), tool)
 
 
 _MCP_ERROR_PREFIX = re.compile(r"^MCP error -?\d+:\s*", re.IGNORECASE)
 _UNKNOWN_TOOL = re.compile(r"unknown tool:?\s*(\S+?)\.?|tool\s+(\S+)\s+not found\.?", re.IGNORECASE)
-
-
-def _bare_tool(name: str) -> str:
-    """`chilipipermcp_crm_cancel_post` (Scalekit) and `crm-cancel-post` (ChiliPiper) alike."""
-    name = name.strip("'\"`").lower().replace("-", "_")
-    return name[name.find("crm_") :] if "crm_" in name else name
 
 
 def tool_failure(

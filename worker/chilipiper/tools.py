@@ -35,6 +35,13 @@ def canonical(name: str, prefix: str = "") -> str:
     return name.replace("-", "_")
 
 
+def same_tool(one: str, other: str) -> bool:
+    """Whether two names are one tool, whatever prefix either carries: Scalekit's
+    `chilipipermcp_crm_cancel_post` and ChiliPiper's own `crm-cancel-post`."""
+    one, other = canonical(one.strip("'\"`")), canonical(other.strip("'\"`"))
+    return one == other or one.endswith("_" + other) or other.endswith("_" + one)
+
+
 @dataclass(frozen=True)
 class ToolNames:
     """The tool name, as ChiliPiper lists it, for each action."""

@@ -17,7 +17,10 @@ from worker.chilipiper.limiter import AdaptiveLimiter, Answer, LimiterPolicy, Re
 from worker.errors import DeferredError, InDoubtError, RetryableError
 from worker.store import keys
 
-QUICK = LimiterPolicy(fast_start_round=0.05, round=0.05)
+# Long enough that a round's reservations and answers (a hundred Redis round trips) fit in it
+# on a busy machine, short enough to run many rounds.
+ROUND = 0.15
+QUICK = LimiterPolicy(fast_start_round=ROUND, round=ROUND)
 
 
 def gate(client: redis.Redis, ceiling: float | None = None, window: int = 10) -> Gate:
@@ -45,7 +48,7 @@ def a_round(limiter: AdaptiveLimiter, answers: list[Answer], sent: int) -> tuple
         limiter.reserve(max_block_seconds=3600)
     for answer in answers[:-1]:
         assert limiter.record(answer)[0] == "open"
-    time.sleep(0.06)
+    time.sleep(ROUND + 0.01)
     return limiter.record(answers[-1])
 
 
@@ -94,7 +97,7 @@ def test_a_rate_nobody_uses_does_not_grow(idle_redis: redis.Redis) -> None:
     """RFC 7661: growth only while the allowed rate is the constraint, so a quiet hour does
     not license a burst."""
     learning = limiter(idle_redis, initial_rate=100)
-    decision, rate = a_round(learning, [Answer.ACCEPTED], sent=1)  # 1 call in 60 ms ≈ 17/s
+    decision, rate = a_round(learning, [Answer.ACCEPTED], sent=1)  # 1 call in 160 ms ≈ 6/s
     assert (decision, rate) == ("hold", 100)
 
 
@@ -103,8 +106,8 @@ def test_a_share_of_429s_cuts_the_rate_sent_and_ends_the_fast_start(
 ) -> None:
     learning = limiter(idle_redis, initial_rate=100)
     decision, rate = a_round(
-        learning, [Answer.ACCEPTED] * 6 + [Answer.LIMITED] * 4, sent=6
-    )  # 6 calls in ~60 ms: the rate really sent was ~100/s
+        learning, [Answer.ACCEPTED] * 6 + [Answer.LIMITED] * 4, sent=100
+    )  # more calls than the rate allowed: the rate really sent was the allowed 100/s
     assert decision == "cut"
     assert 60 <= rate <= 70  # 0.7 x min(allowed, sent)
     assert stored(idle_redis, "ssthresh") == rate
@@ -290,13 +293,13 @@ def test_time_held_back_by_a_pause_is_not_sending_slowly(idle_redis: redis.Redis
     low: the cut is taken from what was sent while calls could go."""
     refusals = [Answer.ACCEPTED] * 6 + [Answer.LIMITED] * 4
     learning = limiter(idle_redis, initial_rate=100)
-    assert a_round(learning, refusals, sent=2)[1] < 40  # 2 calls in 60 ms: ~33/s sent
+    assert a_round(learning, refusals, sent=2)[1] < 40  # 2 calls in 160 ms: ~12/s sent
     idle_redis.delete(keys.GATE_LIMITER)
     for _ in range(2):
         learning.reserve(max_block_seconds=1)
     for answer in refusals[:-1]:
         learning.record(answer)
-    time.sleep(0.06)
+    time.sleep(ROUND + 0.01)
     idle_redis.set(keys.GATE_PAUSE, int(time.time() * 1000))  # held back until just now
     decision, rate = learning.record(refusals[-1])
     assert (decision, rate) == ("cut", 70)
