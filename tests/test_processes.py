@@ -249,8 +249,8 @@ def test_web_refuses_to_start_without_its_settings(tmp_path: Path) -> None:
     ("setting", "value", "message"),
     [
         ("CLAIM_LEASE_SECONDS", "soon", "CLAIM_LEASE_SECONDS: Input should be a valid integer"),
-        ("CHILIPIPER_TIMEOUT_SECONDS", "30", "CLAIM_LEASE_SECONDS (60) must be at least"),
-        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "60", "must exceed CLAIM_LEASE_SECONDS (60)"),
+        ("CLAIM_HEARTBEAT_SECONDS", "30", "CLAIM_LEASE_SECONDS (60) must outlive two missed"),
+        ("CHILIPIPER_SETTLE_SECONDS", "120", "CHILIPIPER_SETTLE_SECONDS (120) must be at least"),
     ],
 )
 def test_worker_refuses_to_start_with_a_bad_setting(

@@ -1,12 +1,23 @@
-"""Performing one operation exactly once: claim, (reconcile,) call ChiliPiper, settle.
+"""Performing one operation exactly once: claim, (settle, reconcile,) call ChiliPiper, settle.
 
 Plain functions over a Runtime; the Celery task around them only unpacks arguments and turns
-`RetryLater` into a retry.
+`RetryLater` into a retry. The rules (ARCHITECTURE.md, "Exactly-once effects"; CLAIMS.md):
+
+- Every execution claims under an owner of its own; a live claim elsewhere means "come back
+  after its lease", whoever holds it, and costs no attempt.
+- While it holds the claim, the process's heartbeat renews the lease; right before an
+  irreversible call the lease is renewed again and the send is marked, durably, and each
+  request checks the lease by this worker's own clock before it leaves.
+- An operation in doubt (an earlier call may have taken effect unanswered) is reconciled
+  through `crm-get`, and no sooner than `CHILIPIPER_SETTLE_SECONDS` after that call began:
+  the call is sent again only if the meeting is positively still booked.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -14,16 +25,21 @@ from worker.chilipiper import ToolResult
 from worker.domain.meetings import MeetingStatus
 from worker.domain.operations import Action, Operation, State
 from worker.errors import (
+    ClaimBusy,
+    ClaimLost,
+    CrmhookError,
     DeferredError,
-    GatewayError,
     InDoubtError,
     NoMeetingError,
+    NotDurable,
     PermanentError,
     RetryableError,
     ToolError,
 )
+from worker.leases import Lease
+from worker.settings import TIMING_MARGIN_SECONDS
 from worker.store import keys
-from worker.store.claims import Claim, Verdict
+from worker.store.claims import Claim, Doubt, Verdict
 from worker.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -33,142 +49,191 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     RECONCILED = "reconciled"  # it had taken effect already (interrupted call, "already...")
     ALREADY_DONE = "already_done"
-    ALREADY_FAILED = "already_failed"  # a redelivery of what failed permanently
-    BUSY = "busy"  # another worker holds a live claim; it finishes or its message returns
+    ALREADY_FAILED = "already_failed"  # a dead letter: a new notification or a replay reopens it
     FAILED = "failed"  # dead letter
-    LOST_CLAIM = "lost_claim"
+    LOST_CLAIM = "lost_claim"  # another execution took it over: that one finishes it
 
 
-STAND_DOWN = {
-    Verdict.DONE: Outcome.ALREADY_DONE,
-    Verdict.BUSY: Outcome.BUSY,
-    Verdict.FAILED: Outcome.ALREADY_FAILED,
-}
+STAND_DOWN = {Verdict.DONE: Outcome.ALREADY_DONE, Verdict.FAILED: Outcome.ALREADY_FAILED}
 
 
 @dataclass
 class RetryLater(Exception):
-    """Run the operation again later: after `delay` seconds when given (the shared limits
-    said when), else after a back-off set by the `attempts` so far."""
+    """Run the operation again later: after `delay` seconds when given (the shared limits,
+    a live claim or the settle time said when), else after a back-off set by the `attempts`
+    so far."""
 
-    error: GatewayError
+    error: CrmhookError
     attempts: int
     delay: float | None = None
 
 
-def perform(runtime: Runtime, operation: Operation, *, owner: str) -> Outcome:
+def perform(
+    runtime: Runtime, operation: Operation, *, owner: str, redelivered: bool = False
+) -> Outcome:
     """Run `operation` unless it already succeeded; raise RetryLater to be called again.
 
-    `owner` identifies this delivery (the task ID). Permanent errors, and transient ones past
-    TASK_MAX_ATTEMPTS or TASK_MAX_AGE_SECONDS, end as a dead letter (state `failed`).
+    `owner` names the delivery (its task ID); the claim's owner is this execution's own,
+    `owner` and a random suffix, since a message the broker delivers again keeps its task ID.
+    `redelivered`: the broker delivered the message before (so the claim is in doubt).
+    Permanent errors, and transient ones past TASK_MAX_ATTEMPTS or TASK_MAX_AGE_SECONDS, end
+    as a dead letter (state `failed`).
     """
     settings = runtime.settings
-    claim = runtime.store.claims.claim(operation, owner, settings.claim_lease_seconds)
+    asked_at = time.monotonic()
+    claim = runtime.store.claims.claim(
+        operation,
+        f"{owner}:{uuid.uuid4().hex[:12]}",
+        settings.claim_lease_seconds,
+        redelivered=redelivered,
+    )
+    if claim.verdict is Verdict.BUSY:
+        busy = ClaimBusy(
+            f"{keys.operation(operation)}: claimed elsewhere", retry_after=claim.busy_for
+        )
+        log.info("%s: busy elsewhere, back in %.0f s", keys.operation(operation), claim.busy_for)
+        raise RetryLater(busy, claim.attempts, delay=claim.busy_for)
     if claim.verdict is not Verdict.CLAIMED:
         log.info("%s: %s, standing down", keys.operation(operation), claim.verdict)
         return STAND_DOWN[claim.verdict]
-    try:
-        return _attempt(runtime, operation, claim)
-    except DeferredError as exc:
-        # Nothing was sent: hand the claim back uncounted and come back when the limit,
-        # pause or circuit allows.
-        runtime.store.claims.release(operation, claim)
-        log.info("%s deferred %.1f s: %s", keys.operation(operation), exc.retry_after, exc)
-        raise RetryLater(exc, claim.attempts - 1, delay=exc.retry_after) from exc
-    except PermanentError as exc:
-        return _settle_error(runtime, operation, claim, State.FAILED, str(exc))
-    except (RetryableError, InDoubtError) as exc:
-        if claim.attempts >= settings.task_max_attempts:
-            reason = f"gave up after {claim.attempts} attempts: {exc}"
-        elif claim.age_seconds >= settings.task_max_age_seconds:
-            reason = f"gave up after {claim.age_seconds:.0f} s: {exc}"
-        else:
-            # Still in doubt until a crm-get has answered: a check that failed transiently
-            # leaves the operation as doubtful as it was, so the next run checks again.
-            doubtful = operation.action.irreversible and claim.after_interruption
-            in_doubt = isinstance(exc, InDoubtError) or doubtful
-            state = State.IN_DOUBT if in_doubt else State.RETRYING
-            _settle_error(runtime, operation, claim, state, str(exc))
-            raise RetryLater(exc, claim.attempts) from exc
-        return _settle_error(runtime, operation, claim, State.FAILED, reason)
+    # Reading the meeting before the call may take a whole call's deadline too.
+    held_for = settings.chilipiper_call_deadline_seconds + TIMING_MARGIN_SECONDS
+    with runtime.heartbeat.hold(claim, operation, valid_from=asked_at, renew_for=held_for) as lease:
+        return _Execution(runtime, operation, claim, lease).run()
 
 
-def _attempt(runtime: Runtime, operation: Operation, claim: Claim) -> Outcome:
-    action, store = operation.action, runtime.store
-    if action.irreversible and claim.after_interruption:
-        current = _in_effect(runtime, operation)
-        if current is not None:
-            return _succeed(runtime, operation, claim, current, Outcome.RECONCILED)
-        log.warning(
-            "%s was interrupted before it took effect; sending it again", keys.operation(operation)
-        )
-    if action.irreversible and not store.claims.renew(
-        operation, claim, runtime.settings.claim_lease_seconds
-    ):
-        # Fencing: another worker took over while we checked; it owns the call now.
-        log.error("%s: claim lost before the call; not sending it", keys.operation(operation))
-        return Outcome.LOST_CLAIM
-    try:
-        result = runtime.gateway.call(action, operation.crm_event_id)
-    except ToolError as refused:
-        # "Already cancelled": fine if the meeting is in the state we wanted, else a failure.
-        if action.irreversible and not isinstance(refused, NoMeetingError):
-            try:
-                current = _in_effect(runtime, operation)
-            except (DeferredError, RetryableError, InDoubtError) as unchecked:
-                # The check could not run yet: the refusal may mean it was done already, so
-                # the next try reconciles before it sends anything.
-                raise InDoubtError(
-                    f"{refused}; crm-get could not check the meeting yet: {unchecked}",
-                    tool=refused.tool,
-                ) from unchecked
-            except PermanentError as unclear:
-                raise PermanentError(f"{refused}; {unclear}", tool=refused.tool) from unclear
+class _Execution:
+    """One execution holding the claim of one operation, and what it learnt on the way."""
+
+    def __init__(self, runtime: Runtime, operation: Operation, claim: Claim, lease: Lease) -> None:
+        self.runtime = runtime
+        self.operation = operation
+        self.claim = claim
+        self.lease = lease
+        self.key = keys.operation(operation)
+        # Whether an earlier call may still take effect unseen, as far as this execution knows.
+        self.doubt = Doubt.KEEP if claim.in_doubt else Doubt.NONE
+
+    def run(self) -> Outcome:
+        settings, claim = self.runtime.settings, self.claim
+        try:
+            return self._attempt()
+        except (DeferredError, ClaimLost, NotDurable) as exc:
+            # Nothing was sent: hand the claim back uncounted and come back when the limit,
+            # pause or circuit allows (or soon, for a lease or a replica that failed us).
+            if not self.runtime.store.claims.release(self.operation, claim):
+                log.error("%s: %s; the claim is another execution's now", self.key, exc)
+                return Outcome.LOST_CLAIM
+            delay = exc.retry_after if isinstance(exc, DeferredError) else None
+            log.info("%s: not sent (%s), back later", self.key, exc)
+            raise RetryLater(exc, claim.attempts - 1, delay=delay) from exc
+        except PermanentError as exc:
+            return self._settle_error(State.FAILED, str(exc))
+        except (RetryableError, InDoubtError) as exc:
+            if claim.attempts >= settings.task_max_attempts:
+                reason = f"gave up after {claim.attempts} attempts: {exc}"
+            elif claim.age_seconds >= settings.task_max_age_seconds:
+                reason = f"gave up after {claim.age_seconds:.0f} s: {exc}"
+            else:
+                state = State.RETRYING if self.doubt is Doubt.NONE else State.IN_DOUBT
+                if self._settle_error(state, str(exc)) is Outcome.LOST_CLAIM:
+                    return Outcome.LOST_CLAIM
+                raise RetryLater(exc, claim.attempts) from exc
+            return self._settle_error(State.FAILED, reason)
+
+    def _attempt(self) -> Outcome:
+        action, gateway = self.operation.action, self.runtime.gateway
+        if action.irreversible and self.claim.in_doubt:
+            current = self._reconcile()
             if current is not None:
-                return _succeed(runtime, operation, claim, current, Outcome.RECONCILED)
-        raise
-    return _succeed(runtime, operation, claim, result, Outcome.SUCCEEDED)
+                return self._succeed(current, Outcome.RECONCILED)
+            self.doubt = Doubt.NONE  # crm-get saw it still booked, after the settle time
+            log.warning("%s: still booked once settled; sending it", self.key)
+        if not action.irreversible:
+            return self._succeed(gateway.call(action, self.operation.crm_event_id))
+        self.lease.mark_sending(self.runtime.settings.chilipiper_call_deadline_seconds)
+        try:
+            result = gateway.call(action, self.operation.crm_event_id, before_send=self.lease.check)
+        except InDoubtError:
+            self.doubt = Doubt.CALL  # it may land until the settle time after it began
+            raise
+        except ToolError as refused:
+            return self._after_refusal(refused)
+        return self._succeed(result)
 
+    def _reconcile(self) -> ToolResult | None:
+        """crm-get's answer if the earlier call took effect; None if the meeting is still
+        booked. Asked no sooner than the settle time after that call began: before, the
+        claim is handed back and the operation comes back then."""
+        wait = self.claim.settle_wait(self.runtime.settings.chilipiper_settle_seconds)
+        if wait > 0:
+            raise DeferredError(
+                f"in doubt: crm-get is asked once the earlier call can no longer take effect, "
+                f"in {wait:.0f} s",
+                retry_after=wait,
+            )
+        return self._in_effect()
 
-def _in_effect(runtime: Runtime, operation: Operation) -> ToolResult | None:
-    """`crm-get`'s answer if the meeting already is in the state `operation` wants; None if
-    it is still booked, so the call must be sent.
+    def _after_refusal(self, refused: ToolError) -> Outcome:
+        """ChiliPiper refused the call ("already cancelled"...): fine if the meeting is in
+        the state we wanted, else a failure."""
+        if isinstance(refused, NoMeetingError):
+            raise refused
+        try:
+            current = self._in_effect()
+        except (DeferredError, RetryableError, InDoubtError) as unchecked:
+            # The check could not run yet: the refusal may mean it was done already, so the
+            # next try reconciles before it sends anything.
+            if self.doubt is Doubt.NONE:
+                self.doubt = Doubt.KEEP
+            raise InDoubtError(
+                f"{refused}; crm-get could not check the meeting yet: {unchecked}",
+                tool=refused.tool,
+            ) from unchecked
+        except PermanentError as unclear:
+            raise PermanentError(f"{refused}; {unclear}", tool=refused.tool) from unclear
+        if current is None:
+            raise refused
+        return self._succeed(current, Outcome.RECONCILED)
 
-    Raises PermanentError for anything else (no status, an unknown one, another final one):
-    calling again blind could email a customer twice, so an operator decides, shown the
-    status as ChiliPiper wrote it.
-    """
-    current = runtime.gateway.call(Action.GET, operation.crm_event_id)
-    meeting, wanted = current.meeting, operation.action.final_status
-    if meeting.status is not None and meeting.status is wanted:
-        return current
-    if meeting.status is MeetingStatus.BOOKED:
-        return None
-    seen = f"status {meeting.status_as_sent!r}" if meeting.status_as_sent else "no meeting status"
-    raise PermanentError(
-        f"in doubt: crm-get reported {seen} for {operation.crm_event_id}, not {wanted}; "
-        "check ChiliPiper before replaying",
-        tool=Action.GET.tool,
-    )
+    def _in_effect(self) -> ToolResult | None:
+        """`crm-get`'s answer if the meeting already is in the state the operation wants;
+        None if it is positively still booked, so the call must be sent.
 
+        Raises PermanentError for anything else (no status, an unknown one, another final
+        one): calling again blind could email a customer twice, so an operator decides,
+        shown the status as ChiliPiper wrote it.
+        """
+        operation = self.operation
+        current = self.runtime.gateway.call(Action.GET, operation.crm_event_id)
+        meeting, wanted = current.meeting, operation.action.final_status
+        if meeting.status is not None and meeting.status is wanted:
+            return current
+        if meeting.status is MeetingStatus.BOOKED:
+            return None
+        seen = (
+            f"status {meeting.status_as_sent!r}" if meeting.status_as_sent else "no meeting status"
+        )
+        raise PermanentError(
+            f"in doubt: crm-get reported {seen} for {operation.crm_event_id}, not {wanted}; "
+            "check the meeting in ChiliPiper, then replay (or force) this operation",
+            tool=Action.GET.tool,
+        )
 
-def _succeed(
-    runtime: Runtime, operation: Operation, claim: Claim, result: ToolResult, outcome: Outcome
-) -> Outcome:
-    record = result.to_record()
-    if outcome is Outcome.RECONCILED:
-        record["reconciled"] = True
-    if not runtime.store.claims.settle(operation, claim, State.SUCCEEDED, result=record):
-        log.error("%s: succeeded, but the claim had been taken over", keys.operation(operation))
-        return Outcome.LOST_CLAIM
-    log.info("%s %s: %s", result.tool, operation.crm_event_id, outcome)
-    return outcome
+    def _succeed(self, result: ToolResult, outcome: Outcome = Outcome.SUCCEEDED) -> Outcome:
+        record = result.to_record()
+        if outcome is Outcome.RECONCILED:
+            record["reconciled"] = True
+        claims = self.runtime.store.claims
+        if not claims.settle(self.operation, self.claim, State.SUCCEEDED, result=record):
+            log.error("%s: succeeded, but the claim had been taken over", self.key)
+            return Outcome.LOST_CLAIM
+        log.info("%s %s: %s", result.tool, self.operation.crm_event_id, outcome)
+        return outcome
 
-
-def _settle_error(
-    runtime: Runtime, operation: Operation, claim: Claim, state: State, error: str
-) -> Outcome:
-    log.warning("%s: %s (%s)", keys.operation(operation), state, error)
-    if not runtime.store.claims.settle(operation, claim, state, error=error):
-        return Outcome.LOST_CLAIM
-    return Outcome.FAILED
+    def _settle_error(self, state: State, error: str) -> Outcome:
+        log.warning("%s: %s (%s)", self.key, state, error)
+        claims = self.runtime.store.claims
+        if not claims.settle(self.operation, self.claim, state, doubt=self.doubt, error=error):
+            return Outcome.LOST_CLAIM
+        return Outcome.FAILED

@@ -13,6 +13,10 @@
     │   └── MalformedRequest         400: not XML, hostile XML, not an Outbound Message, bad JSON
     ├── InvalidSalesforceId          an ID that is not one, or not one we accept (also ValueError)
     ├── QueueUnavailable             Redis or the broker did not take the work: answer 503
+    ├── ClaimError                   this execution may not act on the operation now
+    │   ├── ClaimBusy                another execution holds a live claim: come back after it
+    │   ├── ClaimLost                the lease ran out or was taken over: send nothing
+    │   └── NotDurable               the claim could not be made durable in time: send nothing
     └── GatewayError                 a ChiliPiper call did not succeed
         ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
         ├── PermanentError           will not succeed by retrying: 400/401/403/404...
@@ -97,6 +101,29 @@ class InvalidSalesforceId(CrmhookError, ValueError):
 
 class QueueUnavailable(CrmhookError):
     """The broker or the store is unreachable: nothing was acknowledged, the sender retries."""
+
+
+class ClaimError(CrmhookError):
+    """This execution may not act on the operation now; nothing was sent because of it."""
+
+
+class ClaimBusy(ClaimError):
+    """Another execution holds a live claim (a redelivered copy, a duplicate message): this
+    one comes back once that claim's lease has run out, `retry_after` seconds from now."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ClaimLost(ClaimError):
+    """The lease ran out by this execution's own clock, or another execution took the
+    operation over: an irreversible call must not leave."""
+
+
+class NotDurable(ClaimError):
+    """No replica confirmed the claim in time: a failover could forget it, so the call that
+    depends on it must not leave yet."""
 
 
 class GatewayError(CrmhookError):

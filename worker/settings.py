@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     chilipiper_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     chilipiper_attempts: int = Field(default=3, ge=1, le=10)
     chilipiper_max_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    # One call, its in-call retries and a slowly streamed answer included, ends by then.
+    chilipiper_call_deadline_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # An abandoned irreversible call is reconciled (crm-get) no sooner than this after it
+    # began: by then it can no longer take effect (see `timing_problems`).
+    chilipiper_settle_seconds: float = Field(default=150.0, gt=0)
     # Shared by every worker process and host: ChiliPiper sees one account. The rate adapts
     # to ChiliPiper's 429s; this optional ceiling caps it (unset: no ceiling).
     chilipiper_rate_limit: str | None = None
@@ -86,6 +91,7 @@ class Settings(BaseSettings):
     notification_ttl_seconds: int = Field(default=72 * 3600, ge=24 * 3600)
     quarantine_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=3600)
     claim_lease_seconds: int = Field(default=60, ge=2)
+    claim_heartbeat_seconds: float = Field(default=15.0, gt=0)
     broker_visibility_timeout_seconds: int = Field(default=90, ge=5)
     task_max_attempts: int = Field(default=12, ge=1)
     task_max_age_seconds: int = Field(default=24 * 3600, ge=60)
@@ -194,7 +200,7 @@ class Settings(BaseSettings):
 
     def require_worker(self) -> Settings:
         """The worker calls ChiliPiper: the MCP transport needs its token, and the timings
-        must nest (see `call_budget_seconds`)."""
+        must hold the claim protocol's invariant (see `timing_problems`)."""
         if self.chilipiper_transport == "mcp" and self.chilipiper_api_token is None:
             raise ConfigError(
                 "invalid configuration: CHILIPIPER_API_TOKEN: is not set (required when "
@@ -222,16 +228,6 @@ class Settings(BaseSettings):
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         return self
-
-    @property
-    def call_budget_seconds(self) -> float:
-        """The longest one ChiliPiper call may take: per try, the request timeout and a
-        short wait for the shared rate limit; between tries, the in-call back-off."""
-        attempts = self.chilipiper_attempts
-        return (
-            attempts * (self.chilipiper_timeout_seconds + RATE_LIMIT_MAX_BLOCK_SECONDS)
-            + (attempts - 1) * self.chilipiper_max_wait_seconds
-        )
 
     @property
     def rate_ceiling(self) -> float | None:
@@ -311,40 +307,43 @@ def parse_rate(text: str) -> float:
 
 
 def timing_problems(settings: Settings) -> list[str]:
-    """What breaks the timing invariant: call budget < claim lease < visibility timeout.
+    """What breaks the claim protocol's timing invariant (ARCHITECTURE.md, "Exactly-once").
 
-    A lease shorter than a call lets a second worker take over an operation whose call is
-    still running (a double cancel); a visibility timeout shorter than a task's run lets the
-    broker deliver it again while it runs. A task may make two calls (the in-doubt `crm-get`,
-    then the action), so the visibility timeout must cover both.
+    - The lease outlives two missed heartbeats: a heartbeat lost to a Redis blip must not
+      let a second execution in while the first is still calling.
+    - The settle time exceeds the longest a call can still be on the wire: its deadline,
+      plus one read begun just before it (`chilipiper.deadline`), plus a margin. Reconciled
+      any sooner, a cancel still on its way could land after crm-get said "booked".
+    - The sweeper waits longer than the broker's own redelivery.
+
+    The broker's visibility timeout is free to be shorter than a slow call: a copy that
+    the broker hands out again meets the live lease and comes back after it.
     """
-    budget = settings.call_budget_seconds
     lease = settings.claim_lease_seconds
+    heartbeat = settings.claim_heartbeat_seconds
+    deadline = settings.chilipiper_call_deadline_seconds
+    read = settings.chilipiper_timeout_seconds
+    settle = settings.chilipiper_settle_seconds
     visibility = settings.broker_visibility_timeout_seconds
-    formula = (
-        f"CHILIPIPER_ATTEMPTS x (CHILIPIPER_TIMEOUT_SECONDS + {RATE_LIMIT_MAX_BLOCK_SECONDS:g} s "
-        f"rate-limit wait) + (CHILIPIPER_ATTEMPTS - 1) x CHILIPIPER_MAX_WAIT_SECONDS = {budget:g} s"
-    )
+    margin = TIMING_MARGIN_SECONDS
     problems = []
-    if budget + TIMING_MARGIN_SECONDS > lease:
+    if 2 * heartbeat + margin >= lease:
         problems.append(
-            f"CLAIM_LEASE_SECONDS ({lease}) must be at least one call's worst case, "
-            f"{formula}, plus {TIMING_MARGIN_SECONDS:g} s"
+            f"CLAIM_LEASE_SECONDS ({lease:g}) must outlive two missed heartbeats: more than "
+            f"2 x CLAIM_HEARTBEAT_SECONDS ({heartbeat:g}) + {margin:g} s = "
+            f"{2 * heartbeat + margin:g} s"
         )
-    if lease >= visibility:
+    if settle < deadline + read + margin:
         problems.append(
-            f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}) must exceed "
-            f"CLAIM_LEASE_SECONDS ({lease})"
+            f"CHILIPIPER_SETTLE_SECONDS ({settle:g}) must be at least the longest a call can "
+            f"still be on the wire: CHILIPIPER_CALL_DEADLINE_SECONDS ({deadline:g}) + "
+            f"CHILIPIPER_TIMEOUT_SECONDS ({read:g}, one read begun before the deadline) + "
+            f"{margin:g} s = {deadline + read + margin:g} s"
         )
     if settings.requeue_after_seconds <= 2 * visibility:
         problems.append(
             f"REQUEUE_AFTER_SECONDS ({settings.requeue_after_seconds}) must exceed twice "
             f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}): the broker redelivers first"
-        )
-    if 2 * budget + TIMING_MARGIN_SECONDS > visibility:
-        problems.append(
-            f"BROKER_VISIBILITY_TIMEOUT_SECONDS ({visibility}) must cover two calls "
-            f"(in-doubt check, then the action): 2 x {budget:g} s + {TIMING_MARGIN_SECONDS:g} s"
         )
     return problems
 

@@ -13,10 +13,17 @@ import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
 from worker.chilipiper import Gateway, ToolNames, ToolResult
+from worker.chilipiper.calls import BeforeSend
 from worker.dev.redis_server import RedisServer
 from worker.domain.operations import Action, Operation
 from worker.effects import Outcome, RetryLater, perform
-from worker.errors import DeferredError, GatewayError, InDoubtError, RetryableError
+from worker.errors import (
+    ClaimBusy,
+    DeferredError,
+    GatewayError,
+    InDoubtError,
+    RetryableError,
+)
 from worker.store import keys
 from worker.tasks.runtime import Runtime, build_runtime
 
@@ -30,6 +37,7 @@ def runtime(
         db_url(redis_server, IDLE_DB),
         sandbox.url,
         chilipiper_timeout_seconds=1.0,
+        chilipiper_settle_seconds=SETTLE,  # an abandoned call is reconciled that soon
         circuit_window_calls=1000,  # the circuit has tests of its own
     )
     runtime = build_runtime(settings)
@@ -48,10 +56,16 @@ def record_of(runtime: Runtime, operation: Operation) -> dict[str, Any]:
     return record
 
 
+SETTLE = 0.3
+
+
 def interrupted(runtime: Runtime, operation: Operation) -> None:
-    """A worker claimed `operation` and died mid-call: its lease has run out."""
-    runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)
-    time.sleep(0.01)
+    """A worker claimed `operation`, sent its call and died: its lease has run out, and the
+    settle time since the call began has passed."""
+    claims = runtime.store.claims
+    claim = claims.claim(operation, "killed-worker", lease_seconds=0)
+    assert claims.mark_sending(operation, claim, lease_seconds=0)
+    time.sleep(SETTLE + 0.05)
 
 
 def test_cancel_is_called_once_and_recorded(runtime: Runtime, sandbox: SandboxServer) -> None:
@@ -81,18 +95,21 @@ def test_a_live_claim_elsewhere_means_busy_and_no_call(
 ) -> None:
     operation = cancel()
     runtime.store.claims.claim(operation, "other-worker", lease_seconds=60)
-    assert perform(runtime, operation, owner="t1") is Outcome.BUSY
+    with pytest.raises(RetryLater) as later:
+        perform(runtime, operation, owner="t1")
+    assert isinstance(later.value.error, ClaimBusy)
+    assert later.value.delay == pytest.approx(60, abs=1)  # back once that lease has run out
     assert sandbox.calls(operation.crm_event_id) == []
+    assert record_of(runtime, operation)["attempts"] == "1"  # the other's, not one more
 
 
 def test_interrupted_cancel_that_took_effect_is_reconciled_without_a_second_call(
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
-    runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)  # died mid-call...
+    interrupted(runtime, operation)  # died mid-call...
     with sandbox.state.lock:
         sandbox.state.meetings[operation.crm_event_id] = "CANCELLED"  # ...after ChiliPiper acted
-    time.sleep(0.01)
     assert perform(runtime, operation, owner="t2") is Outcome.RECONCILED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == ["crm-get"]
     record = record_of(runtime, operation)
@@ -103,8 +120,7 @@ def test_interrupted_cancel_that_did_not_take_effect_is_sent(
     runtime: Runtime, sandbox: SandboxServer
 ) -> None:
     operation = cancel()
-    runtime.store.claims.claim(operation, "killed-worker", lease_seconds=0)
-    time.sleep(0.01)
+    interrupted(runtime, operation)
     assert perform(runtime, operation, owner="t2") is Outcome.SUCCEEDED
     assert [c["tool"] for c in sandbox.calls(operation.crm_event_id)] == [
         "crm-get",
@@ -124,7 +140,7 @@ def test_timeout_makes_the_key_in_doubt_and_the_retry_reconciles(
     record = record_of(runtime, operation)
     assert record["state"] == "in_doubt"
     sandbox.set_faults()
-    time.sleep(0.7)  # the slow cancel lands on the server after all
+    time.sleep(0.7)  # the slow cancel lands on the server after all, the settle time passes
     assert perform(runtime, operation, owner="t1") is Outcome.RECONCILED
     assert len(sandbox.calls(operation.crm_event_id, action="cancel")) == 1
 
@@ -228,12 +244,16 @@ def test_redelivery_of_a_failed_notification_stays_failed_but_a_new_one_tries_ag
 ) -> None:
     event = random_event_id("00V")  # no meeting linked: fails permanently
     first = Operation(Action.CANCEL, event, random_event_id("04l"))
+    runtime.store.records.mark_queued([first])
     assert perform(runtime, first, owner="t1") is Outcome.FAILED
+    runtime.store.records.mark_queued([first])  # Salesforce delivers it again
     assert perform(runtime, first, owner="t1-redelivered") is Outcome.ALREADY_FAILED
     assert len(sandbox.calls(event)) == 1
     with sandbox.state.lock:
         sandbox.state.meetings[event] = "BOOKED"  # the world changed: the meeting got linked
     later = Operation(Action.CANCEL, event, random_event_id("04l"))
+    runtime.store.records.mark_queued([later])  # a new notification reopens the dead letter
+    assert record_of(runtime, later)["state"] == "queued"  # not in doubt: it was answered
     assert perform(runtime, later, owner="t2") is Outcome.SUCCEEDED
     assert keys.operation(first) not in [
         key for key, _ in runtime.store.dead_letters.since()
@@ -260,11 +280,13 @@ class ReadsFailOnce:
     def __init__(self, gateway: Gateway, error: GatewayError) -> None:
         self._gateway, self._error = gateway, error
 
-    def call(self, action: Action, crm_event_id: str) -> ToolResult:
+    def call(
+        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+    ) -> ToolResult:
         if action is Action.GET and self._error is not None:
             error, self._error = self._error, None
             raise error
-        return self._gateway.call(action, crm_event_id)
+        return self._gateway.call(action, crm_event_id, before_send=before_send)
 
     def list_tools(self) -> list[str]:
         return self._gateway.list_tools()

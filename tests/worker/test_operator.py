@@ -20,6 +20,7 @@ from tests.conftest import (
 from worker.cli import main
 from worker.domain.operations import Action, Operation, State
 from worker.store import Store, keys
+from worker.store.claims import Doubt
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +79,8 @@ def test_replayed_dead_letter_after_the_fix_is_called_exactly_once(
     assert "1 queued" in replayed.output
     wait_for(lambda: state_of(worker_store, event) == State.SUCCEEDED)
     calls = [(call["action"], call["ok"]) for call in sandbox.calls(event)]
-    # The dead letter; then the replay: reopened in doubt, it reads the meeting first.
-    assert calls == [("cancel", False), ("get", True), ("cancel", True)]
+    # The dead letter, answered (no meeting linked): nothing in doubt, so the replay calls.
+    assert calls == [("cancel", False), ("cancel", True)]
     assert key not in [dead for dead, _ in worker_store.dead_letters.since()]
     trail = worker_store.records.read(key)["audit"]  # type: ignore[index]
     assert [(e["what"], e["outcome"]) for e in trail] == [
@@ -96,10 +97,12 @@ def test_replay_of_a_dead_cancel_that_had_taken_effect_sends_no_second_cancel(
     operation = Operation(Action.CANCEL, event, random_event_id("04l"))
     worker_store.records.mark_queued([operation])
     claim = worker_store.claims.claim(operation, "earlier-worker", 60)
-    # Its last attempts timed out after sending: ChiliPiper did cancel, unbeknown to us.
+    # Its last attempt timed out after sending: ChiliPiper did cancel, unbeknown to us.
+    assert worker_store.claims.mark_sending(operation, claim, 60)
     worker_store.claims.settle(
-        operation, claim, State.FAILED, error="gave up after 12 attempts: timeout"
+        operation, claim, State.FAILED, doubt=Doubt.CALL, error="gave up after 12 attempts"
     )
+    worker_store.redis.hset(keys.operation(operation), "doubt_since", 0)  # long settled
     with sandbox.state.lock:
         sandbox.state.meetings[event] = "CANCELLED"
     assert runner.invoke(main, ["replay", keys.operation(operation)]).exit_code == 0

@@ -92,23 +92,45 @@ def test_broker_defaults_to_redis() -> None:
 
 def test_default_timings_nest() -> None:
     settings = load_settings(**BASE, chilipiper_transport="sandbox")
-    assert settings.call_budget_seconds == 3 * (10 + 1) + 2 * 5  # + 1 s rate-limit wait per try
+    assert (settings.claim_lease_seconds, settings.claim_heartbeat_seconds) == (60, 15)
+    assert settings.chilipiper_call_deadline_seconds == 120
+    assert settings.chilipiper_settle_seconds == 150
     settings.require_worker()
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"chilipiper_timeout_seconds": 25}, r"CLAIM_LEASE_SECONDS \(60\) must be at least"),
-        ({"claim_lease_seconds": 90}, r"must exceed CLAIM_LEASE_SECONDS \(90\)"),
-        ({"broker_visibility_timeout_seconds": 70}, r"must cover two calls"),
-        ({"chilipiper_attempts": 5}, r"CHILIPIPER_ATTEMPTS x \(CHILIPIPER_TIMEOUT_SECONDS"),
+        (
+            {"claim_heartbeat_seconds": 30},
+            r"CLAIM_LEASE_SECONDS \(60\) must outlive two missed heartbeats: more than "
+            r"2 x CLAIM_HEARTBEAT_SECONDS \(30\) \+ 2 s = 62 s",
+        ),
+        (
+            {"chilipiper_settle_seconds": 125},
+            r"CHILIPIPER_SETTLE_SECONDS \(125\) must be at least .* "
+            r"CHILIPIPER_CALL_DEADLINE_SECONDS \(120\) \+ CHILIPIPER_TIMEOUT_SECONDS \(10, "
+            r"one read begun before the deadline\) \+ 2 s = 132 s",
+        ),
+        ({"chilipiper_call_deadline_seconds": 140}, r"= 152 s"),
+        ({"requeue_after_seconds": 150}, r"REQUEUE_AFTER_SECONDS \(150\) must exceed twice"),
     ],
 )
-def test_worker_refuses_timings_that_do_not_nest(overrides: dict[str, int], message: str) -> None:
+def test_worker_refuses_timings_that_break_the_invariant(
+    overrides: dict[str, int], message: str
+) -> None:
     settings = load_settings(**BASE, chilipiper_transport="sandbox", **overrides)
     with pytest.raises(ConfigError, match=message):
         settings.require_worker()
+
+
+def test_a_visibility_timeout_shorter_than_a_slow_call_is_allowed() -> None:
+    """A redelivered copy meets the live lease: the broker's timeout no longer has to
+    cover a call."""
+    settings = load_settings(
+        **BASE, chilipiper_transport="sandbox", broker_visibility_timeout_seconds=30
+    )
+    settings.require_worker()
 
 
 def test_the_rate_limit_is_an_optional_ceiling() -> None:

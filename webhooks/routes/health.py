@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from webhooks.extension import edge
-from worker.store.connection import durability_warnings
+from worker.store.durability import durability_warnings
 
 blueprint = Blueprint("health", __name__)
 

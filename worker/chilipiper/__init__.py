@@ -1,5 +1,8 @@
 """The ChiliPiper gateway: one interface, `call(action, crm_event_id) -> ToolResult`.
 
+Every call has a total deadline (`CHILIPIPER_CALL_DEADLINE_SECONDS`), its in-call retries
+included, and takes a `before_send` hook that runs right before each request leaves.
+
 Transports: `mcp` (ChiliPiper's MCP server), `scalekit` (Scalekit AgentKit's REST API) and
 `sandbox` (the local stand-in, spoken to over the MCP client, so development exercises the
 production code path).
@@ -12,7 +15,7 @@ from typing import Protocol
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import GateLike
+from worker.chilipiper.calls import BeforeSend, GateLike
 from worker.chilipiper.mcp import McpGateway
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
@@ -27,7 +30,9 @@ MAX_CONNECTIONS = 64
 
 
 class Gateway(Protocol):
-    def call(self, action: Action, crm_event_id: str) -> ToolResult: ...
+    def call(
+        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+    ) -> ToolResult: ...
     def list_tools(self) -> list[str]: ...
     def discover(self) -> ToolNames: ...
 
@@ -59,7 +64,7 @@ def build_gateway(
         return transient_retries(
             settings.chilipiper_attempts,
             settings.chilipiper_max_wait_seconds,
-            max_seconds=settings.call_budget_seconds,
+            max_seconds=settings.chilipiper_call_deadline_seconds,
         )
 
     if settings.chilipiper_transport == "scalekit":
@@ -79,6 +84,7 @@ def build_gateway(
             client=client,
             retrying=retrying,
             gate=gate,
+            deadline_seconds=settings.chilipiper_call_deadline_seconds,
         )
     token = settings.chilipiper_api_token
     return McpGateway(
@@ -87,4 +93,5 @@ def build_gateway(
         token=token.get_secret_value() if token is not None else None,
         retrying=retrying,
         gate=gate,
+        deadline_seconds=settings.chilipiper_call_deadline_seconds,
     )

@@ -45,12 +45,27 @@ PROTOCOL = Target("", irreversible=False)
 
 class GateLike(Protocol):
     def enter(self) -> None: ...
+    def abandon(self) -> None: ...
     def succeeded(self) -> None: ...
     def failed(self, error: RetryableError | InDoubtError) -> None: ...
 
 
-def call_through(gate: GateLike, retrying: Retrying, send: Callable[[], T]) -> T:
+# Runs right before a request leaves, and raises to stop it (a claim that ran out).
+BeforeSend = Callable[[], None]
+
+
+def call_through(
+    gate: GateLike,
+    retrying: Retrying,
+    send: Callable[[], T],
+    *,
+    before_send: BeforeSend | None = None,
+) -> T:
     """`send()` under the shared limits, retried by `retrying` (transient failures only).
+
+    `before_send` runs after the gate lets a request through, right before it leaves: an
+    irreversible call checks there that its claim is still live by the worker's own clock
+    (the gate may have held it for a moment, an earlier try may have waited).
 
     A permanent error (the tool said no, no meeting, a missing permission) is ChiliPiper
     answering as it should: for the limits it counts as an answer like any success.
@@ -58,6 +73,12 @@ def call_through(gate: GateLike, retrying: Retrying, send: Callable[[], T]) -> T
     for attempt in retrying:
         with attempt:
             gate.enter()
+            if before_send is not None:
+                try:
+                    before_send()
+                except BaseException:
+                    gate.abandon()
+                    raise
             try:
                 result = send()
             except (RetryableError, InDoubtError) as error:

@@ -100,6 +100,11 @@ class Gate:
                 raise DeferredError("ChiliPiper calls held back: paused", retry_after=held)
         self._calls.trial = trial
 
+    def abandon(self) -> None:
+        """The request let through by `enter` will not be sent (its claim ran out): a
+        trial it held goes back to the circuit undecided."""
+        self._give_back(self._calls.trial)
+
     def deferral(self) -> float:
         """Seconds until calls may go at all (pause or open circuit); 0 when they may.
         Reckoned by Redis's clock, which wrote the times, not by this host's."""
@@ -174,6 +179,9 @@ class OpenGate:
     """No shared limits (tests of a gateway alone, `crmhook check`)."""
 
     def enter(self) -> None:
+        return None
+
+    def abandon(self) -> None:
         return None
 
     def succeeded(self) -> None:

@@ -4,7 +4,8 @@ JSON-RPC over POST; answers come as JSON or as an SSE stream. The session is ope
 (`initialize`, then `notifications/initialized`) and shared by the worker's threads; its
 `Mcp-Session-Id` and negotiated `MCP-Protocol-Version` are echoed on every request, and a 404
 for a known session means it expired: open a new one and send again (the server refused the
-request, so nothing happened).
+request, so nothing happened). Each call, with its session set-up and its retries, ends
+within its deadline (`deadline.Deadline`), however slowly the answer streams in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through, call_tool
+from worker.chilipiper.calls import (
+    PROTOCOL,
+    BeforeSend,
+    GateLike,
+    Target,
+    call_through,
+    call_tool,
+)
+from worker.chilipiper.deadline import DEFAULT_DEADLINE_SECONDS, Deadline
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_rpc,
@@ -60,11 +69,13 @@ class McpGateway:
         token: str | None = None,
         retrying: Callable[[], Retrying] = transient_retries,
         gate: GateLike | None = None,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     ) -> None:
         self.url = url
         self._client = client
         self._token = token
         self._retrying = retrying
+        self._deadline_seconds = deadline_seconds
         self._gate = gate or OpenGate()
         self._lock = threading.Lock()
         self._session: _Session | None = None
@@ -73,18 +84,22 @@ class McpGateway:
             lambda: call_through(self._gate, self._retrying(), self.list_tools)
         )
 
-    def call(self, action: Action, crm_event_id: str) -> ToolResult:
-        """Run `action`'s tool for one event; raises a GatewayError subclass when it does not
-        succeed."""
+    def call(
+        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+    ) -> ToolResult:
+        """Run `action`'s tool for one event, within the call's deadline; raises a
+        GatewayError subclass when it does not succeed. `before_send` runs right before
+        each request leaves (and may stop it)."""
+        deadline = Deadline(self._deadline_seconds)
 
         def send(target: Target) -> ToolResult:
             params = {"name": target.tool, "arguments": {"crmEventId": crm_event_id}}
 
             def once() -> ToolResult:
-                result = self._request("tools/call", params, target=target)
+                result = self._request("tools/call", params, target=target, deadline=deadline)
                 return self._tool_result(target, crm_event_id, result)
 
-            return call_through(self._gate, self._retrying(), once)
+            return call_through(self._gate, self._retrying(), once, before_send=before_send)
 
         return call_tool(self.catalog, action, send)
 
@@ -96,9 +111,13 @@ class McpGateway:
         """Names of every tool the server offers (following `nextCursor` pages)."""
         names: list[str] = []
         cursor: str | None = None
+        deadline = Deadline(self._deadline_seconds)
         while True:
             page = self._request(
-                "tools/list", {"cursor": cursor} if cursor else {}, target=PROTOCOL
+                "tools/list",
+                {"cursor": cursor} if cursor else {},
+                target=PROTOCOL,
+                deadline=deadline,
             )
             names.extend(tool["name"] for tool in page.get("tools", []) if "name" in tool)
             cursor = page.get("nextCursor")
@@ -107,18 +126,21 @@ class McpGateway:
 
     # --- one request, within a session ------------------------------------------------------
 
-    def _request(self, method: str, params: dict[str, Any], *, target: Target) -> dict[str, Any]:
-        session = self._open_session()
+    def _request(
+        self, method: str, params: dict[str, Any], *, target: Target, deadline: Deadline
+    ) -> dict[str, Any]:
+        session = self._open_session(deadline)
         try:
-            return self._rpc(method, params, session, target=target)
+            return self._rpc(method, params, session, target=target, deadline=deadline)
         except _SessionExpired:
             self._forget(session)
-            return self._rpc(method, params, self._open_session(), target=target)
+            session = self._open_session(deadline)
+            return self._rpc(method, params, session, target=target, deadline=deadline)
 
-    def _open_session(self) -> _Session:
+    def _open_session(self, deadline: Deadline) -> _Session:
         with self._lock:
             if self._session is None:
-                self._session = self._initialize()
+                self._session = self._initialize(deadline)
             return self._session
 
     def _forget(self, session: _Session) -> None:
@@ -126,7 +148,7 @@ class McpGateway:
             if self._session is session:
                 self._session = None
 
-    def _initialize(self) -> _Session:
+    def _initialize(self, deadline: Deadline) -> _Session:
         params = {
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": {},
@@ -137,31 +159,48 @@ class McpGateway:
             {"jsonrpc": "2.0", "id": message_id, "method": "initialize", "params": params},
             None,
             target=PROTOCOL,
+            deadline=deadline,
         ) as response:
-            result = self._result(response, message_id, target=PROTOCOL)
+            result = self._result(response, message_id, target=PROTOCOL, deadline=deadline)
             session_id = response.headers.get("mcp-session-id")
         version = result.get("protocolVersion", "")
         if version not in KNOWN_PROTOCOL_VERSIONS:
             raise PermanentError(f"MCP server speaks protocol {version!r}, which we do not")
         session = _Session(session_id, version)
         with self._post(
-            {"jsonrpc": "2.0", "method": "notifications/initialized"}, session, target=PROTOCOL
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            session,
+            target=PROTOCOL,
+            deadline=deadline,
         ) as response:
             if response.status_code >= 400:
                 raise error_for_status(response.status_code, tool="", irreversible=False)
         return session
 
     def _rpc(
-        self, method: str, params: dict[str, Any], session: _Session, *, target: Target
+        self,
+        method: str,
+        params: dict[str, Any],
+        session: _Session,
+        *,
+        target: Target,
+        deadline: Deadline,
     ) -> dict[str, Any]:
         message_id = next(self._ids)
         body = {"jsonrpc": "2.0", "id": message_id, "method": method, "params": params}
-        with self._post(body, session, target=target) as response:
+        with self._post(body, session, target=target, deadline=deadline) as response:
             if response.status_code == 404 and session.session_id:
                 raise _SessionExpired
-            return self._result(response, message_id, target=target)
+            return self._result(response, message_id, target=target, deadline=deadline)
 
-    def _post(self, body: dict[str, Any], session: _Session | None, *, target: Target) -> _Response:
+    def _post(
+        self,
+        body: dict[str, Any],
+        session: _Session | None,
+        *,
+        target: Target,
+        deadline: Deadline,
+    ) -> _Response:
         headers = {
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
@@ -172,15 +211,24 @@ class McpGateway:
             headers["MCP-Protocol-Version"] = session.protocol_version
             if session.session_id:
                 headers["Mcp-Session-Id"] = session.session_id
-        request = self._client.build_request("POST", self.url, json=body, headers=headers)
+        request = self._client.build_request(
+            "POST",
+            self.url,
+            json=body,
+            headers=headers,
+            timeout=deadline.timeout(self._client.timeout),
+        )
         return _Response(self._client, request, target=target)
 
     def _result(
-        self, response: httpx.Response, message_id: int, *, target: Target
+        self, response: httpx.Response, message_id: int, *, target: Target, deadline: Deadline
     ) -> dict[str, Any]:
         tool, irreversible = target.tool, target.irreversible
         if response.status_code != 200:
-            detail = response.read().decode("utf-8", "replace")
+            try:
+                detail = deadline.read(response).decode("utf-8", "replace")
+            except httpx.HTTPError:
+                detail = ""  # the status says enough
             raise error_for_status(
                 response.status_code,
                 tool=tool,
@@ -189,7 +237,7 @@ class McpGateway:
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         try:
-            message = _find_response(response, message_id)
+            message = _find_response(response, message_id, deadline)
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, tool=tool, irreversible=irreversible) from exc
         if message is None:
@@ -243,16 +291,19 @@ class _Response:
             self._response.close()
 
 
-def _find_response(response: httpx.Response, message_id: int) -> dict[str, Any] | None:
-    """The JSON-RPC response with our id, from a JSON body or an SSE stream."""
+def _find_response(
+    response: httpx.Response, message_id: int, deadline: Deadline
+) -> dict[str, Any] | None:
+    """The JSON-RPC response with our id, from a JSON body or an SSE stream, read within
+    the call's deadline."""
     content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "text/event-stream":
-        for data in _sse_data(response.iter_lines()):
+        for data in _sse_data(deadline.lines(response)):
             message = _decode(data)
             if isinstance(message, dict) and message.get("id") == message_id:
                 return message
         return None
-    body = response.read()
+    body = deadline.read(response)
     message = _decode(body.decode("utf-8", "replace"))
     if isinstance(message, list):  # a batch answer: pick ours
         message = next(

@@ -17,7 +17,15 @@ from typing import Any
 import httpx
 from tenacity import Retrying
 
-from worker.chilipiper.calls import PROTOCOL, GateLike, Target, call_through, call_tool
+from worker.chilipiper.calls import (
+    PROTOCOL,
+    BeforeSend,
+    GateLike,
+    Target,
+    call_through,
+    call_tool,
+)
+from worker.chilipiper.deadline import DEFAULT_DEADLINE_SECONDS, Deadline
 from worker.chilipiper.errors import (
     error_for_exception,
     error_for_status,
@@ -115,8 +123,10 @@ class ScalekitGateway:
         client: httpx.Client,
         retrying: Callable[[], Retrying] = transient_retries,
         gate: GateLike | None = None,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     ) -> None:
         self.env_url = env_url.rstrip("/")
+        self._deadline_seconds = deadline_seconds
         self.credentials = credentials
         self.connection_name = connection_name
         self.tool_prefix = tool_prefix
@@ -128,8 +138,12 @@ class ScalekitGateway:
             lambda: call_through(self._gate, self._retrying(), self.list_tools), tool_prefix
         )
 
-    def call(self, action: Action, crm_event_id: str) -> ToolResult:
-        """Run `action`'s tool, under the name Scalekit lists it by, for one event."""
+    def call(
+        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+    ) -> ToolResult:
+        """Run `action`'s tool, under the name Scalekit lists it by, for one event, within
+        the call's deadline. `before_send` runs right before each request leaves."""
+        deadline = Deadline(self._deadline_seconds)
 
         def send(target: Target) -> ToolResult:
             body = {
@@ -140,7 +154,9 @@ class ScalekitGateway:
             }
 
             def once() -> ToolResult:
-                response = self._send("POST", EXECUTE_PATH, target=target, json=body)
+                response = self._send(
+                    "POST", EXECUTE_PATH, target=target, deadline=deadline, json=body
+                )
                 payload = _json(response)
                 if payload is None:  # a 200 we cannot read: the tool may have run
                     raise error_for_exception(
@@ -158,7 +174,7 @@ class ScalekitGateway:
                     )
                 return result
 
-            return call_through(self._gate, self._retrying(), once)
+            return call_through(self._gate, self._retrying(), once, before_send=before_send)
 
         return call_tool(self.catalog, action, send)
 
@@ -170,6 +186,7 @@ class ScalekitGateway:
         """Names of the tools this connection and identifier may call (every page)."""
         names: list[str] = []
         page = ""
+        deadline = Deadline(self._deadline_seconds)
         for _ in range(100):
             params = {
                 "identifier": self.identifier,
@@ -178,7 +195,11 @@ class ScalekitGateway:
             }
             if page:
                 params["page_token"] = page
-            payload = _json(self._send("GET", SCOPED_TOOLS_PATH, target=PROTOCOL, params=params))
+            payload = _json(
+                self._send(
+                    "GET", SCOPED_TOOLS_PATH, target=PROTOCOL, deadline=deadline, params=params
+                )
+            )
             if payload is None:
                 raise RetryableError("Scalekit answered the tool listing without JSON")
             for item in payload.get("tools") or []:
@@ -190,17 +211,21 @@ class ScalekitGateway:
                 break
         return names
 
-    def _send(self, method: str, path: str, *, target: Target, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, target: Target, deadline: Deadline, **kwargs: Any
+    ) -> httpx.Response:
         tool, irreversible = target.tool, target.irreversible
         for refreshed in (False, True):
             token = self.credentials.get()
+            request = self._client.build_request(
+                method,
+                self.env_url + path,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=deadline.timeout(self._client.timeout),
+                **kwargs,
+            )
             try:
-                response = self._client.request(
-                    method,
-                    self.env_url + path,
-                    headers={"Authorization": f"Bearer {token}"},
-                    **kwargs,
-                )
+                response = deadline.fetch(self._client, request)
             except httpx.HTTPError as exc:
                 raise error_for_exception(exc, tool=tool, irreversible=irreversible) from exc
             if response.status_code != 401:

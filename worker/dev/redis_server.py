@@ -63,6 +63,8 @@ class RedisServer:
             str(self.directory),
             "--appendonly",
             "yes",
+            "--appendfsync",
+            "always",  # every claim on disk before its call (see store.durability)
             "--save",
             "",
             "--maxmemory-policy",

@@ -18,9 +18,20 @@ meet the shapes they will meet in production:
 - A server-side rate limit (fixed one-second windows) answering HTTP 429.
 
 Any Event ID (key prefix 00U) gets an Active meeting on first use, so demos need no seeding.
-Control endpoints under `/sandbox/` seed meetings, read the call log, change the switches and
-turn on faults (HTTP errors with `Retry-After`, slow answers, SSE answers, expired sessions),
-which is what the tests drive it with.
+Control endpoints, which is what the tests drive it with:
+
+- `GET /sandbox/calls`: the call log; `GET /sandbox/meetings/<id>`, `POST /sandbox/meetings`:
+  read and seed meetings; `GET|POST /sandbox/config`: the switches; `POST /sandbox/reset`.
+- `GET /sandbox/stats`: what the faults did: `answers_lost` (answers a proxy lost after the
+  effect), `rate_limited`, and `faults_served` by status (the last not cleared by reset).
+- `POST /sandbox/faults`: a JSON object of `Faults` fields (any left out are off). Some refuse
+  requests before they reach the meetings: HTTP errors with `Retry-After` (`fail_next`,
+  `status`, `rates`, `retry_after`), slow answers (`delay_seconds`), SSE answers (`sse`) and
+  expired sessions (`expire_sessions`). Others let an irreversible call (any tool but
+  `crm-get`, which stays unaffected so the caller can reconcile through it) take effect while
+  its caller gets no timely answer: an answer trickled as SSE comments (`trickle_seconds`,
+  `trickle_interval`), an effect that lands after the caller gave up (`late_effect_seconds`),
+  and an answer lost by a proxy after the effect (`lose_answer_rate`, `lost_answer_status`).
 """
 
 from __future__ import annotations
@@ -141,7 +152,17 @@ LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Johnson", "Dijkstra", "Liskov", "
 class Faults:
     """Switches for bad minutes. `fail_next` answers with `status` that many times; `rates`
     answers each request at random, e.g. {"503": 0.3, "429": 0.1}. A faulted request is
-    refused before it reaches the meetings (as a real 429/503 is)."""
+    refused before it reaches the meetings (as a real 429/503 is).
+
+    The rest separate an irreversible call's effect from its answer, the case a caller cannot
+    retry its way out of; `crm-get` is never affected, so callers can reconcile through it:
+    - `trickle_seconds`: the effect is applied at once, then the answer comes as an SSE stream
+      of one comment every `trickle_interval` seconds for that long before the message, so no
+      single read ever waits long enough to time out;
+    - `late_effect_seconds`: the request is held and the effect applied that long after it
+      arrived, whether or not the caller is still waiting, then the answer is given;
+    - `lose_answer_rate`: the chance that, once the effect is applied, the answer is replaced
+      by HTTP `lost_answer_status` (a proxy lost it), counted in `Sandbox.answers_lost`."""
 
     fail_next: int = 0
     status: int = 503
@@ -150,6 +171,25 @@ class Faults:
     delay_seconds: float = 0.0
     sse: bool = False
     expire_sessions: bool = False
+    trickle_seconds: float = 0.0
+    trickle_interval: float = 0.5
+    late_effect_seconds: float = 0.0
+    lose_answer_rate: float = 0.0
+    lost_answer_status: int = 504
+
+    def __post_init__(self) -> None:
+        """ValueError for values that would make the sandbox spin or never answer."""
+        for name in ("trickle_seconds", "late_effect_seconds"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, not {getattr(self, name)!r}")
+        if not 0 < self.trickle_interval < math.inf:
+            raise ValueError(f"trickle_interval must be positive, not {self.trickle_interval!r}")
+        if not 0 <= self.lose_answer_rate <= 1:
+            raise ValueError(f"lose_answer_rate must be in [0, 1], not {self.lose_answer_rate!r}")
+        if not 400 <= self.lost_answer_status <= 599:
+            raise ValueError(
+                f"lost_answer_status must be an HTTP error status, not {self.lost_answer_status!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -265,6 +305,7 @@ class Sandbox:
     faults_served: dict[int, int] = field(default_factory=dict)
     fault_times: list[float] = field(default_factory=list)
     rate_limited: int = 0
+    answers_lost: int = 0  # irreversible calls applied whose answer lose_answer_rate dropped
     window: int = 0  # the rate limit's current one-second window...
     window_calls: int = 0  # ...and the calls admitted in it
     clock: Callable[[], float] = field(default=time.time, repr=False)
@@ -333,7 +374,16 @@ class Sandbox:
             self.faults = Faults()
             for name, value in DEFAULT_CONFIG.items():
                 setattr(self, name, value)
-            self.rate_limited = self.window = self.window_calls = 0
+            self.rate_limited = self.answers_lost = self.window = self.window_calls = 0
+
+    def stats(self) -> dict[str, Any]:
+        """What the faults have done: the counters `/sandbox/stats` answers."""
+        with self.lock:
+            return {
+                "answers_lost": self.answers_lost,
+                "rate_limited": self.rate_limited,
+                "faults_served": {str(code): n for code, n in sorted(self.faults_served.items())},
+            }
 
     # --- tools ------------------------------------------------------------------------------
 
@@ -404,6 +454,20 @@ class Sandbox:
                 self.faults_served[status] = self.faults_served.get(status, 0) + 1
                 self.fault_times.append(self.clock())
             return status
+
+    def lose_answer(self, rate: float) -> bool:
+        """True when a proxy loses this answer (with probability `rate`, drawn from `random`
+        so seeded sandboxes repeat); counted in `answers_lost`. Draws nothing at rate 0, so
+        turning the switch off leaves other seeded draws as they were."""
+        if rate <= 0:
+            return False
+        with self.lock:
+            lost = self.random.random() < rate
+            if lost:
+                self.answers_lost += 1
+        if lost:
+            log.info("answer lost on the way (rate %g)", rate)
+        return lost
 
     # --- under the lock ---------------------------------------------------------------------
 
@@ -492,6 +556,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
 
     @app.post("/mcp")
     def mcp() -> Response | tuple[Response, int]:
+        arrived = time.monotonic()
         faults = state.faults
         if faults.delay_seconds:
             time.sleep(faults.delay_seconds)
@@ -528,7 +593,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
             tools = [_tool_schema(name) for name in state.offered_tools()]
             return _answer(message_id, {"tools": tools}, faults)
         if method == "tools/call":
-            return _tools_call(state, message_id, message.get("params"), faults)
+            return _tools_call(state, message_id, message.get("params"), faults, arrived)
         if method == "ping":
             return _answer(message_id, {}, faults)
         return _rpc_error(message_id, -32601, f"method {method!r} not found")
@@ -570,11 +635,21 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
         except ValueError as error:
             return jsonify({"error": str(error)}), 400
 
+    @app.get("/sandbox/stats")
+    def stats() -> Response:
+        return jsonify(state.stats())
+
     @app.post("/sandbox/faults")
-    def set_faults() -> Response:
+    def set_faults() -> Response | tuple[Response, int]:
+        """Body: any Faults fields; the ones left out are off. Answers them all."""
+        body = request.get_json(force=True) or {}
+        try:
+            faults = Faults(**body)
+        except (TypeError, ValueError) as error:  # not an object, an unknown field, a bad value
+            return jsonify({"error": str(error)}), 400
         with state.lock:
-            state.faults = Faults(**(request.get_json(force=True) or {}))
-            return jsonify(asdict(state.faults))
+            state.faults = faults
+            return jsonify(asdict(faults))
 
     @app.post("/sandbox/reset")
     def reset() -> Response:
@@ -601,10 +676,11 @@ def _initialize(state: Sandbox, message: dict[str, Any]) -> Response:
 
 
 def _tools_call(
-    state: Sandbox, message_id: Any, params: object, faults: Faults
+    state: Sandbox, message_id: Any, params: object, faults: Faults, arrived: float
 ) -> Response | tuple[Response, int]:
     """A tools/call: the rate limit first (it counts every call), then the JSON-RPC checks,
-    then the tool, whose HTTP-ish errors become `isError` results."""
+    then the tool, whose HTTP-ish errors become `isError` results. `arrived` is when the
+    request came in (time.monotonic())."""
     if not isinstance(params, dict):
         params = {}
     name = str(params.get("name"))
@@ -622,11 +698,68 @@ def _tools_call(
         return _rpc_error(message_id, -32602, f"Unknown tool: {name}")
     if not isinstance(event_id, str) or not event_id:
         return _rpc_error(message_id, -32602, "argument crmEventId is required")
-    return _answer(message_id, state.call_tool(name, event_id).mcp_result(), faults)
+    if ACTIONS[name] == "get":  # how callers reconcile: never delayed, lost or trickled
+        return _answer(message_id, state.call_tool(name, event_id).mcp_result(), faults)
+    return _irreversible_call(state, message_id, name, event_id, faults, arrived)
+
+
+def _irreversible_call(
+    state: Sandbox, message_id: Any, tool: str, event_id: str, faults: Faults, arrived: float
+) -> Response:
+    """A call that cannot be undone, through the faults that part its effect from its answer:
+    the effect lands late, then the answer is lost or trickled (or, all off, given as usual)."""
+    if faults.late_effect_seconds > 0:
+        due = arrived + faults.late_effect_seconds
+        answer = _late_effect(state, tool, event_id, due - time.monotonic())
+    else:
+        answer = state.call_tool(tool, event_id)
+    if state.lose_answer(faults.lose_answer_rate):
+        return Response(
+            "sandbox: the upstream answer was lost",
+            status=faults.lost_answer_status,
+            mimetype="text/plain",
+        )
+    if faults.trickle_seconds > 0:
+        return _trickle(_message(message_id, answer.mcp_result()), faults)
+    return _answer(message_id, answer.mcp_result(), faults)
+
+
+def _late_effect(state: Sandbox, tool: str, event_id: str, delay: float) -> Answer:
+    """The call, applied by a timer thread `delay` seconds from now, once this request waited
+    for it. The timer, not the request, applies it: it lands exactly once whether or not the
+    caller still listens (a dropped connection only shows when the answer is written) and
+    even if the server gives up on this request's thread."""
+    answers: list[Answer] = []
+    timer = threading.Timer(
+        max(delay, 0.0), lambda: answers.append(state.call_tool(tool, event_id))
+    )
+    timer.daemon = True  # a stopping sandbox drops it, as a crashing ChiliPiper would
+    timer.start()
+    timer.join()
+    return answers[0] if answers else Answer(500, "sandbox: the late effect failed")
+
+
+def _trickle(message: dict[str, Any], faults: Faults) -> Response:
+    """An SSE answer that sends a comment every `trickle_interval` seconds for
+    `trickle_seconds`, then `message`: a caller timing each read never times out, only one
+    that bounds the whole answer does."""
+
+    def stream() -> Iterator[str]:
+        deadline = time.monotonic() + faults.trickle_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            yield ": .\n\n"
+            time.sleep(min(faults.trickle_interval, left))
+        yield f"event: message\ndata: {json.dumps(message)}\n\n"
+
+    return Response(stream(), mimetype="text/event-stream")
+
+
+def _message(message_id: Any, result: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": message_id, "result": result}
 
 
 def _answer(message_id: Any, result: dict[str, Any], faults: Faults) -> Response:
-    message = {"jsonrpc": "2.0", "id": message_id, "result": result}
+    message = _message(message_id, result)
     if faults.sse:
 
         def stream() -> Iterator[str]:

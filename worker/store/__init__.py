@@ -8,6 +8,7 @@ import redis
 from worker.store.audit import Audit
 from worker.store.claims import Claims
 from worker.store.dead_letters import DeadLetters
+from worker.store.durability import Durability
 from worker.store.pending import Pending
 from worker.store.quarantine import Quarantine
 from worker.store.records import Records
@@ -25,8 +26,11 @@ class Store:
         self.retention = retention
         self.pending = Pending(client)
         self.dead_letters = DeadLetters(client)
-        self.records = Records(client, retention, self.pending)
-        self.claims = Claims(client, retention, self.pending, self.dead_letters, self.records)
+        self.durability = Durability(client)
+        self.records = Records(client, retention, self.pending, self.dead_letters)
+        self.claims = Claims(
+            client, retention, self.pending, self.dead_letters, self.records, self.durability
+        )
         self.schedule = Schedule(client)
         self.quarantine = Quarantine(client, retention.quarantine_seconds)
         self.audit = Audit(client, retention.action_seconds)

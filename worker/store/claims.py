@@ -1,15 +1,17 @@
 """Claims on operation records: the Lua-guarded steps that make an effect happen once.
 
-The queue is at-least-once; this is what makes the effect exactly-once. A worker claims an
-operation atomically (state, owner, fencing token, lease expiry) and records the outcome only
-while its token is still the current one, so a worker that lost its lease cannot overwrite
-the work of the one that took over. CLAIMS.md draws the protocol as a state machine.
+The queue is at-least-once; this is what makes the effect exactly-once. Every execution of a
+task claims the operation under an owner of its own (a redelivered message keeps its task
+ID, while its first delivery may still be running), so a live lease always means "busy". The
+holder renews the lease while it works, marks the record right before an irreversible call
+leaves, and records the outcome only while its owner and fencing token are still the
+current ones: an execution that lost its lease can neither send nor overwrite the work of
+the one that took over. CLAIMS.md draws the protocol as a state machine.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -20,6 +22,7 @@ from worker.domain.operations import Operation, State
 from worker.store import keys, lua
 from worker.store.connection import text
 from worker.store.dead_letters import DeadLetters
+from worker.store.durability import Durability
 from worker.store.pending import Pending
 from worker.store.records import Records, seconds
 from worker.store.retention import Retention
@@ -34,22 +37,49 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
+class Doubt(StrEnum):
+    """What an outcome says about whether an earlier call may still take effect unseen."""
+
+    CALL = "call"  # the call just abandoned may have reached ChiliPiper: in doubt from its start
+    KEEP = "keep"  # as doubtful as before (a check that could not run, an unclear answer)
+    NONE = "none"  # settled: the call was answered, or crm-get said what happened
+
+
 @dataclass(frozen=True)
 class Claim:
+    """One execution's claim, or why it got none. Times are epoch seconds by Redis's clock
+    (`now` is that clock when the claim was answered)."""
+
     verdict: Verdict
     previous_state: str
     token: str
+    owner: str
     attempts: int = 0
-    since: float = 0.0  # epoch seconds: creation, or the last replay
+    since: float = 0.0  # the age budget's start: creation, a new notification, or a replay
+    doubt_since: float | None = None  # when the last abandoned call began, if one did
+    lease_until: float = 0.0
+    now: float = 0.0
 
     @property
     def age_seconds(self) -> float:
-        return max(0.0, time.time() - self.since)
+        return max(0.0, self.now - self.since)
 
     @property
-    def after_interruption(self) -> bool:
-        """The last holder started the call and never settled it: it may have taken effect."""
-        return self.previous_state in (State.RUNNING, State.IN_DOUBT)
+    def in_doubt(self) -> bool:
+        """An earlier call may have taken effect unanswered: ask crm-get before sending."""
+        return self.previous_state == State.IN_DOUBT
+
+    @property
+    def busy_for(self) -> float:
+        """Seconds until the live claim that made this one `busy` runs out."""
+        return max(0.0, self.lease_until - self.now)
+
+    def settle_wait(self, settle_seconds: float) -> float:
+        """Seconds to wait before crm-get may be asked: an abandoned call can still take
+        effect until `settle_seconds` after it began."""
+        if self.doubt_since is None:
+            return 0.0
+        return max(0.0, self.doubt_since + settle_seconds - self.now)
 
 
 class Claims:
@@ -60,23 +90,38 @@ class Claims:
         pending: Pending,
         dead_letters: DeadLetters,
         records: Records,
+        durability: Durability,
     ) -> None:
         self._redis = client
         self._retention = retention
         self._pending = pending
         self._dead_letters = dead_letters
         self._records = records
+        self._durability = durability
         self._claim = client.register_script(lua.CLAIM)
         self._renew = client.register_script(lua.RENEW)
+        self._mark_sending = client.register_script(lua.MARK_SENDING)
         self._release = client.register_script(lua.RELEASE)
         self._settle = client.register_script(lua.SETTLE)
         self._reopen = client.register_script(lua.REOPEN)
+        # Milliseconds added to Redis's clock by every script: 0 in service; tests move time.
+        self.clock_offset_ms = 0
 
-    def claim(self, operation: Operation, owner: str, lease_seconds: float) -> Claim:
-        """Take the operation for `owner` unless it succeeded, is held by a live claim, or
-        failed already for this same source (a redelivery of what failed stays failed; a new
-        notification or a replay tries again)."""
-        verdict, previous, token, attempts, since = self._claim(
+    def claim(
+        self,
+        operation: Operation,
+        owner: str,
+        lease_seconds: float,
+        *,
+        redelivered: bool = False,
+    ) -> Claim:
+        """Take the operation for the execution `owner` unless it succeeded, failed (a dead
+        letter waits for a new notification or an operator), or is held by a live claim.
+
+        `redelivered`: the broker delivered this message before, so that delivery may have
+        sent an irreversible call the record does not show; the claim is then in doubt.
+        """
+        reply = self._claim(
             keys=[keys.operation(operation)],
             args=[
                 owner,
@@ -85,27 +130,65 @@ class Claims:
                 operation.action.value,
                 operation.crm_event_id,
                 operation.source_id,
+                "1" if redelivered else "0",
+                "1" if operation.action.irreversible else "0",
+                self.clock_offset_ms,
             ],
         )
+        verdict, previous, token, attempts, since, doubt, lease_until, now = map(text, reply)
         return Claim(
-            Verdict(text(verdict)),
-            text(previous),
-            text(token),
-            int(text(attempts)),
+            Verdict(verdict),
+            previous,
+            token,
+            owner,
+            int(attempts),
             seconds(since),
+            seconds(doubt) if doubt else None,
+            seconds(lease_until),
+            seconds(now),
         )
 
-    def renew(self, operation: Operation, claim: Claim, lease_seconds: float) -> bool:
-        """Extend the lease; False if the claim was lost (then do not call anything)."""
-        return bool(
-            self._renew(
-                keys=[keys.operation(operation)], args=[claim.token, int(lease_seconds * 1000)]
-            )
+    def renew(self, operation: Operation, claim: Claim, lease_seconds: float) -> float | None:
+        """Extend the lease; the new lease end (Redis's clock), or None if the claim was lost
+        (then nothing may be sent)."""
+        until = self._renew(
+            keys=[keys.operation(operation)],
+            args=[claim.owner, claim.token, int(lease_seconds * 1000), self.clock_offset_ms],
         )
+        return seconds(until) if until else None
+
+    def renew_many(
+        self, held: list[tuple[Operation, Claim]], lease_seconds: float
+    ) -> list[float | None]:
+        """`renew` for many claims in one round trip (the heartbeat)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for operation, claim in held:
+            self._renew(
+                keys=[keys.operation(operation)],
+                args=[claim.owner, claim.token, int(lease_seconds * 1000), self.clock_offset_ms],
+                client=pipe,
+            )
+        return [seconds(until) if until else None for until in pipe.execute()]
+
+    def mark_sending(self, operation: Operation, claim: Claim, lease_seconds: float) -> bool:
+        """Renew the lease and mark that an irreversible call is about to leave, durably
+        (`Durability`): False when the claim was lost or the mark could not be made durable,
+        and then nothing may be sent."""
+        marked = self._durability.write(
+            self._mark_sending,
+            keys=[keys.operation(operation)],
+            args=[claim.owner, claim.token, int(lease_seconds * 1000), self.clock_offset_ms],
+        )
+        return bool(marked)
 
     def release(self, operation: Operation, claim: Claim) -> bool:
-        """Give the claim back as if it had not been taken (the call was never sent)."""
-        return bool(self._release(keys=[keys.operation(operation)], args=[claim.token]))
+        """Give the claim back as if it had not been taken (nothing was sent)."""
+        return bool(
+            self._release(
+                keys=[keys.operation(operation)],
+                args=[claim.owner, claim.token, self.clock_offset_ms],
+            )
+        )
 
     def settle(
         self,
@@ -113,20 +196,25 @@ class Claims:
         claim: Claim,
         state: State,
         *,
+        doubt: Doubt = Doubt.NONE,
         error: str = "",
         result: Any = None,
     ) -> bool:
-        """Record the outcome if `claim` is still the current one; False means it was lost."""
+        """Record the outcome if `claim` is still the current one; False means it was lost.
+        `doubt` says whether the operation stays in doubt (see `Doubt`)."""
         key = keys.operation(operation)
         recorded = bool(
             self._settle(
                 keys=[key],
                 args=[
+                    claim.owner,
                     claim.token,
                     state.value,
                     self._retention.for_operation(operation),
                     error[:MAX_ERROR_LENGTH],
                     "" if result is None else json.dumps(result),
+                    doubt.value,
+                    self.clock_offset_ms,
                 ],
             )
         )
@@ -149,14 +237,19 @@ class Claims:
         other is left as it is. Returns the state it was in and its attempts (`missing`
         when nothing is recorded). The caller enqueues it when it was reopened.
 
-        A dead `cancel`/`noshow` is reopened *in doubt*: its last attempt may have reached
-        ChiliPiper unanswered, so the replay asks `crm-get` before calling again. A forced
-        replay is queued as is: the operator asked for the call.
+        A dead letter whose last attempt was in doubt is reopened *in doubt*: that attempt
+        may have reached ChiliPiper unanswered, so the replay asks `crm-get` before calling
+        again. A forced replay is queued as is: the operator asked for the call.
         """
         key = keys.operation(operation)
-        dead_state = State.IN_DOUBT if operation.action.irreversible else State.QUEUED
         previous, attempts = self._reopen(
-            keys=[key], args=["1" if force else "0", actor, dead_state.value]
+            keys=[key],
+            args=[
+                "1" if force else "0",
+                actor,
+                "1" if operation.action.irreversible else "0",
+                self.clock_offset_ms,
+            ],
         )
         previous = text(previous)
         if previous == State.FAILED or (previous == State.SUCCEEDED and force):

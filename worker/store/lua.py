@@ -4,115 +4,240 @@ Times come from Redis's own clock (`TIME`), so every worker judges a lease by th
 and are stored as integer epoch milliseconds, as every version of the service has stored
 them: during a rolling upgrade old and new workers share these records and must read them
 alike. What leaves the store (records, claims) is in epoch seconds (`records.seconds`).
+
+Every script's last argument is a clock offset in milliseconds, added to Redis's clock: 0 in
+service, moved forward by the state-machine tests to let leases and settle times run out
+without waiting for them.
+
+The record's fields (CLAIMS.md): `state`, `owner` (one execution, never a task ID), `token`
+(fencing counter), `lease_until`, `attempts`, `since` (start of the age budget),
+`last_source`, `call_started_at` (an irreversible call may be on the wire since then),
+`doubt_since` (when the last abandoned call began), `prior_*` (what a claim changed, for
+`release` to put back), `schema` (the record layout's version).
 """
 
 from __future__ import annotations
 
-# `now`: Redis's clock, in epoch milliseconds.
+# The layout these scripts write. Version 1 (no `schema` field) kept no send marker, so a
+# version-1 record whose holder is gone is treated as in doubt (see CLAIM).
+SCHEMA = "2"
+
+# `now`: Redis's clock, in epoch milliseconds (the shared limits' scripts use it too).
 NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Go on only if the caller's fencing token (ARGV[1]) still holds the running claim; else 0.
-_HELD = """
+# The start of every script on one operation record: `now` moved by the caller's offset
+# (the last argument), the record's key, and a reader of its fields.
+_RECORD = (
+    NOW
+    + """
+now = now + tonumber(ARGV[#ARGV])
 local key = KEYS[1]
-if redis.call('HGET', key, 'token') ~= ARGV[1] or redis.call('HGET', key, 'state') ~= 'running' then
+local function get(field) return redis.call('HGET', key, field) end
+"""
+)
+
+# Go on only if the caller (ARGV[1] owner, ARGV[2] token) still holds the running claim.
+_HELD = """
+if get('state') ~= 'running' or get('owner') ~= ARGV[1] or get('token') ~= ARGV[2] then
   return 0
 end
 """
 
-# KEYS: record. ARGV: owner, lease ms, ttl s, action, event id, source.
-# Returns {verdict, previous state, token, attempts, since ms}; verdict is claimed | done
-# (succeeded) | busy (live claim elsewhere) | failed (this source already failed). `since`
-# starts the age budget: the replay's time if replayed, else the creation's.
+# KEYS: record. ARGV: owner, lease ms, ttl s, action, event id, source, redelivered (1|0),
+# irreversible (1|0), offset.
+# Returns {verdict, state before (a dead holder accounted for), token, attempts, since ms,
+# doubt_since ms ('' when none), lease_until ms, now ms}. Verdicts: claimed | done
+# (succeeded) | busy (a live claim, whoever holds it) | failed (a dead letter: only a new
+# notification or an operator reopens it).
 CLAIM = (
-    NOW
+    _RECORD
     + """
-local key = KEYS[1]
-local state = redis.call('HGET', key, 'state') or 'new'
+local owner, lease, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = get('state') or 'new'
+local doubt = get('doubt_since')
 local function answer(verdict)
-  local since = redis.call('HGET', key, 'replayed_at') or redis.call('HGET', key, 'created_at')
-  return {verdict, state, redis.call('HGET', key, 'token') or '0',
-          redis.call('HGET', key, 'attempts') or '0', since or '0'}
+  return {verdict, state, get('token') or '0', get('attempts') or '0',
+          get('since') or get('replayed_at') or get('created_at') or tostring(now),
+          doubt or '', get('lease_until') or '0', tostring(now)}
 end
 if state == 'succeeded' then return answer('done') end
-if state == 'failed' and redis.call('HGET', key, 'last_source') == ARGV[6] then
-  return answer('failed')
-end
+if state == 'failed' then return answer('failed') end
 if state == 'running' then
-  local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
-  if lease > now and redis.call('HGET', key, 'owner') ~= ARGV[1] then return answer('busy') end
+  if tonumber(get('lease_until') or '0') > now then return answer('busy') end
+  -- The holder is gone. Died while calling: in doubt since its call began. Died while
+  -- reconciling: as doubtful as before. A version-1 holder kept no marker: in doubt.
+  doubt = get('call_started_at') or doubt
+  if not doubt and not get('schema') then doubt = get('updated_at') or tostring(now) end
+  state = doubt and 'in_doubt' or 'queued'
+elseif ARGV[7] == '1' and ARGV[8] == '1' and not doubt
+       and tonumber(get('attempts') or '0') > 0 and state ~= 'in_doubt' then
+  -- The broker delivered this message before: that delivery may have got further than
+  -- the record says. A record no execution ever claimed was never sent (claims are
+  -- durable before any call), so only a claimed one is in doubt.
+  doubt = get('claimed_at') or get('updated_at') or tostring(now)
+  state = 'in_doubt'
 end
+if state == 'new' then
+  redis.call('HSET', key, 'created_at', now, 'since', now)
+elseif not get('since') then
+  redis.call('HSET', key, 'since', get('replayed_at') or get('created_at') or now)
+end
+redis.call('HSET', key, 'prior_state', state, 'prior_attempts', get('attempts') or '0',
+           'prior_source', get('last_source') or '', 'prior_doubt', doubt or '')
 redis.call('HINCRBY', key, 'token', 1)
 redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HSETNX', key, 'created_at', now)
-redis.call('HSET', key, 'state', 'running', 'owner', ARGV[1],
-           'lease_until', now + tonumber(ARGV[2]), 'updated_at', now,
-           'action', ARGV[4], 'crm_event_id', ARGV[5], 'previous_state', state,
-           'last_source', ARGV[6])
-redis.call('EXPIRE', key, tonumber(ARGV[3]))
-return answer('claimed')
+redis.call('HSET', key, 'state', 'running', 'owner', owner, 'lease_until', now + lease,
+           'claimed_at', now, 'updated_at', now, 'action', ARGV[4], 'crm_event_id', ARGV[5],
+           'last_source', ARGV[6], 'schema', '"""
+    + SCHEMA
+    + """')
+if doubt then
+  redis.call('HSET', key, 'doubt_since', doubt)
+else
+  redis.call('HDEL', key, 'doubt_since')
+end
+redis.call('HDEL', key, 'call_started_at')
+redis.call('EXPIRE', key, ttl)
+local claimed = answer('claimed')
+claimed[2] = state
+return claimed
 """
 )
 
-# KEYS: record. ARGV: token, lease ms. Extends the lease if the token is still current.
+# KEYS: record. ARGV: owner, token, lease ms, offset. The heartbeat: extends the lease while
+# the caller holds the claim. Returns the new lease end (ms), or 0 when the claim is lost.
 RENEW = (
-    NOW
+    _RECORD
     + _HELD
     + """
-redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[2]))
-return 1
+redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[3]))
+return now + tonumber(ARGV[3])
 """
 )
 
-# KEYS: record. ARGV: token. Undo a claim whose call was never sent (deferred by the shared
-# limits): back to the state before it, and the attempt not counted.
+# KEYS: record. ARGV: owner, token, lease ms, offset. Right before an irreversible call: the
+# lease renewed and the send marker set in one step. Returns the lease end (ms), or 0 when
+# the claim is lost (then nothing may be sent).
+MARK_SENDING = (
+    _RECORD
+    + _HELD
+    + """
+redis.call('HSET', key, 'lease_until', now + tonumber(ARGV[3]), 'call_started_at', now,
+           'updated_at', now)
+return now + tonumber(ARGV[3])
+"""
+)
+
+# KEYS: record. ARGV: owner, token, offset. Undo a claim whose call was never sent (held back
+# by the shared limits, waiting to settle, a lease run out before the call): the record goes
+# back to exactly what it was, the attempt not counted.
 RELEASE = (
-    _HELD
-    + """
-local previous = redis.call('HGET', key, 'previous_state') or 'queued'
-if previous == 'new' then previous = 'queued' end
-redis.call('HSET', key, 'state', previous)
-redis.call('HINCRBY', key, 'attempts', -1)
-redis.call('HDEL', key, 'lease_until')
-return 1
-"""
-)
-
-# KEYS: record. ARGV: token, new state, ttl s, last error, result JSON ('' = keep).
-# Returns 1 when recorded, 0 when the caller no longer owns the claim.
-SETTLE = (
-    NOW
+    _RECORD
     + _HELD
     + """
-redis.call('HSET', key, 'state', ARGV[2], 'updated_at', now, 'last_error', ARGV[4])
-redis.call('HDEL', key, 'lease_until')
-if ARGV[5] ~= '' then redis.call('HSET', key, 'result', ARGV[5]) end
-if ARGV[2] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
-redis.call('EXPIRE', key, tonumber(ARGV[3]))
+local previous = get('prior_state') or 'queued'
+if previous == 'new' then previous = 'queued' end
+redis.call('HSET', key, 'state', previous, 'attempts', get('prior_attempts') or '0')
+if (get('prior_source') or '') ~= '' then
+  redis.call('HSET', key, 'last_source', get('prior_source'))
+else
+  redis.call('HDEL', key, 'last_source')
+end
+if (get('prior_doubt') or '') ~= '' then
+  redis.call('HSET', key, 'doubt_since', get('prior_doubt'))
+else
+  redis.call('HDEL', key, 'doubt_since')
+end
+redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner')
 return 1
 """
 )
 
-# KEYS: record. ARGV: force ('1' | '0'), actor, state for a reopened dead letter. An operator's
-# replay: a failed operation (or, forced, a succeeded one, which goes back to queued) is
-# reopened with a fresh attempt budget; anything else is left as it is.
+# KEYS: record. ARGV: owner, token, new state, ttl s, last error, result JSON ('' = keep),
+# doubt ('call': the call just abandoned began the doubt | 'keep': as doubtful as before |
+# 'none'), offset. Returns 1 when recorded, 0 when the caller no longer holds the claim.
+SETTLE = (
+    _RECORD
+    + _HELD
+    + """
+local doubt = ARGV[7]
+if doubt == 'call' then
+  local began = get('call_started_at') or get('doubt_since') or tostring(now)
+  redis.call('HSET', key, 'doubt_since', began)
+elseif doubt == 'none' then
+  redis.call('HDEL', key, 'doubt_since')
+end
+redis.call('HSET', key, 'state', ARGV[3], 'updated_at', now, 'last_error', ARGV[5])
+redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner')
+if ARGV[6] ~= '' then redis.call('HSET', key, 'result', ARGV[6]) end
+if ARGV[3] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
+redis.call('EXPIRE', key, tonumber(ARGV[4]))
+return 1
+"""
+)
+
+# Whether a dead letter is in doubt: its last attempt may have taken effect unseen. A
+# version-1 record kept no doubt marker: an irreversible one counts as in doubt.
+_DEAD_IN_DOUBT = """
+local function dead_in_doubt(irreversible)
+  return get('doubt_since') ~= false or (irreversible == '1' and not get('schema'))
+end
+"""
+
+# KEYS: record, its sources. ARGV: action, event id, source, ttl s, irreversible (1|0),
+# offset. A notification (or API request) asks for the operation: a new record is queued; a
+# dead letter asked for by a source it has not seen is reopened with a fresh budget (in
+# doubt when its last attempt was); anything else is left as it is (a redelivery).
+# Returns 'created' | 'reopened' | 'unchanged'.
+ENQUEUE = (
+    _RECORD
+    + _DEAD_IN_DOUBT
+    + """
+local ttl = tonumber(ARGV[4])
+local state = get('state')
+local verdict = 'unchanged'
+if not state then
+  redis.call('HSET', key, 'state', 'queued', 'created_at', now, 'since', now,
+             'source_id', ARGV[3], 'schema', '"""
+    + SCHEMA
+    + """')
+  verdict = 'created'
+elseif state == 'failed' and redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 then
+  local after = dead_in_doubt(ARGV[5]) and 'in_doubt' or 'queued'
+  redis.call('HSET', key, 'state', after, 'attempts', 0, 'since', now, 'updated_at', now,
+             'reopened_at', now)
+  verdict = 'reopened'
+end
+redis.call('HSET', key, 'action', ARGV[1], 'crm_event_id', ARGV[2])
+redis.call('EXPIRE', key, ttl)
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ttl)
+return verdict
+"""
+)
+
+# KEYS: record. ARGV: force (1|0), actor, irreversible (1|0), offset. An operator's replay:
+# a failed operation is reopened with a fresh budget (in doubt when its last attempt was);
+# a succeeded one, forced, goes back to queued as if never done; anything else is left.
 # Returns {previous state ('missing' when there is no record), attempts}.
 REOPEN = (
-    NOW
+    _RECORD
+    + _DEAD_IN_DOUBT
     + """
-local key = KEYS[1]
-local state = redis.call('HGET', key, 'state')
+local state = get('state')
 if not state then return {'missing', '0'} end
-local attempts = redis.call('HGET', key, 'attempts') or '0'
+local attempts = get('attempts') or '0'
 if state == 'failed' or (state == 'succeeded' and ARGV[1] == '1') then
-  local after = ARGV[3]
+  local after = dead_in_doubt(ARGV[3]) and 'in_doubt' or 'queued'
   if state == 'succeeded' then
     after = 'queued'
     redis.call('HSET', key, 'forced', ARGV[2])
+    redis.call('HDEL', key, 'doubt_since')
   end
-  redis.call('HSET', key, 'state', after, 'attempts', 0, 'updated_at', now,
+  redis.call('HSET', key, 'state', after, 'attempts', 0, 'updated_at', now, 'since', now,
              'replayed_at', now, 'replayed_by', ARGV[2])
 end
 return {state, attempts}

@@ -1,23 +1,24 @@
 """Operation records as the fan-out writes them and as operators read them.
 
 The fan-out marks each notification as seen (the edge dedupe), creates the record as
-`queued`, remembers the notification among its sources, stamps it pending, and adds its key
-to the event's index, all in one pipelined round trip per message. Reading decodes a record
+`queued` (or reopens a dead letter for a new notification), remembers the notification among
+its sources, stamps it pending, and adds its key to the event's index, all in one pipelined
+round trip per message. Reading decodes a record
 for people: times in epoch seconds, the `crm-get` result as JSON, sources and audit trail.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import redis
 
-from worker.domain.operations import Operation, State
-from worker.store import keys
+from worker.domain.operations import Operation
+from worker.store import keys, lua
 from worker.store.connection import text
+from worker.store.dead_letters import DeadLetters
 from worker.store.pending import Pending
 from worker.store.retention import Retention
 
@@ -29,10 +30,18 @@ def seconds(milliseconds: Any) -> float:
 
 
 class Records:
-    def __init__(self, client: redis.Redis, retention: Retention, pending: Pending) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        retention: Retention,
+        pending: Pending,
+        dead_letters: DeadLetters,
+    ) -> None:
         self._redis = client
         self._retention = retention
         self._pending = pending
+        self._dead_letters = dead_letters
+        self._enqueue = client.register_script(lua.ENQUEUE)
 
     # --- writing, by the fan-out ----------------------------------------------------------
 
@@ -59,25 +68,40 @@ class Records:
         return fresh
 
     def mark_queued(self, operations: Iterable[Operation]) -> None:
-        """Create (or touch) each operation's record as queued, remember its source, stamp
-        it pending and index it under its event."""
+        """Ask for each operation: create its record as queued (or reopen a dead letter that
+        this source has not asked for before, with a fresh budget: `lua.ENQUEUE`), stamp it
+        pending and index it under its event. One round trip, and one more to take reopened
+        dead letters off their index."""
+        operations = list(operations)
         pipe = self._redis.pipeline(transaction=False)
-        now_ms = int(time.time() * 1000)
         for operation in operations:
-            key, ttl = keys.operation(operation), self._retention.for_operation(operation)
-            pipe.hsetnx(key, "state", State.QUEUED)
-            pipe.hsetnx(key, "created_at", now_ms)
-            pipe.hsetnx(key, "source_id", operation.source_id)
-            pipe.hset(
-                key,
-                mapping={"action": operation.action.value, "crm_event_id": operation.crm_event_id},
+            key = keys.operation(operation)
+            self._enqueue(
+                keys=[key, keys.sources(key)],
+                args=[
+                    operation.action.value,
+                    operation.crm_event_id,
+                    operation.source_id,
+                    self._retention.for_operation(operation),
+                    "1" if operation.action.irreversible else "0",
+                    0,
+                ],
+                client=pipe,
             )
-            pipe.expire(key, ttl)
-            pipe.sadd(keys.sources(key), operation.source_id)
-            pipe.expire(keys.sources(key), ttl)
             self._pending.add(pipe, key)
             self.index(pipe, operation.crm_event_id, key)
-        pipe.execute()
+        replies = pipe.execute()
+        per_operation = len(replies) // len(operations) if operations else 0
+        reopened = [
+            keys.operation(operation)
+            for index, operation in enumerate(operations)
+            if text(replies[index * per_operation]) == "reopened"
+        ]
+        if reopened:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in reopened:
+                self._dead_letters.remove(pipe, key)
+            pipe.execute()
 
     def index(self, pipe: redis.client.Pipeline, crm_event_id: str, key: str) -> None:
         """Add `key` to its event's index, kept as long as the longest-kept record."""

@@ -19,6 +19,7 @@ from celery import Task
 from worker.chilipiper import Gateway, build_gateway
 from worker.chilipiper.breaker import BreakerSettings
 from worker.chilipiper.gate import Gate, GateSettings
+from worker.leases import Heartbeat
 from worker.settings import RATE_LIMIT_MAX_BLOCK_SECONDS, Settings
 from worker.store import Retention, Store
 from worker.store.connection import redis_client
@@ -31,6 +32,7 @@ class Runtime:
     store: Store
     gate: Gate
     gateway: Gateway
+    heartbeat: Heartbeat
 
 
 def retention(settings: Settings) -> Retention:
@@ -59,7 +61,7 @@ def build_gate(settings: Settings, client: redis.Redis) -> Gate:
                 window_calls=settings.circuit_window_calls,
                 cooldown_seconds=settings.circuit_cooldown_seconds,
                 trial_calls=settings.circuit_trial_calls,
-                trial_seconds=settings.call_budget_seconds,
+                trial_seconds=settings.chilipiper_call_deadline_seconds,
             ),
         ),
     )
@@ -76,6 +78,11 @@ def build_runtime(settings: Settings) -> Runtime:
         store=store,
         gate=gate,
         gateway=build_gateway(settings, gate=gate),
+        heartbeat=Heartbeat(
+            store.claims,
+            lease_seconds=settings.claim_lease_seconds,
+            interval=settings.claim_heartbeat_seconds,
+        ),
     )
 
 

@@ -89,7 +89,8 @@ def perform_task(self: RuntimeTask, operation: dict[str, str]) -> str:
         held = runtime.gate.deferral()  # paused or circuit open: do not even claim
         if held > 0:
             return run_later(self, parsed, policy.next_run(0, held_for=held), None)
-        outcome = perform(runtime, parsed, owner=self.request.id)
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        outcome = perform(runtime, parsed, owner=self.request.id, redelivered=redelivered)
     except RetryLater as later:
         next_run = policy.next_run(
             later.attempts,
@@ -108,10 +109,15 @@ def perform_task(self: RuntimeTask, operation: dict[str, str]) -> str:
 def run_later(
     task: RuntimeTask, operation: Operation, next_run: NextRun, error: BaseException | None
 ) -> str:
-    """Carry out `next_run`: a Celery countdown (raises), or an entry parked in Redis."""
+    """Carry out `next_run`: a Celery countdown (raises), or an entry parked in Redis.
+
+    Either way the pending index learns when the operation is next due, so the sweeper,
+    which re-enqueues what seems to have lost its message, leaves it alone until then."""
+    due = time.time() + next_run.delay
+    task.runtime.store.pending.stamp([operation], at=due)
     if not next_run.parked:
         raise retry_or_requeue(task, error or Exception("deferred"), next_run.delay)
-    task.runtime.store.schedule.add(operation, time.time() + next_run.delay)
+    task.runtime.store.schedule.add(operation, due)
     log.info("%s: parked for %.0f s", keys.operation(operation), next_run.delay)
     return "scheduled"
 

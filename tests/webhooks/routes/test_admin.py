@@ -16,6 +16,7 @@ from webhooks import create_app
 from worker.domain.operations import Action, Operation, State
 from worker.settings import Settings
 from worker.store import Store, keys
+from worker.store.claims import Doubt
 from worker.tasks.runtime import retention
 
 OPS_TOKEN = "ops-secret-0123456789abcdef"
@@ -50,15 +51,24 @@ def store(settings: Settings, idle_redis: redis.Redis) -> Store:
     return Store(idle_redis, retention(settings))
 
 
-def dead_letters(store: Store, count: int, action: Action = Action.CANCEL) -> list[Operation]:
-    """`count` operations that failed for good, recorded as a worker records them."""
+def dead_letters(
+    store: Store, count: int, action: Action = Action.CANCEL, *, in_doubt: bool = False
+) -> list[Operation]:
+    """`count` operations that failed for good, recorded as a worker records them: answered
+    (no meeting linked), or, `in_doubt`, given up on after a call that went unanswered."""
     operations = [
         Operation(action, random_event_id(), random_event_id("04l")) for _ in range(count)
     ]
     store.records.mark_queued(operations)
     for operation in operations:
         claim = store.claims.claim(operation, "worker-1", 60)
-        assert store.claims.settle(operation, claim, State.FAILED, error="No meeting linked")
+        if in_doubt:
+            assert store.claims.mark_sending(operation, claim, 60)
+            assert store.claims.settle(
+                operation, claim, State.FAILED, doubt=Doubt.CALL, error="gave up: ReadTimeout"
+            )
+        else:
+            assert store.claims.settle(operation, claim, State.FAILED, error="No meeting linked")
     return operations
 
 
@@ -138,7 +148,7 @@ def test_bad_listing_parameters_are_400(admin: FlaskClient, query: str) -> None:
 def test_replay_through_the_api_is_queued_and_audited_under_the_token_name(
     admin: FlaskClient, store: Store, idle_redis: redis.Redis
 ) -> None:
-    [operation] = dead_letters(store, 1)
+    [operation] = dead_letters(store, 1, in_doubt=True)
     dry = admin.post(
         "/admin/replay", json={"targets": [keys.operation(operation)], "dry_run": True}, headers=OPS
     )

@@ -18,6 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from tests.conftest import SandboxServer, random_event_id
 from worker.chilipiper.calls import Target
+from worker.chilipiper.deadline import Deadline
 from worker.chilipiper.mcp import McpGateway
 from worker.dev.redis_server import free_port
 from worker.domain.operations import Action
@@ -97,6 +98,7 @@ def test_the_sdks_unknown_tool_answer_reads_as_an_unknown_tool(sdk_server_url: s
                     "tools/call",
                     {"name": "crm-cancel", "arguments": {"crmEventId": random_event_id()}},
                     target=target,
+                    deadline=Deadline(5),
                 ),
             )
 

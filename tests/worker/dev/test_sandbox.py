@@ -1,18 +1,23 @@
 """The sandbox ChiliPiper through Flask's test client: tools, records, errors and the rate
-limit, as the worker's parsers will meet them."""
+limit, as the worker's parsers will meet them; and over loopback HTTP, the faults that only a
+real connection shows (answers trickled, late or lost)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import time
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import random_event_id
+from tests.conftest import SandboxServer, random_event_id, wait_for
 from worker.dev.sandbox import (
     BOOKED,
     CANCELLED,
@@ -76,6 +81,81 @@ class Mcp:
         return [tool["name"] for tool in tools]
 
 
+class HttpMcp:
+    """An initialized MCP session on the sandbox served on loopback: the faults that hold,
+    trickle or lose answers only show on a real connection. Each call sets its read timeout
+    (the longest wait for any one read)."""
+
+    def __init__(self, sandbox: SandboxServer, http: httpx.Client) -> None:
+        self.url = sandbox.url
+        self.http = http
+        opened = self.post("initialize", {"protocolVersion": "2025-06-18"}, session=None)
+        self.session = opened.headers["Mcp-Session-Id"]
+        self.post("notifications/initialized", None, message_id=None)
+
+    def post(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        message_id: int | None = 1,
+        session: str | None = "",
+        read_timeout: float = 5.0,
+    ) -> httpx.Response:
+        return self.http.post(
+            self.url,
+            timeout=httpx.Timeout(5.0, read=read_timeout),
+            **self.message(method, params, message_id, session),
+        )
+
+    def call(self, tool: str, crm_event_id: str, read_timeout: float = 5.0) -> httpx.Response:
+        return self.post(
+            "tools/call", self.arguments(tool, crm_event_id), read_timeout=read_timeout
+        )
+
+    def stream(
+        self, tool: str, crm_event_id: str, read_timeout: float
+    ) -> AbstractContextManager[httpx.Response]:
+        message = self.message("tools/call", self.arguments(tool, crm_event_id))
+        timeout = httpx.Timeout(5.0, read=read_timeout)
+        return self.http.stream("POST", self.url, timeout=timeout, **message)
+
+    def record(self, tool: str, crm_event_id: str) -> dict[str, Any]:
+        """The record a tool answers as plain JSON, failing the test on anything else."""
+        response = self.call(tool, crm_event_id)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        record: dict[str, Any] = response.json()["result"]["structuredContent"]
+        return record
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.http.get(
+            self.url.removesuffix("/mcp") + "/sandbox/stats"
+        ).json()
+        return stats
+
+    def message(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        message_id: int | None = 1,
+        session: str | None = "",
+    ) -> dict[str, Any]:
+        """The keyword arguments that post one JSON-RPC message (`session` "": ours)."""
+        headers = dict(HEADERS)
+        if session is not None:
+            headers["Mcp-Session-Id"] = session or self.session
+        body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if message_id is not None:
+            body["id"] = message_id
+        if params is not None:
+            body["params"] = params
+        return {"json": body, "headers": headers}
+
+    @staticmethod
+    def arguments(tool: str, crm_event_id: str) -> dict[str, Any]:
+        return {"name": tool, "arguments": {"crmEventId": crm_event_id}}
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock(1_750_000_000.25)
@@ -94,6 +174,16 @@ def client(state: Sandbox) -> FlaskClient:
 @pytest.fixture
 def mcp(client: FlaskClient) -> Mcp:
     return Mcp(client)
+
+
+@pytest.fixture
+def http_mcp(sandbox: SandboxServer, http: httpx.Client) -> HttpMcp:
+    return HttpMcp(sandbox, http)
+
+
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages in an SSE body (one `data:` line each, as the sandbox sends)."""
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
 
 
 def error_text(result: dict[str, Any]) -> str:
@@ -377,6 +467,106 @@ def test_sse_answers_carry_the_record(state: Sandbox, mcp: Mcp) -> None:
     data = next(line for line in response.text.splitlines() if line.startswith("data: "))
     message = json.loads(data.removeprefix("data: "))
     assert message["result"]["structuredContent"]["meetingStatus"] == "Active"
+
+
+# --- irreversible calls without a timely answer (over loopback HTTP) ------------------------
+
+
+def test_a_trickled_answer_never_trips_a_read_timeout(
+    sandbox: SandboxServer, http_mcp: HttpMcp
+) -> None:
+    event = random_event_id()
+    http_mcp.record("crm-get", event)
+    sandbox.set_faults(trickle_seconds=2.5)  # a comment every trickle_interval=0.5 s
+    assert http_mcp.record("crm-get", event)["meetingStatus"] == "Active"  # not trickled
+    started = time.monotonic()
+    with http_mcp.stream("crm-cancel-post", event, read_timeout=1.0) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert time.monotonic() - started < 0.5
+        assert sandbox.state.meeting(event)["status"] == CANCELLED  # before the answer
+        arrivals, chunks = [started], []
+        for chunk in response.iter_raw():  # a read slower than 1 s raises ReadTimeout
+            arrivals.append(time.monotonic())
+            chunks.append(chunk)
+    assert arrivals[-1] - started >= 2.5
+    assert max(b - a for a, b in itertools.pairwise(arrivals)) < 0.8
+    assert len(chunks) >= 5
+    body = b"".join(chunks).decode()
+    assert body.startswith(": ")
+    [message] = sse_messages(body)
+    assert message["result"]["structuredContent"]["meetingStatus"] == "Canceled"
+    assert len(sandbox.calls(event, action="cancel")) == 1
+
+
+def test_a_late_effect_lands_after_the_caller_gave_up(
+    sandbox: SandboxServer, http_mcp: HttpMcp
+) -> None:
+    event = random_event_id()
+    http_mcp.record("crm-get", event)
+    sandbox.set_faults(late_effect_seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http_mcp.call("crm-cancel-post", event, read_timeout=0.5)
+    assert sandbox.state.meeting(event)["status"] == BOOKED
+    assert http_mcp.record("crm-get", event)["meetingStatus"] == "Active"  # answered at once
+    assert time.monotonic() - started < 1.2
+    assert sandbox.calls(event, action="cancel") == []
+    wait_for(lambda: sandbox.state.meeting(event)["status"] == CANCELLED, timeout=3, interval=0.01)
+    assert 1.45 <= time.monotonic() - started < 2.2
+    assert http_mcp.record("crm-get", event)["meetingStatus"] == "Canceled"
+    time.sleep(0.1)  # the held request answers a closed connection: nothing is applied again
+    [cancel] = sandbox.calls(event, action="cancel")
+    assert cancel["tool"] == "crm-cancel-post"
+    assert (cancel["status"], cancel["before"], cancel["after"]) == (200, BOOKED, CANCELLED)
+
+
+def test_a_lost_answer_follows_the_effect(sandbox: SandboxServer, http_mcp: HttpMcp) -> None:
+    event = random_event_id()
+    http_mcp.record("crm-get", event)
+    lost_before = http_mcp.stats()["answers_lost"]
+    sandbox.set_faults(lose_answer_rate=1.0)
+    response = http_mcp.call("crm-cancel-post", event)
+    assert response.status_code == 504
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "lost" in response.text
+    assert sandbox.state.meeting(event)["status"] == CANCELLED
+    [cancel] = sandbox.calls(event, action="cancel")
+    assert (cancel["status"], cancel["before"], cancel["after"]) == (200, BOOKED, CANCELLED)
+    assert http_mcp.record("crm-get", event)["meetingStatus"] == "Canceled"  # never lost
+    assert http_mcp.stats()["answers_lost"] == lost_before + 1
+
+
+def test_lost_answers_are_drawn_from_the_seeded_random() -> None:
+    def lost_pattern(state: Sandbox) -> list[int]:
+        state.faults = Faults(lose_answer_rate=0.5, lost_answer_status=502)
+        calls = Mcp(create_sandbox_app(state).test_client())
+        return [calls.call("crm-noshow", random_event_id()).status_code for _ in range(20)]
+
+    first = lost_pattern(Sandbox(random=random.Random(7)))
+    assert first == lost_pattern(Sandbox(random=random.Random(7)))
+    assert set(first) == {200, 502}
+    state = Sandbox(random=random.Random(7))
+    lost_pattern(state)
+    assert state.stats()["answers_lost"] == first.count(502)
+    assert [call["after"] for call in state.calls] == [NO_SHOW] * 20  # every effect applied
+    state.reset()
+    assert state.stats()["answers_lost"] == 0
+
+
+def test_faults_refuse_values_that_would_never_answer(client: FlaskClient, state: Sandbox) -> None:
+    for bad in (
+        {"trickle_interval": 0},
+        {"late_effect_seconds": -1},
+        {"lose_answer_rate": 1.5},
+        {"lost_answer_status": 200},
+        {"nope": 1},
+        [1],
+    ):
+        assert client.post("/sandbox/faults", json=bad).status_code == 400, bad
+    assert state.faults == Faults()
+    answered = client.post("/sandbox/faults", json={"lose_answer_rate": 0.25}).json
+    assert answered["lose_answer_rate"] == 0.25  # type: ignore[index]
+    assert answered["lost_answer_status"] == 504  # type: ignore[index]
 
 
 # --- control endpoints ----------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -11,7 +13,7 @@ from tests.conftest import random_event_id
 from tests.worker.store.conftest import cancel
 from worker.domain.operations import Action, Operation, State
 from worker.store import Store, keys
-from worker.store.claims import Verdict
+from worker.store.claims import Doubt, Verdict
 
 
 def test_first_claim_wins_and_a_second_owner_is_told_busy(store: Store) -> None:
@@ -53,41 +55,168 @@ def test_succeeded_operation_is_done_for_everyone(store: Store) -> None:
     assert record["attempts"] == "1"
 
 
-def test_expired_lease_is_taken_over_and_the_old_owner_cannot_settle(store: Store) -> None:
+def test_a_holder_that_died_before_sending_leaves_it_queued(store: Store) -> None:
     operation = cancel()
     stale = store.claims.claim(operation, "killed-worker", lease_seconds=0)
     time.sleep(0.01)
-    fresh = store.claims.claim(operation, "task-2", lease_seconds=60)
-    assert fresh.verdict is Verdict.CLAIMED
-    assert fresh.after_interruption  # the killed worker may have called ChiliPiper
+    fresh = store.claims.claim(operation, "execution-2", lease_seconds=60)
+    assert (fresh.verdict, fresh.previous_state) == (Verdict.CLAIMED, "queued")
+    assert not fresh.in_doubt  # its call never left: nothing to reconcile
     assert int(fresh.token) > int(stale.token)
     assert not store.claims.settle(operation, stale, State.SUCCEEDED)  # fenced off
     assert store.claims.settle(operation, fresh, State.SUCCEEDED)
 
 
-def test_redelivery_to_the_same_owner_reclaims_as_interrupted(store: Store) -> None:
+def test_a_holder_that_died_while_calling_leaves_it_in_doubt_since_its_call_began(
+    store: Store,
+) -> None:
     operation = cancel()
-    store.claims.claim(operation, "task-1", lease_seconds=60)
-    again = store.claims.claim(operation, "task-1", lease_seconds=60)
-    assert again.verdict is Verdict.CLAIMED
-    assert again.after_interruption
+    stale = store.claims.claim(operation, "killed-worker", lease_seconds=0)
+    assert store.claims.mark_sending(operation, stale, lease_seconds=0)
+    began = _field(store, operation, "call_started_at")
+    time.sleep(0.01)
+    fresh = store.claims.claim(operation, "execution-2", lease_seconds=60)
+    assert fresh.in_doubt
+    assert fresh.doubt_since == began
+    assert 149 < fresh.settle_wait(150) <= 150
 
 
-def test_failed_and_retrying_operations_can_be_claimed_again(store: Store) -> None:
+def test_a_holder_that_died_while_reconciling_leaves_it_as_doubtful_as_before(
+    store: Store,
+) -> None:
     operation = cancel()
-    claim = store.claims.claim(operation, "task-1", lease_seconds=60)
-    store.claims.settle(operation, claim, State.RETRYING, error="HTTP 503")
-    retry = store.claims.claim(operation, "task-1", lease_seconds=60)
-    assert (retry.verdict, retry.previous_state) == (Verdict.CLAIMED, "retrying")
-    assert not retry.after_interruption
-    store.claims.settle(operation, retry, State.FAILED, error="HTTP 404")
-    record = store.records.read(keys.operation(operation))
-    assert record is not None
-    assert (record["state"], record["last_error"], record["attempts"]) == (
+    first = store.claims.claim(operation, "e1", lease_seconds=60)
+    assert store.claims.mark_sending(operation, first, lease_seconds=60)
+    store.claims.settle(operation, first, State.IN_DOUBT, doubt=Doubt.CALL, error="timeout")
+    doubt = _field(store, operation, "doubt_since")
+    reconciling = store.claims.claim(operation, "e2", lease_seconds=0)  # dies in crm-get
+    assert reconciling.doubt_since == doubt
+    time.sleep(0.01)
+    third = store.claims.claim(operation, "e3", lease_seconds=60)
+    assert (third.in_doubt, third.doubt_since) == (True, doubt)
+
+
+def test_a_live_lease_is_busy_for_everyone_even_the_same_task(store: Store) -> None:
+    """A redelivered message keeps its task ID; each execution has an owner of its own."""
+    operation = cancel()
+    store.claims.claim(operation, "task-1:a", lease_seconds=60)
+    again = store.claims.claim(operation, "task-1:b", lease_seconds=60)
+    assert again.verdict is Verdict.BUSY
+    assert 59 < again.busy_for <= 60
+    assert _field(store, operation, "attempts") == "1"
+
+
+def test_renew_and_settle_check_the_owner_as_well_as_the_token(store: Store) -> None:
+    operation = cancel()
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    impostor = dataclasses.replace(claim, owner="e2")
+    assert store.claims.renew(operation, impostor, 60) is None
+    assert not store.claims.mark_sending(operation, impostor, 60)
+    assert not store.claims.settle(operation, impostor, State.SUCCEEDED)
+    assert store.claims.renew(operation, claim, 60) is not None
+
+
+def test_release_puts_back_everything_the_claim_changed(store: Store) -> None:
+    operation = cancel()
+    first = store.claims.claim(operation, "e1", lease_seconds=60)
+    assert store.claims.mark_sending(operation, first, 60)
+    store.claims.settle(operation, first, State.IN_DOUBT, doubt=Doubt.CALL, error="timeout")
+    before = _fields(store, operation, "state", "attempts", "last_source", "doubt_since")
+    other = dataclasses.replace(operation, source_id="04lOTHERSOURCE0001")
+    held_back = store.claims.claim(other, "e2", lease_seconds=60)
+    assert store.claims.release(other, held_back)
+    assert _fields(store, operation, "state", "attempts", "last_source", "doubt_since") == before
+    assert _field(store, operation, "call_started_at") is None
+
+
+def test_settle_records_whether_the_operation_stays_in_doubt(store: Store) -> None:
+    operation = cancel()
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    assert store.claims.mark_sending(operation, claim, 60)
+    began = _field(store, operation, "call_started_at")
+    store.claims.settle(operation, claim, State.FAILED, doubt=Doubt.CALL, error="gave up")
+    assert (_field(store, operation, "doubt_since"), _field(store, operation, "state")) == (
+        began,
         "failed",
-        "HTTP 404",
-        "2",
+    )  # a dead letter whose last attempt was in doubt stays marked
+    store.records.mark_queued([dataclasses.replace(operation, source_id="04lNEWNOTICE00001")])
+    retry = store.claims.claim(operation, "e2", lease_seconds=60)
+    assert (retry.in_doubt, retry.doubt_since, retry.attempts) == (True, began, 1)
+    store.claims.settle(operation, retry, State.RETRYING, doubt=Doubt.NONE, error="HTTP 429")
+    assert _field(store, operation, "doubt_since") is None
+
+
+def test_a_dead_letter_stays_dead_for_its_sources_and_reopens_for_a_new_one(
+    store: Store,
+) -> None:
+    operation = cancel()
+    store.records.mark_queued([operation])
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    store.claims.settle(operation, claim, State.FAILED, error="HTTP 404")
+    assert store.claims.claim(operation, "e2", lease_seconds=60).verdict is Verdict.FAILED
+    store.records.mark_queued([operation])  # a redelivery of the same notification
+    assert _field(store, operation, "state") == "failed"
+    time.sleep(0.01)
+    store.records.mark_queued([dataclasses.replace(operation, source_id="04lNEWNOTICE00002")])
+    state, attempts, since, created = _fields(
+        store, operation, "state", "attempts", "since", "created_at"
     )
+    assert (state, attempts) == ("queued", "0")  # not in doubt: the 404 was an answer
+    assert int(since) > int(created)  # a fresh age budget
+    assert keys.operation(operation) not in [key for key, _ in store.dead_letters.since()]
+
+
+def test_a_redelivered_message_of_a_claimed_operation_is_in_doubt(store: Store) -> None:
+    operation = cancel()
+    never_claimed = store.claims.claim(cancel(), "e0", lease_seconds=60, redelivered=True)
+    assert not never_claimed.in_doubt  # no execution ever claimed it: nothing was sent
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    store.claims.settle(operation, claim, State.RETRYING, error="HTTP 429")
+    again = store.claims.claim(operation, "e2", lease_seconds=60, redelivered=True)
+    assert again.in_doubt
+    assert again.doubt_since is not None
+
+
+def test_records_of_the_previous_release_are_read_conservatively(
+    store: Store, client: redis.Redis
+) -> None:
+    """Version 1 kept no send marker and no doubt marker: its dead holder may have been
+    calling, and its irreversible dead letters may have been in doubt."""
+    running, dead = cancel(), cancel()
+    long_ago = int(time.time() * 1000) - 3_600_000
+    for operation, state in ((running, "running"), (dead, "failed")):
+        client.hset(
+            keys.operation(operation),
+            mapping={
+                "state": state,
+                "owner": "task-id-of-v1",
+                "token": "3",
+                "attempts": "3",
+                "lease_until": long_ago + 60_000,
+                "created_at": long_ago,
+                "updated_at": long_ago,
+                "action": "cancel",
+                "crm_event_id": operation.crm_event_id,
+                "last_source": operation.source_id,
+            },
+        )
+    taken_over = store.claims.claim(running, "e1", lease_seconds=60)
+    assert (taken_over.in_doubt, taken_over.doubt_since) == (True, long_ago / 1000)
+    assert taken_over.since == long_ago / 1000
+    assert taken_over.settle_wait(150) == 0  # an hour ago: reconcile now
+    assert store.claims.reopen(dead, force=False, actor="cli:test") == ("failed", 3)
+    assert _field(store, dead, "state") == "in_doubt"
+
+
+def _field(store: Store, operation: Operation, name: str) -> Any:
+    value = store.redis.hget(keys.operation(operation), name)
+    if value is not None and name.endswith(("_at", "_since")):
+        return int(value) / 1000
+    return value
+
+
+def _fields(store: Store, operation: Operation, *names: str) -> tuple[Any, ...]:
+    return tuple(store.redis.hmget(keys.operation(operation), list(names)))
 
 
 def test_keys_expire_after_their_retention(store: Store, client: redis.Redis) -> None:

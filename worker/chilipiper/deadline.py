@@ -1,0 +1,88 @@
+"""A total deadline for one call to ChiliPiper, answers streamed byte by byte included.
+
+httpx's timeouts bound each network operation (connect, one write, one read), never the
+whole exchange: an answer that trickles in a byte a second never trips a read timeout and
+holds a worker thread, and its claim, forever. A `Deadline` caps each request's timeouts at
+the time left and checks the clock between the chunks of an answer, so a request ends no
+later than the deadline plus one read (`CHILIPIPER_TIMEOUT_SECONDS`). The settle time before
+an abandoned call is reconciled is reckoned from that bound (`settings.timing_problems`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+
+DEFAULT_DEADLINE_SECONDS = 120.0
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expires = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def check(self) -> None:
+        """Raise httpx.ReadTimeout once the deadline has passed (mapped like any timeout:
+        in doubt for an irreversible call whose request has left)."""
+        if self.remaining() <= 0:
+            raise httpx.ReadTimeout(f"no complete answer within the {self.seconds:g} s deadline")
+
+    def timeout(self, configured: httpx.Timeout) -> httpx.Timeout:
+        """`configured`, each part capped at the time left (at least a millisecond)."""
+        left = max(0.001, self.remaining())
+
+        def cap(value: float | None) -> float:
+            return left if value is None else min(value, left)
+
+        return httpx.Timeout(
+            connect=cap(configured.connect),
+            read=cap(configured.read),
+            write=cap(configured.write),
+            pool=cap(configured.pool),
+        )
+
+    def read(self, response: httpx.Response) -> bytes:
+        """The whole body of a streamed `response`, within the deadline."""
+        chunks = []
+        for chunk in response.iter_bytes():
+            self.check()
+            chunks.append(chunk)
+        self.check()
+        return b"".join(chunks)
+
+    def fetch(self, client: httpx.Client, request: httpx.Request) -> httpx.Response:
+        """Send `request` and read its whole answer within the deadline: the answer, its
+        body loaded."""
+        streamed = client.send(request, stream=True)
+        try:
+            body = self.read(streamed)
+        finally:
+            streamed.close()
+        return httpx.Response(
+            streamed.status_code, headers=streamed.headers, content=body, request=request
+        )
+
+    def lines(self, response: httpx.Response) -> Iterator[str]:
+        """The lines of a streamed text `response` (an SSE stream), within the deadline.
+        Lines end with CRLF, LF or CR, as in SSE; a CR at a chunk's end waits for a LF."""
+        buffer = ""
+        for chunk in response.iter_text():
+            self.check()
+            buffer += chunk
+            while (end := _LINE_END.search(buffer)) and not (
+                end.group() == "\r" and end.end() == len(buffer)
+            ):
+                yield buffer[: end.start()]
+                buffer = buffer[end.end() :]
+        self.check()
+        if buffer:
+            yield buffer.rstrip("\r")
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
