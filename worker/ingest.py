@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.domain.notifications import Rejection
-from worker.domain.operations import Action, Operation
+from worker.domain.operations import MESSAGE_VERSION, Action, Operation
 from worker.store import Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Batch:
 
     def to_message(self) -> dict[str, Any]:
         return {
+            "v": MESSAGE_VERSION,
             "action": self.action.value if self.action else None,
             "organization_id": self.organization_id,
             "received_at": self.received_at,

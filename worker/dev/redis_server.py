@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -42,8 +43,14 @@ def free_port() -> int:
 class RedisServer:
     """`with RedisServer() as server: server.url` — started, then stopped and removed."""
 
-    def __init__(self, port: int | None = None, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        directory: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)  # e.g. ("--replicaof", "127.0.0.1", "6380")
         self._own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="crmhook-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -71,6 +78,7 @@ class RedisServer:
             "noeviction",
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from worker.domain.meetings import MeetingStatus
 
@@ -49,6 +50,11 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+# The layout of task messages. Version 1 (the first release) wrote no `v`; version 2 adds
+# it. Readers accept both and ignore fields they do not know, so that a rolling deploy, with
+# old and new workers on one broker, loses no message either way.
+MESSAGE_VERSION = 2
+
 # Still to be done: somewhere a message, a scheduled retry or the pending index holds it.
 UNSETTLED = frozenset({State.QUEUED, State.RUNNING, State.RETRYING, State.IN_DOUBT})
 
@@ -81,14 +87,18 @@ class Operation:
             return f"{self.action}:{self.crm_event_id}"
         return f"{self.action}:{self.crm_event_id}:{self.source_id}"
 
-    def to_message(self) -> dict[str, str]:
-        """Task arguments: IDs only, never payloads (broker messages are stored in Redis)."""
+    def to_message(self) -> dict[str, Any]:
+        """Task arguments: IDs only, never payloads (broker messages are stored in Redis),
+        and the message layout's version."""
         return {
+            "v": MESSAGE_VERSION,
             "action": self.action.value,
             "crm_event_id": self.crm_event_id,
             "source_id": self.source_id,
         }
 
     @classmethod
-    def from_message(cls, message: dict[str, str]) -> Operation:
+    def from_message(cls, message: dict[str, Any]) -> Operation:
+        """Read a task's arguments, as this release or the previous one (no `v`, the same
+        three fields) wrote them: during a rolling deploy both run against one broker."""
         return cls(Action(message["action"]), message["crm_event_id"], message["source_id"])

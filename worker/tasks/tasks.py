@@ -77,7 +77,7 @@ def fan_out_task(self: RuntimeTask, batch: dict[str, Any]) -> dict[str, int]:
 
 
 @shared_task(bind=True, base=RuntimeTask, name=PERFORM_TASK, max_retries=None)
-def perform_task(self: RuntimeTask, operation: dict[str, str]) -> str:
+def perform_task(self: RuntimeTask, operation: dict[str, Any]) -> str:
     """Perform one operation exactly once; run it again later on a transient failure."""
     runtime = self.runtime
     settings = runtime.settings
