@@ -141,11 +141,14 @@ class Heartbeat:
             [(lease.operation, lease.claim) for lease in due], self._lease_seconds
         )
         for lease, until in zip(due, renewed, strict=True):
-            if until is None:
-                log.error("%s: claim taken over while held", keys.operation(lease.operation))
-                lease.lost()
-            else:
+            if until is not None:
                 lease.renewed(sent_at)
+                continue
+            lease.lost()
+            with self._lock:
+                held = lease in self._leases  # else it was settled meanwhile: all is well
+            if held:
+                log.error("%s: claim taken over while held", keys.operation(lease.operation))
         return sum(until is not None for until in renewed)
 
     def _run(self) -> None:
@@ -156,3 +159,5 @@ class Heartbeat:
             except redis.RedisError:
                 # The leases run out by our own clock meanwhile: nothing is sent on them.
                 log.warning("heartbeat: Redis failed; leases not renewed", exc_info=True)
+            except Exception:  # the thread must outlive any surprise, or every lease lapses
+                log.exception("heartbeat: unexpected error; beating on")

@@ -33,6 +33,13 @@ class Deadline:
         if self.remaining() <= 0:
             raise httpx.ReadTimeout(f"no complete answer within the {self.seconds:g} s deadline")
 
+    def before_request(self) -> None:
+        """Raise httpx.ConnectTimeout once the deadline has passed: no request of the call
+        starts after it (mapped as never sent), so everything a call sends is over by the
+        deadline plus one read."""
+        if self.remaining() <= 0:
+            raise httpx.ConnectTimeout(f"the {self.seconds:g} s deadline passed before sending")
+
     def timeout(self, configured: httpx.Timeout) -> httpx.Timeout:
         """`configured`, each part capped at the time left (at least a millisecond)."""
         left = max(0.001, self.remaining())
@@ -59,6 +66,7 @@ class Deadline:
     def fetch(self, client: httpx.Client, request: httpx.Request) -> httpx.Response:
         """Send `request` and read its whole answer within the deadline: the answer, its
         body loaded."""
+        self.before_request()
         streamed = client.send(request, stream=True)
         try:
             body = self.read(streamed)

@@ -218,7 +218,7 @@ class McpGateway:
             headers=headers,
             timeout=deadline.timeout(self._client.timeout),
         )
-        return _Response(self._client, request, target=target)
+        return _Response(self._client, request, target=target, deadline=deadline)
 
     def _result(
         self, response: httpx.Response, message_id: int, *, target: Target, deadline: Deadline
@@ -271,14 +271,18 @@ class McpGateway:
 class _Response:
     """Context manager that sends a request as a stream and maps transport errors."""
 
-    def __init__(self, client: httpx.Client, request: httpx.Request, *, target: Target) -> None:
+    def __init__(
+        self, client: httpx.Client, request: httpx.Request, *, target: Target, deadline: Deadline
+    ) -> None:
         self._client = client
         self._request = request
         self._target = target
+        self._deadline = deadline
         self._response: httpx.Response | None = None
 
     def __enter__(self) -> httpx.Response:
         try:
+            self._deadline.before_request()
             self._response = self._client.send(self._request, stream=True)
         except httpx.HTTPError as exc:
             raise error_for_exception(

@@ -70,10 +70,11 @@ class ClientCredentials:
         self._token: str | None = None
         self._expires_at = 0.0
 
-    def get(self) -> str:
+    def get(self, deadline: Deadline) -> str:
+        """The cached token, or a new one fetched within the call's `deadline`."""
         with self._lock:
             if self._token is None or time.monotonic() >= self._expires_at:
-                self._token, lifetime = self._fetch()
+                self._token, lifetime = self._fetch(deadline)
                 margin = min(REFRESH_MARGIN_SECONDS, lifetime / 10)
                 self._expires_at = time.monotonic() + lifetime - margin
             return self._token
@@ -84,9 +85,12 @@ class ClientCredentials:
             if self._token == token:
                 self._token = None
 
-    def _fetch(self) -> tuple[str, float]:
+    def _fetch(self, deadline: Deadline) -> tuple[str, float]:
+        request = self._client.build_request(
+            "POST", self._url, data=self._form, timeout=deadline.timeout(self._client.timeout)
+        )
         try:
-            response = self._client.post(self._url, data=self._form)
+            response = deadline.fetch(self._client, request)
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, tool="Scalekit token", irreversible=False) from exc
         if response.status_code in (400, 401, 403):
@@ -216,7 +220,7 @@ class ScalekitGateway:
     ) -> httpx.Response:
         tool, irreversible = target.tool, target.irreversible
         for refreshed in (False, True):
-            token = self.credentials.get()
+            token = self.credentials.get(deadline)
             request = self._client.build_request(
                 method,
                 self.env_url + path,

@@ -36,6 +36,7 @@ _RECORD = (
 now = now + tonumber(ARGV[#ARGV])
 local key = KEYS[1]
 local function get(field) return redis.call('HGET', key, field) end
+local _PRIOR = {'prior_state', 'prior_attempts', 'prior_source', 'prior_doubt'}
 """
 )
 
@@ -151,7 +152,7 @@ if (get('prior_doubt') or '') ~= '' then
 else
   redis.call('HDEL', key, 'doubt_since')
 end
-redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner')
+redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner', unpack(_PRIOR))
 return 1
 """
 )
@@ -171,7 +172,7 @@ elseif doubt == 'none' then
   redis.call('HDEL', key, 'doubt_since')
 end
 redis.call('HSET', key, 'state', ARGV[3], 'updated_at', now, 'last_error', ARGV[5])
-redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner')
+redis.call('HDEL', key, 'lease_until', 'call_started_at', unpack(_PRIOR))
 if ARGV[6] ~= '' then redis.call('HSET', key, 'result', ARGV[6]) end
 if ARGV[3] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
 redis.call('EXPIRE', key, tonumber(ARGV[4]))

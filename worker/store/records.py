@@ -138,9 +138,13 @@ class Records:
         return sorted(found, key=lambda record: (record.get("created_at", 0.0), record["key"]))
 
 
+# Stored times whose names do not end in `_at` (all in epoch milliseconds, see `lua`).
+_TIMES = frozenset({"lease_until", "since", "doubt_since"})
+
+
 def _decode(key: str, fields: dict[Any, Any], sources: Any, audit: Any) -> dict[str, Any]:
     record: dict[str, Any] = {text(name): text(value) for name, value in fields.items()}
-    for name in [name for name in record if name.endswith("_at") or name == "lease_until"]:
+    for name in [name for name in record if name.endswith("_at") or name in _TIMES]:
         record[name] = seconds(record[name])
     record["key"] = key
     record["sources"] = sorted(text(source) for source in sources)

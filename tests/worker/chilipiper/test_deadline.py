@@ -11,9 +11,10 @@ from flask import Flask, Response
 
 from tests.conftest import SandboxServer, random_event_id, serve
 from worker.chilipiper.deadline import Deadline
+from worker.chilipiper.errors import error_for_exception
 from worker.chilipiper.mcp import McpGateway
 from worker.domain.operations import Action
-from worker.errors import InDoubtError
+from worker.errors import InDoubtError, RetryableError
 
 
 def test_a_cancel_answer_trickling_past_the_deadline_is_abandoned_in_doubt(
@@ -77,3 +78,13 @@ def test_each_timeout_is_capped_at_the_time_left() -> None:
     assert 1.9 < capped.read <= 2.0
     assert capped.connect is not None
     assert capped.connect <= 2.0
+
+
+def test_no_request_of_a_call_starts_after_its_deadline() -> None:
+    """What a call sends is over by its deadline plus one read: that is what the settle
+    time is reckoned from. A request not yet sent at the deadline is never sent."""
+    deadline = Deadline(0.0)
+    with pytest.raises(httpx.ConnectTimeout) as late:
+        deadline.before_request()
+    error = error_for_exception(late.value, tool="crm-cancel-post", irreversible=True)
+    assert isinstance(error, RetryableError)  # never sent: not in doubt

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import SandboxServer, ScalekitServer, random_event_id, scalekit_settings
 from tests.scalekit_standin import CLIENT_ID, CONNECTION
 from worker.chilipiper import build_gateway
+from worker.chilipiper.deadline import Deadline
 from worker.chilipiper.scalekit import ClientCredentials, ScalekitGateway
 from worker.domain.operations import Action
 from worker.errors import (
@@ -114,7 +115,7 @@ def test_wrong_client_secret_is_permanent(
 ) -> None:
     credentials = ClientCredentials(f"{scalekit.url}/oauth/token", CLIENT_ID, "wrong", client)
     with pytest.raises(PermanentError, match="SCALEKIT_CLIENT_SECRET"):
-        credentials.get()
+        credentials.get(Deadline(5))
 
 
 def test_no_meeting_linked_is_a_permanent_tool_error(gateway: ScalekitGateway) -> None:
