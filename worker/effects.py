@@ -16,30 +16,34 @@ Plain functions over a Runtime; the Celery task around them only unpacks argumen
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from worker import clock
 from worker.chilipiper import ToolResult
 from worker.domain.meetings import MeetingStatus
 from worker.domain.operations import Action, Operation, State
 from worker.errors import (
     ClaimBusy,
     ClaimLost,
+    CredentialsRefused,
     CrmhookError,
     DeferredError,
     InDoubtError,
     NoMeetingError,
     NotDurable,
     PermanentError,
+    RequestRefused,
     RetryableError,
     ToolError,
+    UnknownAccount,
+    UnknownTool,
 )
 from worker.leases import Lease
 from worker.settings import TIMING_MARGIN_SECONDS
 from worker.store import keys
-from worker.store.claims import Claim, Doubt, Verdict
+from worker.store.claims import Claim, Doubt, Settled, Verdict
 from worker.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ def perform(
     as a dead letter (state `failed`).
     """
     settings = runtime.settings
-    asked_at = time.monotonic()
+    asked_at = clock.now()
     claim = runtime.store.claims.claim(
         operation,
         f"{owner}:{uuid.uuid4().hex[:12]}",
@@ -100,6 +104,15 @@ def perform(
     held_for = settings.chilipiper_call_deadline_seconds + TIMING_MARGIN_SECONDS
     with runtime.heartbeat.hold(claim, operation, valid_from=asked_at, renew_for=held_for) as lease:
         return _Execution(runtime, operation, claim, lease).run()
+
+
+def _nothing_ran(error: PermanentError) -> bool:
+    """Whether a permanent error says the call did not run: ChiliPiper (or the MCP server,
+    or Scalekit) refused it with a 4xx, our credentials, an invalid request or a tool it
+    does not know."""
+    if isinstance(error, RequestRefused | UnknownTool | CredentialsRefused | UnknownAccount):
+        return True
+    return error.status is not None and 400 <= error.status < 500
 
 
 class _Execution:
@@ -159,6 +172,13 @@ class _Execution:
             raise
         except ToolError as refused:
             return self._after_refusal(refused)
+        except PermanentError as failed:
+            if _nothing_ran(failed):
+                raise
+            # An answer we cannot read (a malformed result, an undecodable body...): the
+            # call may well have run. In doubt, so crm-get decides once it has settled.
+            self.doubt = Doubt.CALL
+            raise InDoubtError(f"{failed} (the call may have run)", tool=failed.tool) from failed
         return self._succeed(result)
 
     def _reconcile(self) -> ToolResult | None:
@@ -176,9 +196,16 @@ class _Execution:
 
     def _after_refusal(self, refused: ToolError) -> Outcome:
         """ChiliPiper refused the call ("already cancelled"...): fine if the meeting is in
-        the state we wanted, else a failure."""
+        the state we wanted, else a failure.
+
+        A refusal without a status ChiliPiper wrote ("Error executing tool: timeout") may be
+        the MCP server giving up on a cancel that still runs: in doubt from the call's start,
+        and a meeting still booked is asked about again once that call has settled."""
         if isinstance(refused, NoMeetingError):
             raise refused
+        unreadable = refused.status is None
+        if unreadable:
+            self.doubt = Doubt.CALL
         try:
             current = self._in_effect()
         except (DeferredError, RetryableError, InDoubtError) as unchecked:
@@ -192,6 +219,12 @@ class _Execution:
             ) from unchecked
         except PermanentError as unclear:
             raise PermanentError(f"{refused}; {unclear}", tool=refused.tool) from unclear
+        if current is None and unreadable:
+            raise InDoubtError(
+                f"{refused}; crm-get still shows the meeting booked, and the call may yet "
+                "take effect",
+                tool=refused.tool,
+            )
         if current is None:
             raise refused
         return self._succeed(current, Outcome.RECONCILED)
@@ -234,6 +267,10 @@ class _Execution:
     def _settle_error(self, state: State, error: str) -> Outcome:
         log.warning("%s: %s (%s)", self.key, state, error)
         claims = self.runtime.store.claims
-        if not claims.settle(self.operation, self.claim, state, doubt=self.doubt, error=error):
+        settled = claims.settle(self.operation, self.claim, state, doubt=self.doubt, error=error)
+        if settled is Settled.REOPENED:
+            log.info("%s: asked for again during the run: a fresh budget", self.key)
+            raise RetryLater(PermanentError(error), 0)
+        if not settled:
             return Outcome.LOST_CLAIM
         return Outcome.FAILED

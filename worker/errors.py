@@ -20,6 +20,7 @@
     └── GatewayError                 a ChiliPiper call did not succeed
         ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
         ├── PermanentError           will not succeed by retrying: 400/401/403/404...
+        │   ├── RequestRefused       a JSON-RPC request refused as invalid: nothing ran
         │   ├── CredentialsRefused   our credentials were refused (token, client secret)
         │   │   └── MissingPermission  403: the token lacks a permission (named)
         │   ├── UnknownAccount       Scalekit has no connected account for the identifier
@@ -152,6 +153,11 @@ class RetryableError(GatewayError):
 
 class PermanentError(GatewayError):
     """Retrying cannot help: bad credentials, no such meeting, a tool that said no."""
+
+
+class RequestRefused(PermanentError):
+    """The MCP server refused the request itself (invalid JSON-RPC, unknown method, bad
+    params): nothing ran, so an irreversible call that meets it is not in doubt."""
 
 
 class CredentialsRefused(PermanentError):

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 import redis
 
+from worker import clock
 from worker.domain.operations import Operation
 from worker.errors import ClaimLost
 from worker.store import keys
@@ -49,8 +50,8 @@ class Lease:
         self._claims = claims
         self._lease_seconds = lease_seconds
         self._lock = threading.Lock()
-        self._valid_until = valid_from + lease_seconds  # monotonic
-        self._renew_until = time.monotonic() + renew_for  # monotonic: no heartbeat after
+        self._valid_until = valid_from + lease_seconds  # `clock.now()`
+        self._renew_until = clock.now() + renew_for  # `clock.now()`: no heartbeat after
         self._lost = False
 
     def check(self) -> None:
@@ -58,7 +59,7 @@ class Lease:
         with self._lock:
             if self._lost:
                 raise ClaimLost(f"{keys.operation(self.operation)}: taken over; not sending")
-            if time.monotonic() >= self._valid_until:
+            if clock.now() >= self._valid_until:
                 raise ClaimLost(
                     f"{keys.operation(self.operation)}: the lease ran out by this worker's "
                     "clock (a stall, or Redis out of reach); not sending"
@@ -68,14 +69,14 @@ class Lease:
         """Renew the lease and mark the irreversible call about to leave (durably, see
         `Claims.mark_sending`); the heartbeat then goes on for `renew_for` seconds (the
         call's deadline). Raises ClaimLost when the claim is gone or ran out meanwhile."""
-        sent_at = time.monotonic()
+        sent_at = clock.now()
         if not self._claims.mark_sending(self.operation, self.claim, self._lease_seconds):
             with self._lock:
                 self._lost = True
         else:
             self.renewed(sent_at)
             with self._lock:
-                self._renew_until = time.monotonic() + renew_for
+                self._renew_until = clock.now() + renew_for
         self.check()
 
     def due(self, now: float) -> bool:
@@ -131,12 +132,12 @@ class Heartbeat:
 
     def beat(self) -> int:
         """Renew every lease that is due, in one round trip; returns how many were renewed."""
-        now = time.monotonic()
+        now = clock.now()
         with self._lock:
             due = [lease for lease in self._leases if lease.due(now)]
         if not due:
             return 0
-        sent_at = time.monotonic()
+        sent_at = clock.now()
         renewed = self._claims.renew_many(
             [(lease.operation, lease.claim) for lease in due], self._lease_seconds
         )

@@ -291,6 +291,7 @@ def parse_admin_token(entry: SecretStr, index: int) -> AdminToken:
 
 
 TIMING_MARGIN_SECONDS = 2.0
+MAX_CONNECT_SECONDS = 5.0
 # A worker thread waits at most this long for the shared rate limit; longer, the task is
 # re-scheduled (without spending an attempt) instead of holding the thread.
 RATE_LIMIT_MAX_BLOCK_SECONDS = 1.0
@@ -306,14 +307,29 @@ def parse_rate(text: str) -> float:
     return float(match.group(1)) / _PER[match.group(2).lower()]
 
 
+def connect_timeout(timeout: float) -> float:
+    """How long to wait for a connection (from the pool, then TCP): short, since a refused
+    or unreachable ChiliPiper is a plain retry."""
+    return min(MAX_CONNECT_SECONDS, timeout)
+
+
+def on_the_wire_seconds(settings: Settings) -> float:
+    """The longest one call can keep a request of its own on the wire: no request starts
+    after the deadline, but one begun just before it may still wait for a connection from
+    the pool, then connect, then write or read (each capped at the time left, and at its
+    own timeout)."""
+    read = settings.chilipiper_timeout_seconds
+    return settings.chilipiper_call_deadline_seconds + 2 * connect_timeout(read) + read
+
+
 def timing_problems(settings: Settings) -> list[str]:
     """What breaks the claim protocol's timing invariant (ARCHITECTURE.md, "Exactly-once").
 
     - The lease outlives two missed heartbeats: a heartbeat lost to a Redis blip must not
       let a second execution in while the first is still calling.
-    - The settle time exceeds the longest a call can still be on the wire: its deadline,
-      plus one read begun just before it (`chilipiper.deadline`), plus a margin. Reconciled
-      any sooner, a cancel still on its way could land after crm-get said "booked".
+    - The settle time exceeds the longest a call can still be on the wire
+      (`on_the_wire_seconds`), plus a margin. Reconciled any sooner, a cancel still on its
+      way could land after crm-get said "booked".
     - The sweeper waits longer than the broker's own redelivery.
 
     The broker's visibility timeout is free to be shorter than a slow call: a copy that
@@ -323,6 +339,7 @@ def timing_problems(settings: Settings) -> list[str]:
     heartbeat = settings.claim_heartbeat_seconds
     deadline = settings.chilipiper_call_deadline_seconds
     read = settings.chilipiper_timeout_seconds
+    connect = connect_timeout(read)
     settle = settings.chilipiper_settle_seconds
     visibility = settings.broker_visibility_timeout_seconds
     margin = TIMING_MARGIN_SECONDS
@@ -333,12 +350,14 @@ def timing_problems(settings: Settings) -> list[str]:
             f"2 x CLAIM_HEARTBEAT_SECONDS ({heartbeat:g}) + {margin:g} s = "
             f"{2 * heartbeat + margin:g} s"
         )
-    if settle < deadline + read + margin:
+    wire = on_the_wire_seconds(settings)
+    if settle < wire + margin:
         problems.append(
             f"CHILIPIPER_SETTLE_SECONDS ({settle:g}) must be at least the longest a call can "
-            f"still be on the wire: CHILIPIPER_CALL_DEADLINE_SECONDS ({deadline:g}) + "
-            f"CHILIPIPER_TIMEOUT_SECONDS ({read:g}, one read begun before the deadline) + "
-            f"{margin:g} s = {deadline + read + margin:g} s"
+            f"still be on the wire: CHILIPIPER_CALL_DEADLINE_SECONDS ({deadline:g}) + 2 x "
+            f"{connect:g} s (a pool wait and a connect begun before the deadline) + "
+            f"CHILIPIPER_TIMEOUT_SECONDS ({read:g}, then one write or read) + {margin:g} s = "
+            f"{wire + margin:g} s"
         )
     if settings.requeue_after_seconds <= 2 * visibility:
         problems.append(

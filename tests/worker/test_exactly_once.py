@@ -19,22 +19,24 @@ import pytest
 import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
+from worker.chilipiper import ToolNames, ToolResult
 from worker.dev.redis_server import RedisServer
 from worker.domain.operations import Action, Operation
 from worker.domain.retry_policy import NextRun
 from worker.effects import Outcome, RetryLater, perform
-from worker.errors import RetryableError
+from worker.errors import InDoubtError, PermanentError, RetryableError, ToolError
 from worker.store import keys
 from worker.tasks.runtime import Runtime, build_runtime
 from worker.tasks.tasks import run_later
 
 # ChiliPiper is given up on after 0.3 s per read and 0.6 s per call; an abandoned call is
-# reconciled no sooner than 3 s after it began (the deadline, one read and a margin).
+# reconciled no sooner than 3.5 s after it began (as the worker's start-up check requires:
+# the deadline, a pool wait, a connect and a read begun before it, and 2 s).
 TIMINGS: dict[str, Any] = {
     "chilipiper_timeout_seconds": 0.3,
     "chilipiper_attempts": 1,
     "chilipiper_call_deadline_seconds": 0.6,
-    "chilipiper_settle_seconds": 3.0,
+    "chilipiper_settle_seconds": 3.5,
     "claim_lease_seconds": 10,
     "claim_heartbeat_seconds": 2,
     "circuit_window_calls": 1000,  # the circuit has tests of its own
@@ -183,3 +185,69 @@ def _wait_for(condition: Any, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+class UnreadableCancel:
+    """The real gateway, except that its cancel meets an MCP server that gives up on
+    ChiliPiper ("Error executing tool: timeout") while ChiliPiper applies the cancel
+    `late` seconds later; or, `late=None`, that applies it at once and then answers
+    something unreadable."""
+
+    def __init__(self, runtime: Runtime, sandbox: SandboxServer, late: float | None) -> None:
+        self._gateway, self._sandbox, self._late = runtime.gateway, sandbox, late
+
+    def call(self, action: Action, crm_event_id: str, **options: Any) -> ToolResult:
+        if action is Action.GET:
+            return self._gateway.call(action, crm_event_id)
+        if self._late is None:
+            self._gateway.call(action, crm_event_id, **options)
+            raise PermanentError("crm-cancel-post: malformed JSON-RPC result")
+        apply = threading.Timer(
+            self._late, self._sandbox.state.call_tool, args=("crm-cancel-post", crm_event_id)
+        )
+        apply.start()
+        raise ToolError(
+            "crm-cancel-post: Error executing tool crm-cancel-post: timeout of 30000ms exceeded",
+            tool="crm-cancel-post",
+        )
+
+    def list_tools(self) -> list[str]:
+        return self._gateway.list_tools()
+
+    def discover(self) -> ToolNames:
+        return self._gateway.discover()
+
+
+def test_a_refusal_without_a_status_is_in_doubt_from_the_calls_start(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    """Found by review: "Error executing tool: timeout" read as a refusal, crm-get said
+    booked, and the dead letter was reopened and sent blind by the next notification."""
+    operation = cancel()
+    flaky = dataclasses.replace(runtime, gateway=UnreadableCancel(runtime, sandbox, late=1.0))
+    began = time.monotonic()
+    with pytest.raises(RetryLater):
+        perform(flaky, operation, owner="task-1")  # crm-get: still booked; may yet land
+    assert state_of(runtime, operation) == "in_doubt"
+    with pytest.raises(RetryLater):
+        perform(runtime, operation, owner="task-2")  # too soon: settle first
+    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+    assert perform(runtime, operation, owner="task-3") is Outcome.RECONCILED
+    assert cancels(sandbox, operation) == 1
+
+
+def test_an_unreadable_answer_to_a_sent_cancel_is_in_doubt_not_dead(
+    runtime: Runtime, sandbox: SandboxServer
+) -> None:
+    """Found by review: a malformed result after the cancel ran was a permanent error, the
+    dead letter carried no doubt, and a new notification sent the cancel again."""
+    operation = cancel()
+    flaky = dataclasses.replace(runtime, gateway=UnreadableCancel(runtime, sandbox, late=None))
+    began = time.monotonic()
+    with pytest.raises(RetryLater) as later:
+        perform(flaky, operation, owner="task-1")
+    assert isinstance(later.value.error, InDoubtError)
+    runtime.store.records.mark_queued([dataclasses.replace(operation, source_id="04lNEW00000001")])
+    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+    assert perform(runtime, operation, owner="task-2") is Outcome.RECONCILED
+    assert cancels(sandbox, operation) == 1

@@ -109,10 +109,11 @@ def test_default_timings_nest() -> None:
         (
             {"chilipiper_settle_seconds": 125},
             r"CHILIPIPER_SETTLE_SECONDS \(125\) must be at least .* "
-            r"CHILIPIPER_CALL_DEADLINE_SECONDS \(120\) \+ CHILIPIPER_TIMEOUT_SECONDS \(10, "
-            r"one read begun before the deadline\) \+ 2 s = 132 s",
+            r"CHILIPIPER_CALL_DEADLINE_SECONDS \(120\) \+ 2 x 5 s \(a pool wait and a connect "
+            r"begun before the deadline\) \+ CHILIPIPER_TIMEOUT_SECONDS \(10, then one write or "
+            r"read\) \+ 2 s = 142 s",
         ),
-        ({"chilipiper_call_deadline_seconds": 140}, r"= 152 s"),
+        ({"chilipiper_call_deadline_seconds": 140}, r"= 162 s"),
         ({"requeue_after_seconds": 150}, r"REQUEUE_AFTER_SECONDS \(150\) must exceed twice"),
     ],
 )

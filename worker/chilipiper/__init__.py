@@ -22,7 +22,7 @@ from worker.chilipiper.retries import transient_retries
 from worker.chilipiper.scalekit import TOKEN_PATH, ClientCredentials, ScalekitGateway
 from worker.chilipiper.tools import ToolNames
 from worker.domain.operations import Action
-from worker.settings import Settings
+from worker.settings import Settings, connect_timeout
 
 __all__ = ["Gateway", "ToolNames", "ToolResult", "build_gateway", "http_client"]
 
@@ -40,10 +40,8 @@ class Gateway(Protocol):
 def http_client(settings: Settings) -> httpx.Client:
     """The worker process's pooled client: explicit timeouts, enough connections for every
     thread, shared safely between threads (httpx.Client is thread-safe)."""
-    timeout = httpx.Timeout(
-        settings.chilipiper_timeout_seconds,
-        connect=min(5.0, settings.chilipiper_timeout_seconds),
-    )
+    connect = connect_timeout(settings.chilipiper_timeout_seconds)
+    timeout = httpx.Timeout(settings.chilipiper_timeout_seconds, connect=connect, pool=connect)
     return httpx.Client(
         timeout=timeout,
         limits=httpx.Limits(

@@ -2,19 +2,21 @@
 
 httpx's timeouts bound each network operation (connect, one write, one read), never the
 whole exchange: an answer that trickles in a byte a second never trips a read timeout and
-holds a worker thread, and its claim, forever. A `Deadline` caps each request's timeouts at
-the time left and checks the clock between the chunks of an answer, so a request ends no
-later than the deadline plus one read (`CHILIPIPER_TIMEOUT_SECONDS`). The settle time before
-an abandoned call is reconciled is reckoned from that bound (`settings.timing_problems`).
+holds a worker thread, and its claim, forever. A `Deadline` starts no request after it, caps
+each request's timeouts at the time left, and checks the clock between the chunks of an
+answer, so a call is off the wire by the deadline plus one pool wait, one connect and one
+write or read (`settings.on_the_wire_seconds`). The settle time before an abandoned call is
+reconciled is reckoned from that bound (`settings.timing_problems`).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 
 import httpx
+
+from worker import clock
 
 DEFAULT_DEADLINE_SECONDS = 120.0
 
@@ -22,10 +24,10 @@ DEFAULT_DEADLINE_SECONDS = 120.0
 class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.expires = time.monotonic() + seconds
+        self.expires = clock.now() + seconds
 
     def remaining(self) -> float:
-        return self.expires - time.monotonic()
+        return self.expires - clock.now()
 
     def check(self) -> None:
         """Raise httpx.ReadTimeout once the deadline has passed (mapped like any timeout:

@@ -27,6 +27,7 @@ from worker.errors import (
     MissingPermission,
     NoMeetingError,
     PermanentError,
+    RequestRefused,
     RetryableError,
     ToolError,
     UnknownTool,
@@ -110,7 +111,9 @@ def error_for_rpc(error: object, *, tool: str, irreversible: bool) -> GatewayErr
     message = f"{tool or 'MCP request'}: JSON-RPC error {code}: {redact(text)}"
     if code == -32602 and is_unknown_tool(tool, text):
         return UnknownTool(message, tool=tool)
-    if code in PERMANENT_RPC_CODES or not isinstance(code, int):
+    if code in PERMANENT_RPC_CODES:
+        return RequestRefused(message, tool=tool)
+    if not isinstance(code, int):
         return PermanentError(message, tool=tool)
     if irreversible:
         return InDoubtError(message, tool=tool)

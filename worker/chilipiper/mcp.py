@@ -41,7 +41,7 @@ from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
 from worker.chilipiper.tools import ToolCatalog, ToolNames
 from worker.domain.operations import Action
-from worker.errors import PermanentError
+from worker.errors import PermanentError, RetryableError
 
 PROTOCOL_VERSION = "2025-11-25"
 KNOWN_PROTOCOL_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
@@ -134,8 +134,17 @@ class McpGateway:
             return self._rpc(method, params, session, target=target, deadline=deadline)
         except _SessionExpired:
             self._forget(session)
-            session = self._open_session(deadline)
+        session = self._open_session(deadline)
+        try:
             return self._rpc(method, params, session, target=target, deadline=deadline)
+        except _SessionExpired:
+            self._forget(session)
+            # Refused twice with a fresh session: the request never ran. Later, maybe.
+            raise RetryableError(
+                f"{target.tool or method}: the MCP server refused a fresh session (HTTP 404)",
+                tool=target.tool,
+                status=404,
+            ) from None
 
     def _open_session(self, deadline: Deadline) -> _Session:
         with self._lock:

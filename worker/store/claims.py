@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import redis
@@ -35,6 +35,14 @@ class Verdict(StrEnum):
     DONE = "done"
     BUSY = "busy"
     FAILED = "failed"
+
+
+class Settled(IntEnum):
+    """What `settle` did. False when lost, so `if not claims.settle(...)` reads as before."""
+
+    LOST = 0  # another execution holds the claim now: nothing recorded
+    RECORDED = 1
+    REOPENED = 2  # a dead letter reopened at once: a notification came in during the run
 
 
 class Doubt(StrEnum):
@@ -199,11 +207,13 @@ class Claims:
         doubt: Doubt = Doubt.NONE,
         error: str = "",
         result: Any = None,
-    ) -> bool:
-        """Record the outcome if `claim` is still the current one; False means it was lost.
-        `doubt` says whether the operation stays in doubt (see `Doubt`)."""
+    ) -> Settled:
+        """Record the outcome if `claim` is still the current one (`Settled.LOST`, falsy,
+        when not). `doubt` says whether the operation stays in doubt (see `Doubt`). A dead
+        letter asked for again by a notification that came in during the run is reopened
+        at once instead (`Settled.REOPENED`): the caller runs it again."""
         key = keys.operation(operation)
-        recorded = bool(
+        settled = Settled(
             self._settle(
                 keys=[key],
                 args=[
@@ -218,19 +228,20 @@ class Claims:
                 ],
             )
         )
-        if recorded:
+        if settled:
             # The indexes live in other hash slots (Redis Cluster): kept beside the record.
             # Settling renewed the record's time to live, so its event's index follows.
+            dead = settled is Settled.RECORDED and state is State.FAILED
             pipe = self._redis.pipeline(transaction=False)
             self._records.index(pipe, operation.crm_event_id, key)
-            if state in (State.FAILED, State.SUCCEEDED):
+            if dead or state is State.SUCCEEDED:
                 self._pending.remove(pipe, key)
-            if state is State.FAILED:
+            if dead:
                 self._dead_letters.add(pipe, key)
             elif state is State.SUCCEEDED:
                 self._dead_letters.remove(pipe, key)
             pipe.execute()
-        return recorded
+        return settled
 
     def reopen(self, operation: Operation, *, force: bool, actor: str) -> tuple[str, int]:
         """Reopen a failed operation (or, with `force`, a succeeded one) for a replay; any

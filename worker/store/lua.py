@@ -69,10 +69,13 @@ if state == 'failed' then return answer('failed') end
 if state == 'running' then
   if tonumber(get('lease_until') or '0') > now then return answer('busy') end
   -- The holder is gone. Died while calling: in doubt since its call began. Died while
-  -- reconciling: as doubtful as before. A version-1 holder kept no marker: in doubt.
+  -- reconciling: as doubtful as before. A version-1 holder kept no marker: in doubt since
+  -- its last renewal at the latest (it renewed right before its call).
   doubt = get('call_started_at') or doubt
-  if not doubt and not get('schema') then doubt = get('updated_at') or tostring(now) end
+  if not doubt and not get('schema') then doubt = get('lease_until') or tostring(now) end
   state = doubt and 'in_doubt' or 'queued'
+elseif state == 'in_doubt' and not doubt and not get('schema') then
+  doubt = get('updated_at') or tostring(now)  -- version 1 settled it after the call began
 elseif ARGV[7] == '1' and ARGV[8] == '1' and not doubt
        and tonumber(get('attempts') or '0') > 0 and state ~= 'in_doubt' then
   -- The broker delivered this message before: that delivery may have got further than
@@ -159,7 +162,9 @@ return 1
 
 # KEYS: record. ARGV: owner, token, new state, ttl s, last error, result JSON ('' = keep),
 # doubt ('call': the call just abandoned began the doubt | 'keep': as doubtful as before |
-# 'none'), offset. Returns 1 when recorded, 0 when the caller no longer holds the claim.
+# 'none'), offset. Returns 1 when recorded, 2 when a dead letter was reopened at once for a
+# notification that arrived during the run (fresh budget), 0 when the caller no longer
+# holds the claim.
 SETTLE = (
     _RECORD
     + _HELD
@@ -171,12 +176,18 @@ if doubt == 'call' then
 elseif doubt == 'none' then
   redis.call('HDEL', key, 'doubt_since')
 end
-redis.call('HSET', key, 'state', ARGV[3], 'updated_at', now, 'last_error', ARGV[5])
+local state, recorded = ARGV[3], 1
+if state == 'failed' and get('asked_again_at') then
+  state, recorded = get('doubt_since') and 'in_doubt' or 'queued', 2
+  redis.call('HSET', key, 'attempts', 0, 'since', now, 'reopened_at', now)
+end
+if state == 'succeeded' or recorded == 2 then redis.call('HDEL', key, 'asked_again_at') end
+redis.call('HSET', key, 'state', state, 'updated_at', now, 'last_error', ARGV[5])
 redis.call('HDEL', key, 'lease_until', 'call_started_at', unpack(_PRIOR))
 if ARGV[6] ~= '' then redis.call('HSET', key, 'result', ARGV[6]) end
-if ARGV[3] == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
+if state == 'succeeded' then redis.call('HSET', key, 'succeeded_at', now) end
 redis.call('EXPIRE', key, tonumber(ARGV[4]))
-return 1
+return recorded
 """
 )
 
@@ -184,7 +195,12 @@ return 1
 # version-1 record kept no doubt marker: an irreversible one counts as in doubt.
 _DEAD_IN_DOUBT = """
 local function dead_in_doubt(irreversible)
-  return get('doubt_since') ~= false or (irreversible == '1' and not get('schema'))
+  if get('doubt_since') then return true end
+  if irreversible == '1' and not get('schema') then
+    redis.call('HSET', key, 'doubt_since', get('updated_at') or now)
+    return true
+  end
+  return false
 end
 """
 
@@ -206,11 +222,17 @@ if not state then
     + SCHEMA
     + """')
   verdict = 'created'
-elseif state == 'failed' and redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 then
-  local after = dead_in_doubt(ARGV[5]) and 'in_doubt' or 'queued'
-  redis.call('HSET', key, 'state', after, 'attempts', 0, 'since', now, 'updated_at', now,
-             'reopened_at', now)
-  verdict = 'reopened'
+elseif redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0 and state ~= 'succeeded' then
+  if state == 'failed' then
+    local after = dead_in_doubt(ARGV[5]) and 'in_doubt' or 'queued'
+    redis.call('HSET', key, 'state', after, 'attempts', 0, 'since', now, 'updated_at', now,
+               'reopened_at', now)
+    verdict = 'reopened'
+  else
+    -- Asked again while still being worked on: should this run end a dead letter, the
+    -- newer notification still gets its fresh budget (SETTLE reopens it).
+    redis.call('HSET', key, 'asked_again_at', now)
+  end
 end
 redis.call('HSET', key, 'action', ARGV[1], 'crm_event_id', ARGV[2])
 redis.call('EXPIRE', key, ttl)

@@ -114,7 +114,12 @@ def run_later(
     Either way the pending index learns when the operation is next due, so the sweeper,
     which re-enqueues what seems to have lost its message, leaves it alone until then."""
     due = time.time() + next_run.delay
-    task.runtime.store.pending.stamp([operation], at=due)
+    try:
+        task.runtime.store.pending.stamp([operation], at=due)
+    except redis.RedisError:
+        # Only the sweeper's timing depends on it (it may enqueue a copy early, which the
+        # claim absorbs): never let it cost the retry itself.
+        log.warning("%s: pending index not updated", keys.operation(operation), exc_info=True)
     if not next_run.parked:
         raise retry_or_requeue(task, error or Exception("deferred"), next_run.delay)
     task.runtime.store.schedule.add(operation, due)

@@ -21,12 +21,13 @@ from worker.errors import (
     MissingPermission,
     NoMeetingError,
     PermanentError,
+    RequestRefused,
     RetryableError,
     ToolError,
     UnknownTool,
 )
 
-U = UnknownTool
+U, Q = UnknownTool, RequestRefused
 
 R, P, D, C, M = RetryableError, PermanentError, InDoubtError, CredentialsRefused, MissingPermission
 
@@ -94,11 +95,12 @@ def test_transport_exceptions_by_whether_the_request_was_sent(
 @pytest.mark.parametrize(
     ("error", "for_get", "for_cancel"),
     [
-        ({"code": -32700, "message": "parse error"}, P, P),
-        ({"code": -32600, "message": "invalid request"}, P, P),
-        ({"code": -32601, "message": "no such method"}, P, P),
-        ({"code": -32602, "message": "invalid params"}, P, P),
-        ({"code": -32602, "message": "Unknown tool: crm-other"}, P, P),  # not the one called
+        # Refused as a request: nothing ran (RequestRefused, a PermanentError).
+        ({"code": -32700, "message": "parse error"}, Q, Q),
+        ({"code": -32600, "message": "invalid request"}, Q, Q),
+        ({"code": -32601, "message": "no such method"}, Q, Q),
+        ({"code": -32602, "message": "invalid params"}, Q, Q),
+        ({"code": -32602, "message": "Unknown tool: crm-other"}, Q, Q),  # not the one called
         ({"code": -32603, "message": "internal error"}, R, D),
         ({"code": -32000, "message": "server error"}, R, D),
         ({"message": "no code"}, P, P),

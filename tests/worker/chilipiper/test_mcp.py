@@ -37,6 +37,7 @@ class FakeServer:
         self.tools = list(tools)
         self.sse = sse
         self.expire_once = expire_once
+        self.expire_always = False
         self.sessions = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -55,7 +56,7 @@ class FakeServer:
             )
         if "id" not in body:
             return httpx.Response(202)
-        if self.expire_once:
+        if self.expire_once or self.expire_always:
             self.expire_once = False
             return httpx.Response(404)
         if body["method"] == "tools/list":
@@ -122,6 +123,17 @@ def test_expired_session_is_reopened_and_the_call_sent_again() -> None:
     assert result.meeting.status == "CANCELLED"
     assert server.sessions == 2
     assert server.requests[-1][0]["mcp-session-id"] == "session-2"
+
+
+def test_a_session_refused_twice_is_a_retry_not_a_crash() -> None:
+    """Found by review: the second 404 escaped as a private exception, failing the task
+    (and acknowledging its message) with the record left running."""
+    server = FakeServer()
+    gateway = gateway_for(server)
+    gateway.call(Action.GET, "00U5g00000MnOpQEAV")
+    server.expire_always = True
+    with pytest.raises(RetryableError, match="refused a fresh session"):
+        gateway.call(Action.CANCEL, "00U5g00000MnOpQEAV")  # each try: two sessions refused
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from tests.conftest import random_event_id
 from tests.worker.store.conftest import cancel
 from worker.domain.operations import Action, Operation, State
 from worker.store import Store, keys
-from worker.store.claims import Doubt, Verdict
+from worker.store.claims import Doubt, Settled, Verdict
 
 
 def test_first_claim_wins_and_a_second_owner_is_told_busy(store: Store) -> None:
@@ -201,11 +201,52 @@ def test_records_of_the_previous_release_are_read_conservatively(
             },
         )
     taken_over = store.claims.claim(running, "e1", lease_seconds=60)
-    assert (taken_over.in_doubt, taken_over.doubt_since) == (True, long_ago / 1000)
+    # In doubt since its last renewal at the latest: version 1 renewed right before a call.
+    assert (taken_over.in_doubt, taken_over.doubt_since) == (True, long_ago / 1000 + 60)
     assert taken_over.since == long_ago / 1000
     assert taken_over.settle_wait(150) == 0  # an hour ago: reconcile now
     assert store.claims.reopen(dead, force=False, actor="cli:test") == ("failed", 3)
     assert _field(store, dead, "state") == "in_doubt"
+
+
+def test_a_notification_during_a_run_that_dead_letters_gets_its_fresh_budget(
+    store: Store,
+) -> None:
+    """Found by review: the notification was absorbed by the running execution's record and
+    then stood down as "already failed"."""
+    operation = cancel()
+    store.records.mark_queued([operation])
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    store.records.mark_queued([dataclasses.replace(operation, source_id="04lDURINGTHERUN1")])
+    settled = store.claims.settle(operation, claim, State.FAILED, error="gave up")
+    assert settled is Settled.REOPENED
+    assert _fields(store, operation, "state", "attempts") == ("queued", "0")
+    assert keys.operation(operation) not in [key for key, _ in store.dead_letters.since()]
+    again = store.claims.claim(operation, "e2", lease_seconds=60)
+    assert store.claims.settle(operation, again, State.FAILED, error="gave up again")
+    assert _field(store, operation, "state") == "failed"  # once: no loop
+
+
+def test_a_version_1_record_in_doubt_waits_from_its_last_update(
+    store: Store, client: redis.Redis
+) -> None:
+    operation = cancel()
+    just_now = int(time.time() * 1000)
+    client.hset(
+        keys.operation(operation),
+        mapping={
+            "state": "in_doubt",
+            "token": "2",
+            "attempts": "2",
+            "updated_at": just_now,
+            "created_at": just_now - 5000,
+            "action": "cancel",
+            "crm_event_id": operation.crm_event_id,
+        },
+    )
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    assert (claim.in_doubt, claim.doubt_since) == (True, just_now / 1000)
+    assert claim.settle_wait(150) > 149
 
 
 def _field(store: Store, operation: Operation, name: str) -> Any:
