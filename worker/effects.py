@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from worker import clock
 from worker.chilipiper import ToolResult
+from worker.chilipiper.deadline import Deadline
 from worker.domain.meetings import MeetingStatus
 from worker.domain.operations import Action, Operation, State
 from worker.errors import (
@@ -164,9 +165,18 @@ class _Execution:
             log.warning("%s: still booked once settled; sending it", self.key)
         if not action.irreversible:
             return self._succeed(gateway.call(action, self.operation.crm_event_id))
-        self.lease.mark_sending(self.runtime.settings.chilipiper_call_deadline_seconds)
+        # The call's deadline starts before its send marker (Redis's `call_started_at`), so
+        # the settle time reckoned from the marker covers every request it may send.
+        seconds = self.runtime.settings.chilipiper_call_deadline_seconds
+        deadline = Deadline(seconds)
+        self.lease.mark_sending(seconds)
         try:
-            result = gateway.call(action, self.operation.crm_event_id, before_send=self.lease.check)
+            result = gateway.call(
+                action,
+                self.operation.crm_event_id,
+                before_send=self.lease.check,
+                deadline=deadline,
+            )
         except InDoubtError:
             self.doubt = Doubt.CALL  # it may land until the settle time after it began
             raise

@@ -13,7 +13,6 @@ import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
 from worker.chilipiper import Gateway, ToolNames, ToolResult
-from worker.chilipiper.calls import BeforeSend
 from worker.dev.redis_server import RedisServer
 from worker.domain.operations import Action, Operation
 from worker.effects import Outcome, RetryLater, perform
@@ -280,13 +279,11 @@ class ReadsFailOnce:
     def __init__(self, gateway: Gateway, error: GatewayError) -> None:
         self._gateway, self._error = gateway, error
 
-    def call(
-        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
-    ) -> ToolResult:
+    def call(self, action: Action, crm_event_id: str, **options: Any) -> ToolResult:
         if action is Action.GET and self._error is not None:
             error, self._error = self._error, None
             raise error
-        return self._gateway.call(action, crm_event_id, before_send=before_send)
+        return self._gateway.call(action, crm_event_id, **options)
 
     def list_tools(self) -> list[str]:
         return self._gateway.list_tools()

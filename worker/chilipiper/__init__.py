@@ -1,7 +1,9 @@
 """The ChiliPiper gateway: one interface, `call(action, crm_event_id) -> ToolResult`.
 
 Every call has a total deadline (`CHILIPIPER_CALL_DEADLINE_SECONDS`), its in-call retries
-included, and takes a `before_send` hook that runs right before each request leaves.
+included: one starting with the call, or the caller's (an irreversible call's starts before
+its send marker is written, so nothing of it is on the wire past the settle time). A
+`before_send` hook runs right before each request leaves.
 
 Transports: `mcp` (ChiliPiper's MCP server), `scalekit` (Scalekit AgentKit's REST API) and
 `sandbox` (the local stand-in, spoken to over the MCP client, so development exercises the
@@ -16,6 +18,7 @@ import httpx
 from tenacity import Retrying
 
 from worker.chilipiper.calls import BeforeSend, GateLike
+from worker.chilipiper.deadline import Deadline
 from worker.chilipiper.mcp import McpGateway
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.retries import transient_retries
@@ -31,7 +34,12 @@ MAX_CONNECTIONS = 64
 
 class Gateway(Protocol):
     def call(
-        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+        self,
+        action: Action,
+        crm_event_id: str,
+        *,
+        before_send: BeforeSend | None = None,
+        deadline: Deadline | None = None,
     ) -> ToolResult: ...
     def list_tools(self) -> list[str]: ...
     def discover(self) -> ToolNames: ...

@@ -85,12 +85,17 @@ class McpGateway:
         )
 
     def call(
-        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+        self,
+        action: Action,
+        crm_event_id: str,
+        *,
+        before_send: BeforeSend | None = None,
+        deadline: Deadline | None = None,
     ) -> ToolResult:
-        """Run `action`'s tool for one event, within the call's deadline; raises a
-        GatewayError subclass when it does not succeed. `before_send` runs right before
-        each request leaves (and may stop it)."""
-        deadline = Deadline(self._deadline_seconds)
+        """Run `action`'s tool for one event, within the call's deadline (`deadline`, or one
+        starting now); raises a GatewayError subclass when it does not succeed.
+        `before_send` runs right before each request leaves (and may stop it)."""
+        deadline = deadline or Deadline(self._deadline_seconds)
 
         def send(target: Target) -> ToolResult:
             params = {"name": target.tool, "arguments": {"crmEventId": crm_event_id}}

@@ -143,11 +143,17 @@ class ScalekitGateway:
         )
 
     def call(
-        self, action: Action, crm_event_id: str, *, before_send: BeforeSend | None = None
+        self,
+        action: Action,
+        crm_event_id: str,
+        *,
+        before_send: BeforeSend | None = None,
+        deadline: Deadline | None = None,
     ) -> ToolResult:
         """Run `action`'s tool, under the name Scalekit lists it by, for one event, within
-        the call's deadline. `before_send` runs right before each request leaves."""
-        deadline = Deadline(self._deadline_seconds)
+        the call's deadline (`deadline`, or one starting now). `before_send` runs right
+        before each request leaves."""
+        deadline = deadline or Deadline(self._deadline_seconds)
 
         def send(target: Target) -> ToolResult:
             body = {
