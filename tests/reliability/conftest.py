@@ -38,14 +38,14 @@ from worker.tasks.app import QUEUE
 from worker.tasks.runtime import retention
 
 # Timings scaled down so a killed worker's tasks return in seconds, and still holding the
-# invariant the worker checks at start-up: heartbeat 2 x 2 s + 2 < lease 8; settle 13 s >=
-# deadline 6 + pool wait and connect 2 x 1.5 + one read 1.5 + 2; requeue 40 > 2 x visibility 16.
+# invariant the worker checks at start-up: heartbeat 2 x 2 s + 2 < lease 8; settle 10 s >=
+# deadline 3 + pool wait and connect 2 x 1.5 + one read 1.5 + 2; requeue 40 > 2 x visibility 16.
 FAST = {
     "chilipiper_timeout_seconds": 1.5,
     "chilipiper_attempts": 2,
     "chilipiper_max_wait_seconds": 1.0,
-    "chilipiper_call_deadline_seconds": 6,
-    "chilipiper_settle_seconds": 13,
+    "chilipiper_call_deadline_seconds": 3,
+    "chilipiper_settle_seconds": 10,
     "chilipiper_rate_limit": "1000/s",
     "claim_heartbeat_seconds": 2,
     "claim_lease_seconds": 8,

@@ -126,8 +126,10 @@ class Claims:
         """Take the operation for the execution `owner` unless it succeeded, failed (a dead
         letter waits for a new notification or an operator), or is held by a live claim.
 
-        `redelivered`: the broker delivered this message before, so that delivery may have
-        sent an irreversible call the record does not show; the claim is then in doubt.
+        `redelivered`: the broker delivered this message before. If its holder is gone
+        without a send marker, the claim is in doubt all the same: the marker may be what a
+        Redis crash lost. (A settled record needs no such care: its outcome was written
+        after any call.)
         """
         reply = self._claim(
             keys=[keys.operation(operation)],

@@ -69,20 +69,17 @@ if state == 'failed' then return answer('failed') end
 if state == 'running' then
   if tonumber(get('lease_until') or '0') > now then return answer('busy') end
   -- The holder is gone. Died while calling: in doubt since its call began. Died while
-  -- reconciling: as doubtful as before. A version-1 holder kept no marker: in doubt since
-  -- its last renewal at the latest (it renewed right before its call).
+  -- reconciling: as doubtful as before. Died with no marker, when it may have sent all
+  -- the same (a version-1 holder kept none; a message the broker delivered again may come
+  -- from a holder whose marker a Redis crash lost): in doubt since its lease ended at the
+  -- latest, since it could send only while its lease lasted.
   doubt = get('call_started_at') or doubt
-  if not doubt and not get('schema') then doubt = get('lease_until') or tostring(now) end
+  if not doubt and ARGV[8] == '1' and (ARGV[7] == '1' or not get('schema')) then
+    doubt = get('lease_until') or tostring(now)
+  end
   state = doubt and 'in_doubt' or 'queued'
 elseif state == 'in_doubt' and not doubt and not get('schema') then
   doubt = get('updated_at') or tostring(now)  -- version 1 settled it after the call began
-elseif ARGV[7] == '1' and ARGV[8] == '1' and not doubt
-       and tonumber(get('attempts') or '0') > 0 and state ~= 'in_doubt' then
-  -- The broker delivered this message before: that delivery may have got further than
-  -- the record says. A record no execution ever claimed was never sent (claims are
-  -- durable before any call), so only a claimed one is in doubt.
-  doubt = get('claimed_at') or get('updated_at') or tostring(now)
-  state = 'in_doubt'
 end
 if state == 'new' then
   redis.call('HSET', key, 'created_at', now, 'since', now)

@@ -166,15 +166,19 @@ def test_a_dead_letter_stays_dead_for_its_sources_and_reopens_for_a_new_one(
     assert keys.operation(operation) not in [key for key, _ in store.dead_letters.since()]
 
 
-def test_a_redelivered_message_of_a_claimed_operation_is_in_doubt(store: Store) -> None:
-    operation = cancel()
-    never_claimed = store.claims.claim(cancel(), "e0", lease_seconds=60, redelivered=True)
-    assert not never_claimed.in_doubt  # no execution ever claimed it: nothing was sent
-    claim = store.claims.claim(operation, "e1", lease_seconds=60)
-    store.claims.settle(operation, claim, State.RETRYING, error="HTTP 429")
-    again = store.claims.claim(operation, "e2", lease_seconds=60, redelivered=True)
+def test_a_redelivered_message_whose_holder_died_unmarked_is_in_doubt(store: Store) -> None:
+    """The broker delivers the message again: a holder gone without a send marker may have
+    sent all the same, had a Redis crash lost the marker. A settled record says what
+    happened: no doubt there."""
+    died, settled = cancel(), cancel()
+    store.claims.claim(died, "task-1:a", lease_seconds=0)
+    time.sleep(0.01)
+    again = store.claims.claim(died, "task-1:b", lease_seconds=60, redelivered=True)
     assert again.in_doubt
-    assert again.doubt_since is not None
+    assert again.settle_wait(150) > 149  # from when its lease ended: just now
+    claim = store.claims.claim(settled, "task-2:a", lease_seconds=60)
+    store.claims.settle(settled, claim, State.RETRYING, error="HTTP 429")
+    assert not store.claims.claim(settled, "task-2:b", 60, redelivered=True).in_doubt
 
 
 def test_records_of_the_previous_release_are_read_conservatively(
