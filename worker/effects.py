@@ -80,7 +80,8 @@ def perform(
 
     `owner` names the delivery (its task ID); the claim's owner is this execution's own,
     `owner` and a random suffix, since a message the broker delivers again keeps its task ID.
-    `redelivered`: the broker delivered the message before (so the claim is in doubt).
+    `redelivered`: the broker delivered the message before (a holder gone without a send
+    marker is then in doubt: `Claims.claim`).
     Permanent errors, and transient ones past TASK_MAX_ATTEMPTS or TASK_MAX_AGE_SECONDS, end
     as a dead letter (state `failed`).
     """
