@@ -10,15 +10,15 @@ off the wire, or never. Time never sleeps: it moves by `Claims.clock_offset_ms`,
 record script adds to Redis's clock; the model's clock is Redis's clock plus that offset,
 and it is each execution's own clock too.
 
-A call's deadline (the gateway's `Deadline`) starts when the execution calls the gateway,
-right after `mark_sending`; its request may leave later (the shared gate, in-call retries,
-a stall), as long as the execution's own lease check lets it, but never after the deadline,
-and it is off the wire `ON_THE_WIRE` after the deadline started. That is how the gateway
-behaves when the process does not stall between `mark_sending` and the gateway's
-`Deadline`. With `Protocol.DEADLINE_FROM_MARK = False` the deadline starts when the request
-leaves instead, as after a stall right there (shorter than the lease, the heartbeat not
-renewing meanwhile), and hypothesis finds a second cancel: the settle time counts from the
-mark, the call's time on the wire from the stalled gateway.
+A call's deadline starts right before its send marker (`effects._Execution._attempt` makes
+the `Deadline` before `mark_sending` and hands it to the gateway), so the model starts it at
+the mark. Its request may leave later (the shared gate, in-call retries, a stall) as long
+as the execution's own lease check lets it, but not after the deadline, and it is off the
+wire `ON_THE_WIRE` after the deadline began. `ClaimProtocol.DEADLINE_FROM_MARK = False`
+starts the deadline when the request leaves instead, as a gateway that starts its own
+deadline does after a stall between `mark_sending` and the call: hypothesis then finds a
+second cancel (a stall of 25 to 60 s is enough, shorter than the lease: the settle time
+and the heartbeat's end count from the mark, the call's time on the wire from the gateway).
 """
 
 from __future__ import annotations
@@ -42,14 +42,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.conftest import random_event_id
+from tests.conftest import make_settings, random_event_id
 from tests.worker.store.conftest import RETENTION, cancel
 from worker.domain.operations import State
+from worker.settings import on_the_wire_seconds, timing_problems
 from worker.store import Store, keys
 from worker.store.claims import Claim, Doubt, Settled, Verdict
 from worker.store.connection import text
 
-# The protocol's timings, as the settings check them (`settings.timing_problems`).
+# The protocol's timings: the defaults, a configuration `settings.timing_problems` accepts.
 LEASE = 60.0  # CLAIM_LEASE_SECONDS
 HEARTBEAT = 15.0  # CLAIM_HEARTBEAT_SECONDS
 DEADLINE = 120.0  # CHILIPIPER_CALL_DEADLINE_SECONDS
@@ -109,7 +110,7 @@ class Execution:
     lost: bool = False  # a renew found the claim taken
 
 
-class Protocol(RuleBasedStateMachine):
+class ClaimProtocol(RuleBasedStateMachine):
     DEADLINE_FROM_MARK: ClassVar[bool] = True
 
     def __init__(self, store: Store) -> None:
@@ -173,12 +174,8 @@ class Protocol(RuleBasedStateMachine):
 
     # --- picking -----------------------------------------------------------------------------
 
-    def running(self, phase: str) -> list[Execution]:
-        return [execution for execution in self.executions if _in_phase(execution, phase)]
-
-    def pick(self, phase: str, index: int) -> Execution:
-        found = self.running(phase)
-        return found[index % len(found)]
+    def pick(self, index: int) -> Execution:
+        return self.executions[index % len(self.executions)]
 
     def due_messages(self) -> list[Message]:
         now = self.now()
@@ -371,7 +368,7 @@ class Protocol(RuleBasedStateMachine):
         """An execution moves on (`_Execution._attempt`): before its call, its next `steps`
         (settle gate, crm-get, mark, send), then a hitch if one comes before anything is
         sent; once its call is sent, what it hears of it (its `outcome`)."""
-        execution = self.pick("any", index)
+        execution = self.pick(index)
         if execution.call is None:
             self.next_steps(execution, steps, hitch)
         else:
@@ -384,11 +381,12 @@ class Protocol(RuleBasedStateMachine):
         for _ in range(steps):
             if execution not in self.executions or execution.call is not None:
                 return
-            if _in_phase(execution, "to gate"):
+            in_doubt = execution.claim.in_doubt
+            if in_doubt and not execution.gated:
                 self.settle_gate(execution)
-            elif _in_phase(execution, "to reconcile"):
+            elif in_doubt and not execution.reconciled:
                 self.reconcile(execution)
-            elif _in_phase(execution, "to mark"):
+            elif execution.marked_at is None:
                 self.mark_sending(execution)
             else:
                 self.send(execution)
@@ -482,7 +480,7 @@ class Protocol(RuleBasedStateMachine):
         """The worker dies mid-way (nothing settled; the broker hands its message out again,
         flagged as redelivered), or the execution's heartbeat stops (a stall, Redis out of
         reach: it goes on later, its lease running out)."""
-        execution = self.pick("any", index)
+        execution = self.pick(index)
         if crash:
             self.finish(execution)
             self.messages.append(Message(True, self.now(), "crash"))
@@ -493,6 +491,15 @@ class Protocol(RuleBasedStateMachine):
 
     @invariant()
     def the_invariants_hold(self) -> None:
+        """CLAIMS.md's invariants, after every step (with the checks made on the way):
+
+        1. No second effect: no call lands on a meeting already cancelled (`land`).
+        2. One live lease at a time, the record's holder's (`one_live_lease`); only the
+           holder's renew, mark, release and settle succeed (asserted where they run).
+        3. A call follows an earlier one only after a crm-get, asked at or after that call's
+           start + SETTLE, saw the meeting booked (`send`).
+        4. Never forgotten (`never_forgotten`); and no success recorded that did not happen.
+        """
         self._redis_ms = None
         record = self.record()
         self.one_live_lease(record)
@@ -526,22 +533,8 @@ class Protocol(RuleBasedStateMachine):
         assert holder, f"forgotten: {record}, its holder gone without a message"
 
 
-def _in_phase(execution: Execution, phase: str) -> bool:
-    """Which step `execution` can take next (effects._Execution.run's order)."""
-    in_doubt, call = execution.claim.in_doubt, execution.call
-    cleared = not in_doubt or execution.reconciled
-    return {
-        "any": True,
-        "to gate": in_doubt and not execution.gated,
-        "to reconcile": in_doubt and execution.gated and not execution.reconciled,
-        "to mark": cleared and execution.marked_at is None,
-        "unsent": call is None,
-        "sent": call is not None,
-    }[phase]
-
-
 RUN = settings(
-    max_examples=800,
+    max_examples=600,
     stateful_step_count=40,
     deadline=None,
     database=None,
@@ -549,19 +542,33 @@ RUN = settings(
 )
 
 
+def test_the_model_times_are_a_valid_configuration() -> None:
+    settings_ = make_settings(
+        "redis://127.0.0.1:1/0",
+        "http://127.0.0.1:1/mcp",
+        claim_lease_seconds=LEASE,
+        claim_heartbeat_seconds=HEARTBEAT,
+        chilipiper_call_deadline_seconds=DEADLINE,
+        chilipiper_timeout_seconds=10,
+        chilipiper_settle_seconds=SETTLE,
+    )
+    assert timing_problems(settings_) == []
+    assert on_the_wire_seconds(settings_) == ON_THE_WIRE
+
+
 def test_the_claim_protocol_sends_one_cancel(client: redis.Redis) -> None:
     store = Store(client, RETENTION)
-    run_state_machine_as_test(lambda: Protocol(store), settings=RUN)
+    run_state_machine_as_test(lambda: ClaimProtocol(store), settings=RUN)
 
 
-class SkipsTheSettleGate(Protocol):
+class SkipsTheSettleGate(ClaimProtocol):
     """A broken execution: it reconciles an in-doubt claim at once."""
 
     def settle_gate(self, execution: Execution) -> None:
         execution.gated = True
 
 
-def abandoned_then_claimed_again(machine: Protocol) -> None:
+def abandoned_then_claimed_again(machine: ClaimProtocol) -> None:
     """A cancel is sent and times out; its retry claims the operation 30 s later."""
     for step, args in [
         (machine.deliver, (0,)),
@@ -581,7 +588,7 @@ def test_an_abandoned_cancel_is_sent_again_only_once_it_settled(
     """The path the machine exists for, step by step: the retry that claims it in doubt
     hands it back until the settle time; then crm-get decides, and the first call, which
     could land until then, either did (no second call) or never will (one more call)."""
-    machine = Protocol(Store(client, RETENTION))
+    machine = ClaimProtocol(Store(client, RETENTION))
     try:
         abandoned_then_claimed_again(machine)
         for step, args in [
