@@ -59,6 +59,11 @@ def with_settings(runtime: Runtime, **changes: Any) -> Runtime:
     return dataclasses.replace(runtime, settings=settings)
 
 
+def settled_since(began: float) -> None:
+    """Wait until the settle time counted from `began` (a call's start) has passed."""
+    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+
+
 def cancels(sandbox: SandboxServer, operation: Operation) -> int:
     return len(sandbox.calls(operation.crm_event_id, action="cancel"))
 
@@ -102,7 +107,7 @@ def test_an_abandoned_cancel_is_reconciled_only_after_the_settle_time(
         perform(runtime, operation, owner="task-2")
     assert early.value.delay is not None
     assert early.value.delay == pytest.approx(SETTLE - (time.monotonic() - began), abs=0.5)
-    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+    settled_since(began)
     assert perform(runtime, operation, owner="task-3") is Outcome.RECONCILED
     assert cancels(sandbox, operation) == 1
 
@@ -120,7 +125,7 @@ def test_a_new_notification_after_an_in_doubt_dead_letter_reconciles_first(
     sandbox.set_faults()
     again = dataclasses.replace(first, source_id=random_event_id("04l"))
     runtime.store.records.mark_queued([again])  # what the fan-out does for a new notification
-    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+    settled_since(began)
     assert perform(one_try, again, owner="task-2") is Outcome.RECONCILED
     assert cancels(sandbox, first) == 1
 
@@ -231,7 +236,7 @@ def test_a_refusal_without_a_status_is_in_doubt_from_the_calls_start(
     assert state_of(runtime, operation) == "in_doubt"
     with pytest.raises(RetryLater):
         perform(runtime, operation, owner="task-2")  # too soon: settle first
-    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+    settled_since(began)
     assert perform(runtime, operation, owner="task-3") is Outcome.RECONCILED
     assert cancels(sandbox, operation) == 1
 
@@ -248,6 +253,6 @@ def test_an_unreadable_answer_to_a_sent_cancel_is_in_doubt_not_dead(
         perform(flaky, operation, owner="task-1")
     assert isinstance(later.value.error, InDoubtError)
     runtime.store.records.mark_queued([dataclasses.replace(operation, source_id="04lNEW00000001")])
-    time.sleep(max(0.0, began + SETTLE + 0.1 - time.monotonic()))
+    settled_since(began)
     assert perform(runtime, operation, owner="task-2") is Outcome.RECONCILED
     assert cancels(sandbox, operation) == 1
