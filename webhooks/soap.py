@@ -23,6 +23,9 @@ OUTBOUND = "http://soap.sforce.com/2005/09/outbound"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 CONTENT_TYPE = "text/xml; charset=utf-8"
 _ID_SHAPED = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+# Salesforce's own limit per message. What is kept of each notification is bounded by
+# `domain.notifications` (which also serves the JSON route).
+MAX_NOTIFICATIONS = 100
 
 ACK = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -61,17 +64,54 @@ def parse_outbound(body: bytes, event_id_field: str) -> OutboundMessage:
         raise MalformedRequest(
             f"the SOAP body holds no Outbound Message (<notifications> in namespace {OUTBOUND})"
         )
-    organization_id = _child_text(notifications, "OrganizationId")
-    if not organization_id:
-        raise MalformedRequest("the Outbound Message has no OrganizationId")
+    organization_id = _organization_id(notifications)
+    elements = _notification_elements(notifications)
     return OutboundMessage(
         organization_id=organization_id,
         action_id=_child_text(notifications, "ActionId") or "",
-        notifications=[
-            _notification(element, event_id_field)
-            for element in notifications.findall(f"{{{OUTBOUND}}}Notification")
-        ],
+        notifications=[_notification(element, event_id_field) for element in elements],
     )
+
+
+def _organization_id(notifications: Element) -> str:
+    """The sender's Organization ID: 15 or 18 letters and digits, as Salesforce sends it.
+    Anything else is no Outbound Message, and must not be carried any further (it would be
+    copied into every quarantine entry)."""
+    organization_id = _child_text(notifications, "OrganizationId")
+    if not organization_id:
+        raise MalformedRequest("the Outbound Message has no OrganizationId")
+    if not _ID_SHAPED.fullmatch(organization_id):
+        raise MalformedRequest(
+            f"OrganizationId {organization_id[:40]!r} is not a Salesforce ID (15 or 18 letters "
+            "and digits)"
+        )
+    return organization_id
+
+
+def _notification_elements(notifications: Element) -> list[Element]:
+    """The `Notification` elements, matched by namespace: one in another namespace means the
+    body is something else dressed as an Outbound Message, and none at all means there is
+    nothing to acknowledge; both are refused rather than silently acknowledged. At most
+    MAX_NOTIFICATIONS, Salesforce's own limit per message."""
+    elements = []
+    for child in notifications:
+        if _local(child.tag) != "Notification":
+            continue
+        if child.tag != f"{{{OUTBOUND}}}Notification":
+            raise MalformedRequest(
+                f"a <Notification> outside the Outbound Message namespace {OUTBOUND}"
+            )
+        elements.append(child)
+    if not elements:
+        raise MalformedRequest(
+            f"the Outbound Message holds no <Notification> (in namespace {OUTBOUND})"
+        )
+    if len(elements) > MAX_NOTIFICATIONS:
+        raise MalformedRequest(
+            f"{len(elements)} notifications in one message: Salesforce sends at most "
+            f"{MAX_NOTIFICATIONS}"
+        )
+    return elements
 
 
 def _notification(element: Element, event_id_field: str) -> Notification:

@@ -16,7 +16,13 @@ from worker.domain.operations import Action, Operation
 from worker.domain.salesforce_ids import canonical_id, require_prefix
 from worker.errors import InvalidSalesforceId
 
+# What a rejection may keep of a sender's text: enough to recognise it, never enough to fill
+# Redis (a message's rejections are copied to the broker and the quarantine). IDs are 18
+# characters and API names at most 40 plus a namespace; values past these are cut.
 MAX_SHOWN_VALUE = 100
+MAX_REASON = 300
+MAX_FIELD_NAME = 80
+MAX_ID_FIELDS = 10
 
 
 @dataclass(frozen=True)
@@ -132,9 +138,9 @@ def triage(
             rejection = Rejection(
                 notification_id=_shown(notification.notification_id) or "",
                 value=_shown(notification.event_id),
-                reason=str(exc),
-                sobject_type=notification.sobject_type,
-                id_fields=notification.id_fields,
+                reason=_shown(str(exc), MAX_REASON) or "",
+                sobject_type=_shown(notification.sobject_type),
+                id_fields=_kept_id_fields(notification.id_fields),
                 event_id_field=event_id_field,
                 deleted=notification.deleted,
             )
@@ -183,8 +189,18 @@ def _notification_source(notification_id: str) -> str:
         raise InvalidSalesforceId(f"notification Id: {exc}", value=exc.value) from None
 
 
-def _shown(value: str | None) -> str | None:
+def _shown(value: str | None, limit: int = MAX_SHOWN_VALUE) -> str | None:
     """The value as sent, bounded, for operators to read."""
-    if value is None or len(value) <= MAX_SHOWN_VALUE:
+    if value is None or len(value) <= limit:
         return value
-    return value[:MAX_SHOWN_VALUE] + "…"
+    return value[:limit] + "…"
+
+
+def _kept_id_fields(id_fields: dict[str, str]) -> dict[str, str]:
+    """The ID-shaped fields a replay may need, bounded in number and in name length."""
+    kept = [
+        (name, value)
+        for name, value in id_fields.items()
+        if len(name) <= MAX_FIELD_NAME and len(value) <= MAX_SHOWN_VALUE
+    ]
+    return dict(kept[:MAX_ID_FIELDS])

@@ -34,9 +34,10 @@ def canonical_id(raw: str) -> str:
     """The 18-character form of `raw`, or `InvalidSalesforceId` saying what is wrong.
 
     A 15-character ID gains its checksum. An 18-character ID must carry the checksum of its
-    first 15 characters; one whose letters were all upper- or all lower-cased in transit (a
-    spreadsheet or a case-insensitive system did it) is repaired from the checksum, since the
-    checksum records exactly which letters were upper-case.
+    first 15 characters. Two kinds of damage in transit are repaired, since the checksum
+    records exactly which letters were upper-case: all letters upper- or lower-cased (a
+    spreadsheet or a case-insensitive system did it), and the suffix alone lower-cased (the
+    suffix's alphabet is upper-case letters and digits, so its case carries nothing).
     """
     value = raw.strip()
     if _ID_15.fullmatch(value):
@@ -47,8 +48,8 @@ def canonical_id(raw: str) -> str:
             value=value,
         )
     body, suffix = value[:15], value[15:]
-    if checksum(body) == suffix:
-        return value
+    if checksum(body) == suffix.upper():
+        return body + suffix.upper()
     repaired = _repair_case(body, suffix.upper())
     if repaired is not None and (value == value.upper() or value == value.lower()):
         return repaired + suffix.upper()

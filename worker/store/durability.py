@@ -71,8 +71,9 @@ def durability_warnings(client: redis.Redis) -> list[str]:
 
     The store needs persistence (AOF) and no eviction: an evicted key is a forgotten claim,
     which is a second cancellation e-mail. Exactly-once across a Redis crash also needs each
-    claim on disk before its call (`appendfsync always`) or on a replica (`WAIT`). Managed
-    Redis may refuse CONFIG: say so, do not fail.
+    claim on disk before its call (`appendfsync always`) or on a replica (`WAIT`), and an
+    acknowledged message on disk before its Ack (`appendfsync always`: the edge does not
+    wait for replicas). Managed Redis may refuse CONFIG: say so, do not fail.
     """
     try:
         config = (
@@ -92,12 +93,19 @@ def durability_warnings(client: redis.Redis) -> list[str]:
             "Redis has appendonly=no: queued tasks and idempotency keys are lost "
             "on restart; set appendonly yes"
         )
-    elif text(config.get("appendfsync", "")) != "always" and not connected_replicas(client):
-        warnings.append(
-            f"Redis has appendfsync={text(config.get('appendfsync', ''))} and no replica: a "
-            "crash can lose the last second of claims, and a lost claim can repeat a cancel; "
-            "set appendfsync always (or add a replica, which claims then wait for)"
-        )
+    elif (fsync := text(config.get("appendfsync", ""))) != "always":
+        if connected_replicas(client):
+            warnings.append(
+                f"Redis has appendfsync={fsync}: a crash can lose the last second of "
+                "acknowledged Salesforce messages (claims wait for the replica, messages do "
+                "not); set appendfsync always"
+            )
+        else:
+            warnings.append(
+                f"Redis has appendfsync={fsync} and no replica: a crash can lose the last "
+                "second of acknowledged Salesforce messages and of claims, and a lost claim "
+                "can repeat a cancel; set appendfsync always"
+            )
     policy = text(config.get("maxmemory-policy", ""))
     if policy != "noeviction":
         warnings.append(f"Redis maxmemory-policy is {policy}: keys may be evicted; set noeviction")

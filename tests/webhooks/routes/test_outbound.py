@@ -4,6 +4,7 @@ edge published can be read back)."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import time
@@ -198,12 +199,98 @@ def test_message_with_only_invalid_or_deleted_notifications_is_still_acked(
     assert "not a Salesforce ID" in reasons[1]
 
 
-def test_message_without_notifications_is_acked_and_queues_nothing(
+NOTIFICATION = "<Notification><Id>{}</Id></Notification>"
+
+
+def message_with(inside: str, org_id: str = ORG_ID) -> bytes:
+    """An Outbound Message whose <notifications> holds `inside` after the org and action IDs."""
+    return outbound_message([(notification_id(), random_event_id())], org_id=org_id).replace(
+        b"<SessionId", inside.encode() + b"<SessionId", 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (outbound_message([]), "holds no <Notification>"),
+        (
+            outbound_message([]).replace(
+                b"</notifications>",
+                b'<x:Notification xmlns:x="urn:elsewhere"><x:Id>04l5g000000AbCdAAK</x:Id>'
+                b"</x:Notification></notifications>",
+            ),
+            "outside the Outbound Message namespace",
+        ),
+        (
+            message_with('<Notification xmlns="">' + "<Id>04l5g000000AbCdAAK</Id></Notification>"),
+            "outside the Outbound Message namespace",
+        ),
+        (
+            outbound_message([(notification_id(), random_event_id()) for _ in range(101)]),
+            "101 notifications in one message",
+        ),
+        (outbound_message([(notification_id(), random_event_id())], org_id="0" * 400_000), "not a"),
+        (outbound_message([(notification_id(), random_event_id())], org_id=ORG_ID[:14]), "not a"),
+        (outbound_message([(notification_id(), random_event_id())], org_id=ORG_ID + "E"), "not a"),
+        (
+            outbound_message([(notification_id(), random_event_id())], org_id=ORG_ID[:14] + "!"),
+            "not",
+        ),
+    ],
+    ids=[
+        "no-notifications",
+        "foreign-namespace-only",
+        "foreign-beside-valid",
+        "101-notifications",
+        "400k-org-id",
+        "14-char-org-id",
+        "16-char-org-id",
+        "org-id-not-alphanumeric",
+    ],
+)
+def test_what_is_no_outbound_message_is_refused_not_acknowledged(
+    client: FlaskClient, idle_redis: redis.Redis, body: bytes, says: str
+) -> None:
+    response = post(client, body)
+    assert response.status_code == 400
+    assert b"soapenv:Client" in response.data
+    assert says in html.unescape(response.get_data(as_text=True))
+    assert published(idle_redis) == []
+
+
+def test_a_message_of_100_notifications_is_queued_whole(
     client: FlaskClient, idle_redis: redis.Redis
 ) -> None:
-    response = post(client, outbound_message([]))
+    pairs = [(notification_id(), random_event_id()) for _ in range(100)]
+    response = post(client, outbound_message(pairs))
     assert response.status_code == 200
-    assert published(idle_redis) == []
+    [batch] = published(idle_redis)
+    assert len(batch["operations"]) == 100
+
+
+def test_what_a_rejection_keeps_of_hostile_values_is_bounded(
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
+    fields = "".join(f"<sf:F{i}__c>{random_event_id('001')}</sf:F{i}__c>" for i in range(500))
+    huge = "x" * 50_000
+    body = outbound_message([(huge, huge)], sobject_type="T" * 50_000).replace(
+        b"<sf:Subject>",
+        fields.encode()
+        + b"<sf:"
+        + b"N" * 5000
+        + b">0011I000003qqqEAAQ"
+        + b"</sf:"
+        + b"N" * 5000
+        + b"><sf:Subject>",
+    )
+    response = post(client, body)
+    assert response.status_code == 200
+    [batch] = published(idle_redis)
+    [rejection] = batch["rejections"]
+    assert len(json.dumps(rejection)) < 2000
+    assert len(rejection["id_fields"]) == 10
+    assert rejection["value"].startswith("xxx")
+    assert rejection["sobject_type"].startswith("TTT")
 
 
 XXE = (

@@ -33,9 +33,22 @@ def test_wholesale_recased_18_char_id_is_repaired(expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("00U5g00000MnOpQeav", "00U5g00000MnOpQEAV"),  # the whole suffix
+        ("00De0000000pmu1eAa", "00De0000000pmu1EAA"),  # part of it
+        ("70130000001tcyIaaq", "70130000001tcyIAAQ"),
+    ],
+)
+def test_18_char_id_whose_suffix_alone_was_lower_cased_is_repaired(raw: str, expected: str) -> None:
+    assert canonical_id(raw) == expected
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         "00De0000000pmu1EAB",  # wrong checksum
+        "00De0000000pmu1eab",  # suffix re-cased and wrong
         "00DE0000000pmu1EAA",  # one letter re-cased: ambiguous, not repairable
         "04le0000004lnFFAAZ",  # the corrupted notification Id of the perl fixture
         "someOrganizationId",  # the guardian fixture's placeholder: 18 letters, no checksum
