@@ -16,6 +16,7 @@ from webhooks.routes import admin, events, health, openapi, outbound
 from worker.errors import ConfigError
 from worker.settings import Settings, load_settings
 from worker.store.connection import redis_client
+from worker.store.ingests import Ingests
 from worker.tasks.app import make_celery
 
 
@@ -34,11 +35,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     app = Flask("webhooks")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    client = redis_client(settings.redis_url)
     shared = Edge(
         settings=settings,
         celery=make_celery(settings),
-        redis=redis_client(settings.redis_url),
+        redis=client,
         metrics=edge_metrics(),
+        ingests=Ingests(client, settings.notification_ttl_seconds),
     )
     shared.install(app)
     logging.getLogger("webhooks").setLevel(logging.INFO)

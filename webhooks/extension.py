@@ -11,18 +11,21 @@ from flask import Flask, current_app
 
 from webhooks.metrics import EdgeMetrics
 from worker.settings import Settings
+from worker.store.ingests import Ingests
 
 _NAME = "crmhook"
 
 
 @dataclass(frozen=True)
 class Edge:
-    """What the views share: settings, the broker (via Celery), the store's Redis, metrics."""
+    """What the views share: settings, the broker (via Celery), the store's Redis, metrics,
+    and the record of inbound messages kept until their fan-out ran."""
 
     settings: Settings
     celery: Celery
     redis: redis.Redis
     metrics: EdgeMetrics
+    ingests: Ingests
 
     def install(self, app: Flask) -> None:
         app.extensions[_NAME] = self

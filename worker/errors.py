@@ -10,6 +10,8 @@
     │   │   └── InsufficientScope    403: an admin token whose scope does not allow this
     │   ├── NotFound                 404: nothing recorded under that key or ID
     │   ├── PayloadTooLarge          413: body over the configured bound
+    │   ├── IdempotencyKeyInUse      409: the first request under this Idempotency-Key is at work
+    │   ├── IdempotencyKeyReused     422: an Idempotency-Key already used with another body
     │   └── MalformedRequest         400: not XML, hostile XML, not an Outbound Message, bad JSON
     ├── InvalidSalesforceId          an ID that is not one, or not one we accept (also ValueError)
     ├── QueueUnavailable             Redis or the broker did not take the work: answer 503
@@ -86,6 +88,20 @@ class NotFound(IngressError):
 
 class PayloadTooLarge(IngressError):
     status = 413
+
+
+class IdempotencyKeyInUse(IngressError):
+    """The first request under this `Idempotency-Key` is still being handled: retry the same
+    request later, unchanged (the IETF draft's 409)."""
+
+    status = 409
+
+
+class IdempotencyKeyReused(IngressError):
+    """This `Idempotency-Key` went with another body: a new request needs a new key (the
+    IETF draft's 422)."""
+
+    status = 422
 
 
 class MalformedRequest(IngressError):

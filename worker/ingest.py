@@ -7,6 +7,8 @@
 
 A crash between the two is safe: the fan-out message is acknowledged only after it ran, and a
 redelivered fan-out re-queues what it had claimed (the claim in `effects` absorbs duplicates).
+A fan-out message the broker lost is published again from the store's copy of the batch
+(`store.ingests`), under the same ingest ID.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def fan_out(
     fresh = store.records.first_sightings(batch.operations, ingest_id)
     store.records.mark_queued(fresh)
     publish(fresh)
+    store.ingests.forget(ingest_id)
     skipped = len(batch.operations) - len(fresh)
     if skipped:
         log.info("skipped %d notification(s) already queued", skipped)

@@ -2,21 +2,24 @@
 
 One event `{"action": "cancel", "crmEventId": "00U…"}` or `{"events": [...]}` (at most 100),
 `Authorization: Bearer <secret>`, optional `Idempotency-Key`. Answers 202 with an outcome per
-event: queued, duplicate (earlier in this request, or the whole request under a reused
-`Idempotency-Key`) or rejected with the reason. Events go through the same triage as
-Outbound Messages; an item that is no event at all is rejected before it, alone.
+event: queued, duplicate (earlier in this request) or rejected with the reason. Events go
+through the same triage as Outbound Messages; an item that is no event at all is rejected
+before it, alone.
+
+Under an `Idempotency-Key` (the IETF httpapi draft, see `worker.store.idempotency`), the same
+key with the same body answers the first answer again, status and body, with no new publish;
+with another body 422; while the first request is still being handled 409. Keys are the
+caller's own: two tokens' equal keys never meet.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import uuid
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
 from webhooks.auth import bearer, verify_token
 from webhooks.body import read_json
@@ -24,45 +27,71 @@ from webhooks.errors import answer_in_json
 from webhooks.extension import edge
 from webhooks.schemas import Event, EventBatch, InvalidEvent, parse
 from worker.domain.notifications import Disposition, Notification, Verdict, triage
-from worker.errors import MalformedRequest, QueueUnavailable
+from worker.errors import MalformedRequest
 from worker.ingest import Batch
-from worker.store import keys
+from worker.store import idempotency
+from worker.store.idempotency import API_SENDER, Answer, Idempotency
 from worker.tasks.publish import submit
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("events", __name__)
 answer_in_json(blueprint)
 MAX_IDEMPOTENCY_KEY = 200
-API_SENDER = "api"
+ACCEPTED = 202
 
 
 @blueprint.post("/v1/events")
-def receive() -> tuple[Response, int]:
+def receive() -> Response:
     current = edge()
     settings = current.settings
-    verify_token(bearer(request.headers.get("Authorization")), settings.webhook_tokens)
-    batch = parse(EventBatch, read_json())
+    matched = verify_token(bearer(request.headers.get("Authorization")), settings.webhook_tokens)
+    document = read_json()
+    batch = parse(EventBatch, document)
     idempotency_key = _idempotency_key()
+    if idempotency_key is None:
+        return _shown_as_json(_accept(batch, f"{API_SENDER}:{uuid.uuid4().hex}"))
 
+    token = settings.webhook_tokens[matched].get_secret_value()
+    source = idempotency.source_id(token, idempotency_key)
+    records = Idempotency(current.redis, settings.get_key_ttl_seconds)
+    held = records.begin(source, _fingerprint(document))
+    if isinstance(held, Answer):
+        log.info("events: the first answer again, for a reused Idempotency-Key")
+        return _shown_as_json(held)
+    try:
+        answer = _accept(batch, source)
+    except Exception:
+        # Not accepted after all (the broker refused, or worse): give the key back so that
+        # the caller's retry goes through. Had the events reached the broker, the retry's
+        # copy is deduped by the fan-out, on this same source ID.
+        try:
+            records.release(held)
+        except redis.RedisError:
+            log.warning("events: could not give an Idempotency-Key back; it runs out by itself")
+        raise
+    try:
+        if not records.settle(held, answer):
+            log.warning("events: a later request under the same Idempotency-Key recorded first")
+    except redis.RedisError as exc:
+        # The events are in the broker: say so. The claim runs out, and a retry publishes
+        # again, which the fan-out dedupes.
+        log.warning("events: queued, but the Idempotency-Key's answer was not recorded: %s", exc)
+    return _shown_as_json(answer)
+
+
+def _accept(batch: EventBatch, source_id: str) -> Answer:
+    """Triage `batch`, hand its operations to the broker and say what became of each event."""
+    current = edge()
     events = [item for item in batch.events if isinstance(item, Event)]
     triaged = triage(
         [Notification("", event.crm_event_id, action=event.action) for event in events],
         None,
-        settings.salesforce_id_prefixes,
-        source_id=f"{API_SENDER}:{idempotency_key or uuid.uuid4().hex}",
+        current.settings.salesforce_id_prefixes,
+        source_id=source_id,
     )
-    operations = triaged.operations
     verdicts = _in_order(batch.events, triaged.verdicts)
-    if operations and idempotency_key and not _first_use(idempotency_key):
-        verdicts = [_as_repeated(verdict) for verdict in verdicts]
-        operations = []
-    try:
-        with current.metrics.enqueue_seconds.time():
-            submit(current.celery, Batch(API_SENDER, operations))
-    except QueueUnavailable:
-        if idempotency_key:  # not accepted after all: let the caller's retry through
-            _forget(idempotency_key)
-        raise
+    with current.metrics.enqueue_seconds.time():
+        submit(current.celery, Batch(API_SENDER, triaged.operations), current.ingests)
 
     results = [_shown(index, verdict) for index, verdict in enumerate(verdicts)]
     for result in results:
@@ -74,7 +103,12 @@ def receive() -> tuple[Response, int]:
         for kind in Disposition
     }
     log.info("events: %(queued)d queued, %(duplicate)d duplicate, %(rejected)d rejected", counts)
-    return jsonify({"results": results, **counts}), 202
+    return Answer(ACCEPTED, current_app.json.dumps({"results": results, **counts}))
+
+
+def _shown_as_json(answer: Answer) -> Response:
+    """One way to write an answer, so that a replayed one is the first, byte for byte."""
+    return Response(answer.body, status=answer.status, mimetype="application/json")
 
 
 def _in_order(items: list[Event | InvalidEvent], verdicts: list[Verdict]) -> list[Verdict]:
@@ -86,13 +120,6 @@ def _in_order(items: list[Event | InvalidEvent], verdicts: list[Verdict]) -> lis
         else Verdict(Disposition.REJECTED, reason=item.reason)
         for item in items
     ]
-
-
-def _as_repeated(verdict: Verdict) -> Verdict:
-    """The verdict under a reused `Idempotency-Key`: what would be queued was queued before."""
-    if verdict.disposition is not Disposition.QUEUED:
-        return verdict
-    return dataclasses.replace(verdict, disposition=Disposition.DUPLICATE)
 
 
 def _shown(index: int, verdict: Verdict) -> dict[str, Any]:
@@ -115,19 +142,8 @@ def _idempotency_key() -> str | None:
     return key or None
 
 
-def _first_use(key: str) -> bool:
-    """Record `key` for the retention window; False if a request already used it."""
-    current = edge()
+def _fingerprint(document: Any) -> str:
     try:
-        return bool(
-            current.redis.set(
-                keys.idempotency(key), "1", nx=True, ex=current.settings.get_key_ttl_seconds
-            )
-        )
-    except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis did not answer: {exc}") from exc
-
-
-def _forget(key: str) -> None:
-    with contextlib.suppress(redis.RedisError):
-        edge().redis.delete(keys.idempotency(key))
+        return idempotency.fingerprint(document)
+    except RecursionError:  # read, but too deep to write out again
+        raise MalformedRequest("body nests too deeply to be read") from None

@@ -99,6 +99,14 @@ _UNAVAILABLE = _error(
     "Retry-After",
 )
 _TOO_LARGE = _error("body larger than MAX_BODY_BYTES")
+_IDEMPOTENCY_KEY = (
+    "Printable, at most 200 characters; optional (IETF draft-ietf-httpapi-idempotency-key-header). "
+    "Scoped to the caller's token and bound to the body (its JSON, whatever the key order or "
+    "spacing). The first answer is recorded once the events are in the broker and kept "
+    "GET_KEY_TTL_SECONDS (72 h by default): the same key with the same body answers it again, "
+    "status and body, and queues nothing more; with another body 422; while the first request "
+    "is still being handled 409. A request refused with 503 recorded nothing: retry it as is."
+)
 _READ = {
     "400": _error("a malformed parameter"),
     "401": _UNAUTHORIZED,
@@ -306,15 +314,29 @@ DOCUMENT: dict[str, Any] = {
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
+                        "description": _IDEMPOTENCY_KEY,
                         "schema": {"type": "string", "maxLength": 200},
                     }
                 ],
                 "requestBody": _body("EventsRequest"),
                 "responses": {
-                    **_ok("an outcome per event", "EventsResponse", "202"),
-                    "400": _error("not JSON, or not an event list"),
+                    **_ok(
+                        "an outcome per event; under a reused Idempotency-Key with the same "
+                        "body, the first answer again, unchanged",
+                        "EventsResponse",
+                        "202",
+                    ),
+                    "400": _error("not JSON, or not an event list, or a malformed Idempotency-Key"),
                     "401": _UNAUTHORIZED,
+                    "409": _error(
+                        "the first request under this Idempotency-Key is still being handled: "
+                        "retry the same request later"
+                    ),
                     "413": _TOO_LARGE,
+                    "422": _error(
+                        "this Idempotency-Key was used with another body: a new request needs "
+                        "a new key"
+                    ),
                     "503": _UNAVAILABLE,
                 },
             }

@@ -49,6 +49,7 @@ def receive(action: str) -> Response:
         submit(
             current.celery,
             Batch(message.organization_id, result.operations, result.rejections, action=chosen),
+            current.ingests,
         )
     current.metrics.notifications.labels(chosen.value, "queued").inc(len(result.operations))
     current.metrics.notifications.labels(chosen.value, "rejected").inc(len(result.rejections))

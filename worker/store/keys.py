@@ -10,9 +10,11 @@ and are kept beside the records, never inside a script.
     crmhook:op:{cancel:00U…EAV}:audit       what operators did to it (list)
     crmhook:event:{00U…EAV}                 keys of every operation of one event (set)
     crmhook:seen:{04l…}:cancel:00U…EAV      a notification already queued (string)
-    crmhook:idempotency:{sha256}            an `Idempotency-Key` already used (string)
+    crmhook:idempotency:{sha256}            an `Idempotency-Key`: claim, then answer (string)
     crmhook:{chilipiper}:limiter|paused_until|breaker[:window]   shared by every worker
     crmhook:pending  crmhook:dead  crmhook:scheduled  crmhook:quarantine   (sorted sets)
+    crmhook:ingests                         ingest IDs by when last published (sorted set)
+    crmhook:dead:cancel|noshow|get          dead letters of one action (sorted set)
     crmhook:audit                           the audit stream
     crmhook:migrations                      one-off migrations already applied (hash)
 """
@@ -30,6 +32,7 @@ PENDING = f"{PREFIX}:pending"
 DEAD_LETTERS = f"{PREFIX}:dead"
 SCHEDULE = f"{PREFIX}:scheduled"
 QUARANTINE = f"{PREFIX}:quarantine"
+INGESTS = f"{PREFIX}:ingests"
 AUDIT_STREAM = f"{PREFIX}:audit"
 MIGRATIONS = f"{PREFIX}:migrations"
 
@@ -62,6 +65,12 @@ def action_of(key: str) -> Action | None:
         return None
 
 
+def dead_letters_of(action: Action) -> str:
+    """Dead letters of one action, kept beside `DEAD_LETTERS`, so that a listing filtered by
+    action pages inside Redis instead of filtering the whole index in Python."""
+    return f"{DEAD_LETTERS}:{action.value}"
+
+
 def sources(record: str) -> str:
     return f"{record}:sources"
 
@@ -81,6 +90,12 @@ def seen(op: Operation) -> str:
     return f"{PREFIX}:seen:{{{op.source_id}}}:{op.action}:{op.crm_event_id}"
 
 
-def idempotency(idempotency_key: str) -> str:
-    """An API caller's `Idempotency-Key`, hashed: its text is the caller's, of any shape."""
-    return f"{PREFIX}:idempotency:{{{hashlib.sha256(idempotency_key.encode()).hexdigest()}}}"
+def idempotency(scoped_key: str) -> str:
+    """The record of an API caller's `Idempotency-Key`, named by the key within its caller's
+    scope (`store.idempotency.source_id`), hashed: a fixed length whatever the caller sent."""
+    return f"{PREFIX}:idempotency:{{{hashlib.sha256(scoped_key.encode()).hexdigest()}}}"
+
+
+def ingest(ingest_id: str) -> str:
+    """One inbound message's batch, kept until its fan-out has queued it (`store.ingests`)."""
+    return f"{PREFIX}:ingest:{{{ingest_id}}}"

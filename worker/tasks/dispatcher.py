@@ -4,7 +4,8 @@ re-enqueues operations whose message the broker lost.
 Long retries wait in Redis by due time (see `store.schedule`); this thread enqueues them
 when due. The same thread sweeps the store's index of unsettled operations: one still
 queued, retrying or in doubt (or running on an expired lease) long after it was last
-enqueued (REQUEUE_AFTER_SECONDS) lost its message somewhere, and is enqueued again. The
+enqueued (REQUEUE_AFTER_SECONDS) lost its message somewhere, and is enqueued again; so is
+an acknowledged inbound message whose fan-out has not run by then (`store.ingests`). The
 store, not the broker, is the record of what must still happen.
 
 At start it also applies the store's pending one-off migrations, in a thread of their own:
@@ -19,7 +20,7 @@ from typing import Any
 
 from worker.domain.retry_policy import backoff
 from worker.store import migrations
-from worker.tasks.publish import publish
+from worker.tasks.publish import publish, publish_again
 from worker.tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,19 @@ class Dispatcher(threading.Thread):
         return len(due)
 
     def requeue_stale(self) -> int:
-        """Enqueue again the unsettled operations whose message seems lost."""
-        stale = self._runtime.store.pending.stale(self._runtime.settings.requeue_after_seconds)
+        """Enqueue again the unsettled operations, and publish again the fan-outs, whose
+        message seems lost."""
+        older_than = self._runtime.settings.requeue_after_seconds
+        unfinished = self._runtime.store.ingests.unfinished(older_than)
+        for ingest_id, message in unfinished:
+            publish_again(self._app, ingest_id, message)
+        if unfinished:
+            log.warning("published again %d fan-out(s) whose message was lost", len(unfinished))
+        stale = self._runtime.store.pending.stale(older_than)
         publish(self._app, stale)
         if stale:
             log.warning("re-enqueued %d operation(s) whose message was lost", len(stale))
-        return len(stale)
+        return len(unfinished) + len(stale)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -4,7 +4,9 @@ it means for them (the edge answers 503, a task retries, the dispatcher tries ne
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from celery import Celery
@@ -13,6 +15,7 @@ from kombu.exceptions import KombuError, OperationalError
 from worker.domain.operations import Operation
 from worker.errors import QueueUnavailable
 from worker.ingest import Batch
+from worker.store.ingests import Ingests
 
 FAN_OUT_TASK = "crmhook.fan_out"
 PERFORM_TASK = "crmhook.perform"
@@ -21,13 +24,34 @@ PERFORM_TASK = "crmhook.perform"
 BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
 
 
-def submit(app: Celery, batch: Batch) -> None:
+def submit(app: Celery, batch: Batch, ingests: Ingests | None = None) -> None:
     """Hand one inbound message's work to the broker as ONE fan-out task (one publish per
-    message, not one per notification, so the edge answers in milliseconds)."""
+    message, not one per notification, so the edge answers in milliseconds).
+
+    The batch is first recorded in the store (`store.ingests`, one pipelined round trip), so
+    that a fan-out message the broker loses after the Ack is published again. A publish that
+    fails takes the record back: the caller is told 503 and sends again."""
     if not batch.operations and not batch.rejections:
         return
+    message = batch.to_message()
     try:
-        app.send_task(FAN_OUT_TASK, args=[batch.to_message()])
+        ingest_id = ingests.record(message) if ingests is not None else None
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis did not record the message: {exc}") from exc
+    try:
+        app.send_task(FAN_OUT_TASK, args=[message], task_id=ingest_id)
+    except BROKER_ERRORS as exc:
+        if ingests is not None and ingest_id is not None:
+            with contextlib.suppress(redis.RedisError):
+                ingests.forget(ingest_id)
+        raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
+
+
+def publish_again(app: Celery, ingest_id: str, message: dict[str, Any]) -> None:
+    """Publish a recorded fan-out again, under its ingest ID (the sweeper's remedy for a
+    fan-out message the broker lost)."""
+    try:
+        app.send_task(FAN_OUT_TASK, args=[message], task_id=ingest_id)
     except BROKER_ERRORS as exc:
         raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
 

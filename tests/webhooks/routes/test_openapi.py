@@ -109,3 +109,16 @@ def test_operation_times_are_documented_as_epoch_seconds(api: Flask) -> None:
     for moment in ("created_at", "updated_at", "succeeded_at", "replayed_at", "lease_until"):
         assert properties[moment] == {"type": "number", "description": "epoch seconds"}
     assert properties["attempts"] == properties["token"] == {"type": "string"}
+
+
+def test_the_idempotency_key_and_its_refusals_are_documented(api: Flask) -> None:
+    document = api.test_client().get("/openapi.json").get_json()
+    events = document["paths"]["/v1/events"]["post"]
+    [header] = [p for p in events["parameters"] if p["name"] == "Idempotency-Key"]
+    assert header["in"] == "header"
+    assert header["schema"]["maxLength"] == 200
+    for promise in ("Scoped to the caller's token", "422", "409", "GET_KEY_TTL_SECONDS"):
+        assert promise in header["description"]
+    assert {"202", "400", "401", "409", "413", "422", "503"} <= set(events["responses"])
+    assert "still being handled" in events["responses"]["409"]["description"]
+    assert "another body" in events["responses"]["422"]["description"]
