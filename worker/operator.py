@@ -36,6 +36,8 @@ from worker.tasks.publish import publish, submit
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.I)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Bulk replays read, reopen and publish this many at a time: memory stays one page.
+REPLAY_PAGE = 100
 
 
 class Outcome(StrEnum):
@@ -133,15 +135,25 @@ class Operator:
     def failed(
         self, filters: Filters = Filters(), *, offset: int = 0, limit: int = 100
     ) -> tuple[list[dict[str, Any]], int]:
-        """A page of dead letters, newest first, and how many match in all."""
-        entries = self.store.dead_letters.since(filters.since, filters.action)
-        page = entries[offset : offset + limit]
-        records = self.store.records.read_many([key for key, _ in page])
-        shown = []
-        for (_key, failed_at), record in zip(page, records, strict=True):
-            if record is not None:  # expired since: its retention ran out
-                shown.append({**record, "failed_at": failed_at})
-        return shown, len(entries)
+        """A page of dead letters, newest first, and how many match in all.
+
+        The page is read in Redis. An entry whose record has expired (its retention ran out)
+        is taken out of the index as it is met, and the page is filled from the entries
+        behind it, so the page holds `limit` records when there are that many and the next
+        one starts at `offset + limit`."""
+        dead_letters = self.store.dead_letters
+        shown: list[dict[str, Any]] = []
+        while len(shown) < limit:
+            wanted = limit - len(shown)
+            page = dead_letters.page(
+                filters.since, filters.action, offset=offset + len(shown), limit=wanted
+            )
+            live, expired = self._dead_records(page)
+            shown += [{**record, "failed_at": failed_at} for failed_at, record in live]
+            forgotten = dead_letters.forget(expired) if expired else 0
+            if len(page) < wanted or not forgotten:
+                break
+        return shown, dead_letters.count(filters.since, filters.action)
 
     def audit_log(
         self, *, limit: int = 100, before: str | None = None
@@ -162,21 +174,14 @@ class Operator:
         """Replay operation keys or event IDs (every operation of the event).
 
         Records are reopened one by one; the tasks are then published over one connection
-        and audited in one round trip. Should the publish fail, the reopened records are in
-        the store's pending index, and the lost-message sweeper enqueues them later.
+        and audited in one round trip (`_enqueue_replays`).
         """
-        results: list[Result] = []
-        queued: list[tuple[Operation, AuditEntry]] = []
-        for target in targets:
-            for result, reopened in self._replay_target(target, force=force, dry_run=dry_run):
-                results.append(result)
-                if reopened is not None:
-                    queued.append(reopened)
-                if progress is not None:
-                    progress(result)
-        self._audit([entry for _, entry in queued])
-        publish(self._app, [operation for operation, _ in queued])
-        return results
+        decided = (
+            decision
+            for target in targets
+            for decision in self._replay_target(target, force=force, dry_run=dry_run)
+        )
+        return self._enqueue_replays(decided, progress)
 
     def replay_failed(
         self,
@@ -184,10 +189,57 @@ class Operator:
         *,
         dry_run: bool = False,
         progress: Progress | None = None,
+        page: int = REPLAY_PAGE,
     ) -> list[Result]:
-        """Replay every dead letter that `filters` match."""
-        dead = self.store.dead_letters.since(filters.since, filters.action)
-        return self.replay([key for key, _ in dead], dry_run=dry_run, progress=progress)
+        """Replay every dead letter that `filters` match, `page` at a time: each page is
+        reopened, published and audited before the next is read (see `paging` for why the
+        walk neither skips nor repeats while replayed ones leave the index). Dead letters
+        that fail again meanwhile are indexed anew, newer than the walk: not replayed twice.
+        An entry whose record has expired is forgotten, not reported (a dry run leaves it)."""
+        results: list[Result] = []
+        for entries in self.store.dead_letters.walk(filters.since, filters.action, page=page):
+            live, expired = self._dead_records(entries)
+            if expired and not dry_run:
+                self.store.dead_letters.forget(expired)
+            decided = (
+                self._replay_record(record, force=False, dry_run=dry_run) for _, record in live
+            )
+            results += self._enqueue_replays(decided, progress)
+        return results
+
+    def _dead_records(
+        self, entries: Sequence[tuple[str, float]]
+    ) -> tuple[list[tuple[float, dict[str, Any]]], list[tuple[str, float]]]:
+        """(failed at, record) of the dead letters whose record exists, and the entries
+        whose record has expired."""
+        records = self.store.records.read_many([key for key, _ in entries])
+        live, expired = [], []
+        for (key, failed_at), record in zip(entries, records, strict=True):
+            if record is None:
+                expired.append((key, failed_at))
+            else:
+                live.append((failed_at, record))
+        return live, expired
+
+    def _enqueue_replays(
+        self,
+        decided: Iterable[tuple[Result, tuple[Operation, AuditEntry] | None]],
+        progress: Progress | None,
+    ) -> list[Result]:
+        """Report each decision, then audit and publish the reopened ones in one round trip
+        each. Should the publish fail, the reopened records are in the store's pending
+        index, and the lost-message sweeper enqueues them later."""
+        results: list[Result] = []
+        queued: list[tuple[Operation, AuditEntry]] = []
+        for result, reopened in decided:
+            results.append(result)
+            if reopened is not None:
+                queued.append(reopened)
+            if progress is not None:
+                progress(result)
+        self._audit([entry for _, entry in queued])
+        publish(self._app, [operation for operation, _ in queued])
+        return results
 
     def _replay_target(
         self, target: str, *, force: bool, dry_run: bool
@@ -227,12 +279,32 @@ class Operator:
     # --- the quarantine -------------------------------------------------------------------
 
     def replay_quarantined(
-        self, *, dry_run: bool = False, progress: Progress | None = None
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        page: int = REPLAY_PAGE,
     ) -> list[Result]:
         """Judge every quarantined notification again under today's settings; queue those
-        that pass (as a new delivery would be) and release them from the quarantine."""
+        that pass (as a new delivery would be) and release them from the quarantine.
+
+        A page at a time: each is judged, submitted, released and audited before the next
+        is read. Those that still fail stay where they are and those that pass leave, so
+        the walk goes by score, not rank (see `paging`); rejections that arrive meanwhile
+        are newer than the walk and wait for the next replay."""
+        results: list[Result] = []
+        for entries in self.store.quarantine.walk(page=page):
+            judged = self._judge_quarantined(entries, dry_run=dry_run)
+            for result in judged:
+                if progress is not None:
+                    progress(result)
+            results += judged
+        return results
+
+    def _judge_quarantined(self, entries: list[dict[str, Any]], *, dry_run: bool) -> list[Result]:
+        """One page of the quarantine: judged, and (unless `dry_run`) the passing ones
+        submitted per organization and action, released and audited."""
         settings = self.settings
-        entries = self.store.quarantine.list(limit=self.store.quarantine.count() or 1)
         batches: dict[tuple[str, str], list[tuple[dict[str, Any], Operation]]] = {}
         results: list[Result] = []
         for entry in entries:
@@ -256,7 +328,11 @@ class Operator:
         for (organization_id, action_name), pairs in batches.items():
             operations = [operation for _, operation in pairs]
             if not dry_run:
-                submit(self._app, Batch(organization_id, operations, action=Action(action_name)))
+                submit(
+                    self._app,
+                    Batch(organization_id, operations, action=Action(action_name)),
+                    self.store.ingests,
+                )
                 self.store.quarantine.release(entry["entry"] for entry, _ in pairs)
             outcome = Outcome.WOULD_QUEUE if dry_run else Outcome.QUEUED
             for entry, operation in pairs:
@@ -271,9 +347,6 @@ class Operator:
                     if r.outcome is Outcome.QUEUED
                 ]
             )
-        if progress is not None:
-            for result in results:
-                progress(result)
         return results
 
     # --- manual tasks ---------------------------------------------------------------------
@@ -292,7 +365,7 @@ class Operator:
             operation = Operation(chosen, event_id, source)
             operations.append(operation)
             results.append(Result(event_id, Outcome.QUEUED, chosen.tool, keys.operation(operation)))
-        submit(self._app, Batch(source.split(":", 1)[0], operations))
+        submit(self._app, Batch(source.split(":", 1)[0], operations), self.store.ingests)
         self._audit(
             [AuditEntry(self.actor, "enqueue", keys.operation(op), "queued") for op in operations]
         )

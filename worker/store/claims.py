@@ -239,7 +239,7 @@ class Claims:
             if dead or state is State.SUCCEEDED:
                 self._pending.remove(pipe, key)
             if dead:
-                self._dead_letters.add(pipe, key)
+                self._dead_letters.add(pipe, key, keep_seconds=self._retention.longest_seconds)
             elif state is State.SUCCEEDED:
                 self._dead_letters.remove(pipe, key)
             pipe.execute()

@@ -10,6 +10,11 @@ old workers wrote meanwhile).
    reads the event ID of each record and writes only to the index, never to the record, so
    it cannot bring back a record that expires meanwhile. It scans the keyspace once; on Redis
    Cluster, run `crmhook migrate` against each primary (a SCAN sees one node).
+2. `dead-letter-actions`: the per-action indexes of dead letters are built from the index of
+   all, each entry with its score; entries whose record has expired are dropped from the
+   index of all instead. An entry that is not (or no longer) in the index of all, replayed
+   while it was copied or by a worker of the older version (`--again`), is taken out of its
+   action's index, so the two agree.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
+from worker.domain.operations import Action
 from worker.store import keys
 from worker.store.connection import text
+from worker.store.dead_letters import DeadLetters
 from worker.store.records import Records
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,52 @@ def index_events(client: redis.Redis, records: Records) -> int:
     return indexed
 
 
-MIGRATIONS: dict[str, Callable[[redis.Redis, Records], int]] = {"event-index": index_events}
+def index_dead_letters_by_action(client: redis.Redis, _records: Records) -> int:
+    """Copy every dead letter whose record still exists into its action's index, keeping
+    its score (when it failed). Returns how many it indexed."""
+    dead_letters = DeadLetters(client)
+    indexed = 0
+    scanned = client.zscan_iter(keys.DEAD_LETTERS, count=SCAN_BATCH)
+    for batch in _batches_of_entries(scanned):
+        exists = client.pipeline(transaction=False)
+        for key, _ in batch:
+            exists.exists(key)
+        found = exists.execute()
+        live = [entry for entry, there in zip(batch, found, strict=True) if there]
+        dead_letters.forget([entry for entry, there in zip(batch, found, strict=True) if not there])
+        copy = client.pipeline(transaction=False)
+        for key, failed_at in live:
+            action = keys.action_of(key)
+            if action is not None:  # never otherwise: only operation keys are indexed
+                copy.zadd(keys.dead_letters_of(action), {key: failed_at}, nx=True)
+                indexed += 1
+        copy.execute()
+        # Replayed while we copied: out of the index of all, so out of its action's too.
+        indexed -= _forget_unlisted(client, dead_letters, live)
+    for action in Action:  # what workers of the older version took out of the index of all
+        scanned = client.zscan_iter(keys.dead_letters_of(action), count=SCAN_BATCH)
+        for batch in _batches_of_entries(scanned):
+            _forget_unlisted(client, dead_letters, batch)
+    return indexed
+
+
+def _forget_unlisted(
+    client: redis.Redis, dead_letters: DeadLetters, entries: list[tuple[str, float]]
+) -> int:
+    """Take out of their action's index the `entries` no longer in the index of all (unless
+    failed again meanwhile, with a new score). Returns how many were not listed."""
+    check = client.pipeline(transaction=False)
+    for key, _ in entries:
+        check.zscore(keys.DEAD_LETTERS, key)
+    gone = [entry for entry, score in zip(entries, check.execute(), strict=True) if score is None]
+    dead_letters.forget(gone)
+    return len(gone)
+
+
+MIGRATIONS: dict[str, Callable[[redis.Redis, Records], int]] = {
+    "event-index": index_events,
+    "dead-letter-actions": index_dead_letters_by_action,
+}
 
 
 def pending(client: redis.Redis) -> list[str]:
@@ -68,6 +120,19 @@ def _batches(items: Iterable[str]) -> Iterator[list[str]]:
     batch: list[str] = []
     for item in items:
         batch.append(text(item))
+        if len(batch) == SCAN_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _batches_of_entries(
+    entries: Iterable[tuple[bytes | str, float]],
+) -> Iterator[list[tuple[str, float]]]:
+    batch: list[tuple[str, float]] = []
+    for member, score in entries:
+        batch.append((text(member), float(score)))
         if len(batch) == SCAN_BATCH:
             yield batch
             batch = []

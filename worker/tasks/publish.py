@@ -24,7 +24,7 @@ PERFORM_TASK = "crmhook.perform"
 BROKER_ERRORS = (OperationalError, KombuError, redis.RedisError, OSError)
 
 
-def submit(app: Celery, batch: Batch, ingests: Ingests | None = None) -> None:
+def submit(app: Celery, batch: Batch, ingests: Ingests) -> None:
     """Hand one inbound message's work to the broker as ONE fan-out task (one publish per
     message, not one per notification, so the edge answers in milliseconds).
 
@@ -35,15 +35,14 @@ def submit(app: Celery, batch: Batch, ingests: Ingests | None = None) -> None:
         return
     message = batch.to_message()
     try:
-        ingest_id = ingests.record(message) if ingests is not None else None
+        ingest_id = ingests.record(message)
     except redis.RedisError as exc:
         raise QueueUnavailable(f"Redis did not record the message: {exc}") from exc
     try:
         app.send_task(FAN_OUT_TASK, args=[message], task_id=ingest_id)
     except BROKER_ERRORS as exc:
-        if ingests is not None and ingest_id is not None:
-            with contextlib.suppress(redis.RedisError):
-                ingests.forget(ingest_id)
+        with contextlib.suppress(redis.RedisError):
+            ingests.forget(ingest_id)
         raise QueueUnavailable(f"the broker did not take the message: {exc}") from exc
 
 

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from tests.conftest import random_event_id
 from webhooks import create_app
+from worker.domain.notifications import Rejection
 from worker.domain.operations import Action, Operation, State
 from worker.settings import Settings
 from worker.store import Store, keys
@@ -133,6 +134,45 @@ def test_failed_filters_by_action_and_time(admin: FlaskClient, store: Store) -> 
     assert [item["key"] for item in page["items"]] == [keys.operation(noshow)]
     future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
     assert admin.get(f"/admin/failed?since={future}", headers=OPS).get_json()["total"] == 0
+
+
+def test_failed_pages_leave_no_gap_where_records_expired(
+    admin: FlaskClient, store: Store, idle_redis: redis.Redis
+) -> None:
+    operations = dead_letters(store, 6, Action.NOSHOW)
+    idle_redis.delete(keys.operation(operations[4]), keys.operation(operations[3]))  # ran out
+    first = admin.get("/admin/failed?action=noshow&limit=2", headers=VIEWER).get_json()
+    second = admin.get("/admin/failed?action=noshow&limit=2&offset=2", headers=VIEWER).get_json()
+    assert [item["key"] for item in first["items"] + second["items"]] == [
+        keys.operation(operations[i]) for i in (5, 2, 1, 0)
+    ]
+    assert (first["total"], second["total"], second["next_offset"]) == (4, 4, None)
+
+
+def test_quarantine_is_paginated_newest_first_with_a_total(
+    admin: FlaskClient, store: Store
+) -> None:
+    now = time.time()
+    for age in (3, 2, 1):
+        rejected = [Rejection(random_event_id("04l"), "bad", "not a Salesforce ID") for _ in "ab"]
+        store.quarantine.add(Action.CANCEL, "00D5g000004XyZqEAK", rejected, at=now - age)
+    first = admin.get("/admin/quarantine?limit=4", headers=VIEWER).get_json()
+    rest = admin.get("/admin/quarantine?limit=4&offset=4", headers=VIEWER).get_json()
+    assert (first["total"], first["next_offset"], rest["next_offset"]) == (6, 4, None)
+    received = [item["received_at"] for item in first["items"] + rest["items"]]
+    assert received == sorted(received, reverse=True)
+    assert len({item["notification_id"] for item in first["items"] + rest["items"]}) == 6
+    assert all("entry" not in item for item in first["items"])
+
+
+def test_replaying_the_failed_through_the_api_covers_more_than_one_page(
+    admin: FlaskClient, store: Store, idle_redis: redis.Redis
+) -> None:
+    dead_letters(store, 130)
+    response = admin.post("/admin/replay/failed", json={"action": "cancel"}, headers=OPS)
+    assert response.get_json()["summary"] == {"queued": 130}
+    assert idle_redis.llen("crmhook") == 130  # one perform task each
+    assert admin.get("/admin/failed", headers=VIEWER).get_json()["total"] == 0
 
 
 @pytest.mark.parametrize(
