@@ -36,6 +36,8 @@ def scalekit_name(tool: str) -> str:
 @dataclass
 class ScalekitState:
     sandbox: Sandbox
+    client_id: str = CLIENT_ID
+    client_secret: str = CLIENT_SECRET
     token_lifetime: int = 3600
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
     tokens_issued: int = 0
@@ -55,7 +57,9 @@ def create_scalekit_app(state: ScalekitState) -> Flask:
         form = request.form
         if form.get("grant_type") != "client_credentials":
             return jsonify({"error": "unsupported_grant_type"}), 400
-        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+        if form.get("client_id") != state.client_id or form.get("client_secret") != (
+            state.client_secret
+        ):
             return jsonify({"error": "invalid_client"}), 401
         issued = secrets.token_urlsafe(16)
         with state.lock:

@@ -13,6 +13,7 @@ from webhooks.errors import render_json
 from webhooks.extension import Edge
 from webhooks.metrics import edge_metrics
 from webhooks.routes import admin, events, health, openapi, outbound
+from worker import redaction
 from worker.errors import ConfigError
 from worker.settings import Settings, load_settings
 from worker.store.connection import redis_client
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             raise SystemExit(4) from None  # gunicorn's "App failed to load": no respawn
     else:
         settings.require_web()
+    redaction.install(settings)  # before the first log line that could quote a secret
 
     app = Flask("webhooks")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -21,6 +21,7 @@ SecretList = Annotated[tuple[SecretStr, ...], NoDecode]
 
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9]{3}")
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 MIN_SECRET_LENGTH = 16
 DEFAULT_MCP_URL = "https://fire.chilipiper.com/api/fire-edge/v1/org/mcp"
 SANDBOX_PORT = 8765
@@ -171,7 +172,8 @@ class Settings(BaseSettings):
     @classmethod
     def _url_is_http(cls, url: str | None) -> str | None:
         if url is not None and not re.match(r"https?://[^/\s]+", url):
-            raise ValueError(f"{url!r} is not an http(s) URL")
+            shown = _USERINFO_PASSWORD.sub(r"\1…@", url)  # never echo a password
+            raise ValueError(f"{shown!r} is not an http(s) URL")
         return url.rstrip("/") if url is not None else None
 
     @field_validator("salesforce_event_id_field")

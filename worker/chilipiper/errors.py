@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from worker import redaction
 from worker.chilipiper.tools import same_tool
 from worker.errors import (
     CredentialsRefused,
@@ -177,8 +178,10 @@ MAX_DETAIL = 300
 
 def redact(text: str) -> str:
     """ChiliPiper's words as fit for a dead letter or a log line: e-mail addresses (an
-    attendee's) masked, and no longer than MAX_DETAIL characters."""
-    text = _EMAIL.sub("<email>", " ".join(text.split()))
+    attendee's) and anything shaped like a secret (a token echoed back) masked, and no longer
+    than MAX_DETAIL characters. Stored values are not log records: the log redaction does
+    not reach them, so it is applied here too."""
+    text = redaction.redact(_EMAIL.sub("<email>", " ".join(text.split())))
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "…"
 
 

@@ -9,11 +9,13 @@ failure is said in the words of the setting to fix, not as a stack trace.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 import redis
 
+from worker import redaction
 from worker.chilipiper import ToolNames, build_gateway
 from worker.domain.operations import Action
 from worker.errors import (
@@ -32,21 +34,25 @@ from worker.tasks.runtime import build_gate
 
 @dataclass
 class Report:
+    """The lines to print. Each is redacted as it is added: they quote URLs from the
+    settings and the words of ChiliPiper's and Redis's errors, which may carry a secret."""
+
     lines: list[tuple[bool, str]] = field(default_factory=list)
+    redact: Callable[[str], str] = redaction.redact
 
     @property
     def ok(self) -> bool:
         return all(good for good, _ in self.lines)
 
     def add(self, good: bool, text: str) -> bool:
-        self.lines.append((good, text))
+        self.lines.append((good, self.redact(text)))
         return good
 
 
 def check(
     settings: Settings, event_id: str | None = None, client: httpx.Client | None = None
 ) -> Report:
-    report = Report()
+    report = Report(redact=redaction.Redactor(redaction.secret_values(settings)))
     reach_chilipiper(settings, report, event_id, client)
     shared_limits(settings, report)
     return report

@@ -17,6 +17,7 @@ from typing import Any
 import click
 import redis
 
+from worker import redaction
 from worker.cli.rendering import console, listing, print_results, progress, record_table, when
 from worker.domain.salesforce_ids import canonical_id
 from worker.errors import ConfigError, CrmhookError, InvalidSalesforceId
@@ -26,9 +27,11 @@ from worker.settings import SANDBOX_PORT, Settings, load_settings
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    redaction.install(settings)
+    return settings
 
 
 class _Commands(click.Group):
@@ -189,6 +192,20 @@ SINCE_OPTION = click.option(
     "--since", help="Only those failed since: 90s, 30m, 2h, 7d or ISO time."
 )
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+LIMIT_OPTION = click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Page size."
+)
+OFFSET_OPTION = click.option(
+    "--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Newest to skip."
+)
+
+
+def _shown(offset: int, shown: int, total: int) -> str:
+    """Which of a listing's `total` entries a page shows, when not all of them."""
+    if offset == 0 and shown >= total:
+        return ""
+    more = f"; next page: --offset {offset + shown}" if offset + shown < total else ""
+    return f", {offset + 1}-{offset + shown} shown{more}" if shown else f", none past {offset}"
 
 
 @main.command()
@@ -232,15 +249,17 @@ def status(key_or_event_id: str, as_json: bool) -> None:
 @main.command()
 @ACTION_OPTION
 @SINCE_OPTION
-@click.option("--limit", type=int, default=100, show_default=True)
+@LIMIT_OPTION
+@OFFSET_OPTION
 @JSON_OPTION
-def failed(action: str | None, since: str | None, limit: int, as_json: bool) -> None:
+def failed(action: str | None, since: str | None, limit: int, offset: int, as_json: bool) -> None:
     """List dead letters (operations that failed for good), newest first."""
-    records, total = _operator(_settings()).failed(_filters(action, since), limit=limit)
+    filters = _filters(action, since)
+    records, total = _operator(_settings()).failed(filters, offset=offset, limit=limit)
     if as_json:
         click.echo(json.dumps(records, indent=2, sort_keys=True))
         return
-    title = f"{total} dead letter(s)" + (f", newest {limit}" if total > limit else "")
+    title = f"{total} dead letter(s)" + _shown(offset, len(records), total)
     rows = [
         (
             when(record["failed_at"]),
@@ -343,15 +362,17 @@ def audit_log(limit: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--limit", type=int, default=100, show_default=True)
+@LIMIT_OPTION
+@OFFSET_OPTION
 @JSON_OPTION
-def quarantine(limit: int, as_json: bool) -> None:
+def quarantine(limit: int, offset: int, as_json: bool) -> None:
     """List quarantined (rejected) notifications, newest first, with the reason."""
     operator = _operator(_settings())
     entries = [
         {name: value for name, value in entry.items() if name != "entry"}
-        for entry in operator.store.quarantine.list(limit)
+        for entry in operator.store.quarantine.list(limit, offset)
     ]
+    total = operator.store.quarantine.count()
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
@@ -367,7 +388,8 @@ def quarantine(limit: int, as_json: bool) -> None:
         for entry in entries
     ]
     columns = ("received", "action", "org", "notification", "value as sent", "reason")
-    console.print(listing(f"{len(entries)} quarantined notification(s)", columns, rows))
+    title = f"{total} quarantined notification(s)" + _shown(offset, len(entries), total)
+    console.print(listing(title, columns, rows))
     if entries:
         console.print("After fixing the settings: crmhook replay --quarantined --dry-run")
 

@@ -27,7 +27,8 @@ from pydantic import SecretStr
 from worker.dev.procfile import Procfile, child_environment
 from worker.dev.redis_server import RedisServer
 from worker.errors import ConfigError
-from worker.settings import parse_admin_token
+from worker.redaction import url_passwords
+from worker.settings import AdminToken, parse_admin_token
 
 SAMPLE_ORG_ID = "00D5g000004XyZqEAK"  # the bundled sample message's OrganizationId
 COLOURS = {"redis": "31", "sandbox": "35", "web": "36", "worker": "33"}
@@ -113,8 +114,24 @@ class DevStack:
             self.stop()
 
     def banner(self, env: Mapping[str, str]) -> str:
-        token = env["WEBHOOK_TOKENS"].split(",")[0].strip()
-        url = f"http://127.0.0.1:{self.port}/salesforce/outbound/cancel?token={token}"
+        """Where to post, with a ready-to-paste curl. Tokens this runner generated for the
+        session are shown (they die with it); secrets the caller set in the environment are
+        never printed: the curl names them instead (a shell expansion of WEBHOOK_TOKENS, a
+        placeholder for the admin secret, a Redis URL without its password)."""
+        outbound = f"http://127.0.0.1:{self.port}/salesforce/outbound/cancel?token="
+        if self._given("WEBHOOK_TOKENS"):
+            url = f'"{outbound}${{WEBHOOK_TOKENS%%,*}}"'  # the first token, expanded by the shell
+        else:
+            url = f"'{outbound}{env['WEBHOOK_TOKENS'].split(',')[0].strip()}'"
+        if self._given("ADMIN_TOKENS"):
+            admin = f"<the secret of ADMIN_TOKENS entry {admin_token(env).name!r}>"
+        else:
+            admin = admin_secret(env)
+        redis_url = env["REDIS_URL"]
+        if self._given("REDIS_URL") and url_passwords(redis_url):
+            status = "crmhook status 00U5g00000MnOpQ  # with your REDIS_URL (password not shown)"
+        else:
+            status = f"REDIS_URL={redis_url} crmhook status 00U5g00000MnOpQ"
         return "\n".join(
             [
                 "",
@@ -122,18 +139,22 @@ class DevStack:
                 f"(ChiliPiper: {env['CHILIPIPER_TRANSPORT']})",
                 "Post the bundled sample Outbound Message (two Event notifications) with:",
                 "",
-                f"  curl -sS -X POST '{url}' -H 'Content-Type: text/xml; charset=UTF-8' "
+                f"  curl -sS -X POST {url} -H 'Content-Type: text/xml; charset=UTF-8' "
                 f"-H 'SOAPAction: \"\"' --data-binary @{sample_message()}",
                 "",
                 "and watch the sandbox cancel both meetings below. Ctrl-C stops everything.",
                 "",
                 "Operators, from another shell:",
-                f"  REDIS_URL={env['REDIS_URL']} crmhook status 00U5g00000MnOpQ",
-                f"  curl -sS -H 'Authorization: Bearer {admin_secret(env)}' "
+                f"  {status}",
+                f"  curl -sS -H 'Authorization: Bearer {admin}' "
                 f"http://127.0.0.1:{self.port}/admin/failed",
                 "",
             ]
         )
+
+    def _given(self, name: str) -> bool:
+        """Whether the caller set `name` (so it is theirs, not generated for this session)."""
+        return bool(self.environ.get(name))
 
     def stop(self) -> None:
         """Stop our children (SIGTERM, then SIGKILL after 10 s), then the embedded Redis."""
@@ -189,7 +210,11 @@ def _say(name: str, line: str) -> None:
     print(f"{prefix} {line}", flush=True)
 
 
+def admin_token(env: Mapping[str, str]) -> AdminToken:
+    """The first admin token of the children's environment."""
+    return parse_admin_token(SecretStr(env["ADMIN_TOKENS"].split(",")[0].strip()), 0)
+
+
 def admin_secret(env: Mapping[str, str]) -> str:
     """The secret of the first admin token, for the banner."""
-    first = SecretStr(env["ADMIN_TOKENS"].split(",")[0].strip())
-    return parse_admin_token(first, 0).secret.get_secret_value()
+    return admin_token(env).secret.get_secret_value()

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker import redaction
 from worker.settings import Settings
 
 QUEUE = "crmhook"
@@ -62,7 +63,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for `settings`. The worker's tasks register themselves on it."""
+    """A Celery app for `settings`. The worker's tasks register themselves on it.
+
+    Every process that talks to the broker builds its app here (the worker on `celery
+    --app worker`, the web app, the CLI), so here its log records start being redacted."""
+    redaction.install(settings)
     app = Celery("crmhook", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.crmhook_settings = settings
