@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from worker.domain.bounded import bounded
 from worker.domain.operations import Action, parse_action
 from worker.errors import MalformedRequest
 
@@ -174,6 +175,5 @@ def _problem(problem: ErrorDetails) -> str:
         what = "expected a JSON object"
     else:
         what = problem["msg"]
-    if len(what) > _SHOWN_CHARS:
-        what = what[:_SHOWN_CHARS] + "…"
+    what = bounded(what, _SHOWN_CHARS)  # it may quote the sender's text
     return f"{field!r}: {what}" if field else what

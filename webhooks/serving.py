@@ -66,7 +66,7 @@ def _seconds(environ: Mapping[str, str], name: str) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
         return DEFAULTS[name]
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ConfigError(f"{name}: must be a whole number of seconds, at least 1 (got {raw!r})")
     return int(raw)
 

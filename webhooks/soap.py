@@ -20,6 +20,7 @@ from worker.errors import MalformedRequest
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 OUTBOUND = "http://soap.sforce.com/2005/09/outbound"
+SOBJECT = "urn:sobject.enterprise.soap.sforce.com"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 CONTENT_TYPE = "text/xml; charset=utf-8"
 _ID_SHAPED = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
@@ -59,7 +60,8 @@ def parse_outbound(body: bytes, event_id_field: str) -> OutboundMessage:
         raise MalformedRequest(f"body is not readable XML ({exc})") from None
     if root.tag != f"{{{SOAP_ENV}}}Envelope":
         raise MalformedRequest(f"not a SOAP 1.1 envelope (root element {_local(root.tag)!r})")
-    notifications = root.find(f"{{{SOAP_ENV}}}Body/{{{OUTBOUND}}}notifications")
+    soap_body = _only(root, f"{{{SOAP_ENV}}}Body")
+    notifications = None if soap_body is None else _only(soap_body, f"{{{OUTBOUND}}}notifications")
     if notifications is None:
         raise MalformedRequest(
             f"the SOAP body holds no Outbound Message (<notifications> in namespace {OUTBOUND})"
@@ -116,14 +118,10 @@ def _notification_elements(notifications: Element) -> list[Element]:
 
 def _notification(element: Element, event_id_field: str) -> Notification:
     notification_id = _child_text(element, "Id") or ""
-    sobject = element.find(f"{{{OUTBOUND}}}sObject")
+    sobject = _only(element, f"{{{OUTBOUND}}}sObject")
     if sobject is None or _is_nil(sobject):
         return Notification(notification_id, None, deleted=True)
-    fields = {
-        _local(child.tag): (child.text or "").strip()
-        for child in sobject
-        if len(child) == 0 and not _is_nil(child)
-    }
+    fields = _fields(sobject)
     sobject_type = sobject.get(f"{{{XSI}}}type")
     return Notification(
         notification_id=notification_id,
@@ -131,6 +129,21 @@ def _notification(element: Element, event_id_field: str) -> Notification:
         sobject_type=sobject_type.split(":")[-1] if sobject_type else None,
         id_fields={name: value for name, value in fields.items() if _ID_SHAPED.fullmatch(value)},
     )
+
+
+def _fields(sobject: Element) -> dict[str, str]:
+    """The sObject's fields, by name: only those in the sObject namespace (an element of
+    another namespace named `Id` must not choose which meeting is cancelled), each at most
+    once (two values for one field leave no way to tell which is meant)."""
+    fields: dict[str, str] = {}
+    for child in sobject:
+        if not child.tag.startswith(f"{{{SOBJECT}}}") or len(child) or _is_nil(child):
+            continue
+        name = _local(child.tag)
+        if name in fields:
+            raise MalformedRequest(f"a notification's sObject has the field {name[:40]!r} twice")
+        fields[name] = (child.text or "").strip()
+    return fields
 
 
 def fault(message: str, *, server: bool = False) -> str:
@@ -144,8 +157,17 @@ def fault(message: str, *, server: bool = False) -> str:
     )
 
 
+def _only(element: Element, tag: str) -> Element | None:
+    """The one child of `element` named `tag`, or None; two of them make the message
+    ambiguous (which one would Salesforce have meant?), so it is refused."""
+    found = element.findall(tag)
+    if len(found) > 1:
+        raise MalformedRequest(f"<{_local(tag)}> appears {len(found)} times where one is expected")
+    return found[0] if found else None
+
+
 def _child_text(element: Element, name: str) -> str | None:
-    child = element.find(f"{{{OUTBOUND}}}{name}")
+    child = _only(element, f"{{{OUTBOUND}}}{name}")
     if child is None or _is_nil(child):
         return None
     return (child.text or "").strip()

@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, unquote, urlsplit
 
 from worker.settings import Settings, parse_admin_token
 
@@ -67,6 +67,9 @@ SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+_ENCODED_ALNUM = re.compile(r"%(3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa])")
+
+
 class Redactor:
     """Masks the given secret values (as written, and as they look URL-encoded) and every
     known secret shape in a text. Immutable: more secrets make a new one."""
@@ -87,6 +90,10 @@ class Redactor:
         return Redactor(self.values | set(secrets))
 
     def __call__(self, text: str) -> str:
+        # Letters and digits percent-encoded (`tok%65n=…`) read as themselves, so that an
+        # encoded name or secret cannot slip past the shapes; other escapes (a `%0A` that
+        # would split a log line) stay as they are.
+        text = _ENCODED_ALNUM.sub(lambda match: chr(int(match.group(1), 16)), text)
         if self._values is not None:
             text = self._values.sub(MASK, text)
         for shape, replacement in SHAPES:
@@ -112,15 +119,18 @@ def secret_values(settings: Settings) -> list[str]:
 
 def url_passwords(urls: str) -> list[str]:
     """The passwords of a URL, or of kombu's `;`-separated fail-over list, as written and
-    decoded."""
+    decoded: in its userinfo (`redis://:secret@host`) or in its query (`?password=secret`,
+    which redis-py accepts too)."""
     found = []
     for url in urls.split(";"):
         try:
-            password = urlsplit(url.strip()).password
+            parts = urlsplit(url.strip())
+            password = parts.password
         except ValueError:  # not a URL at all: nothing to find
             continue
         if password:
             found += [password, unquote(password)]
+        found += [value for value in parse_qs(parts.query).get("password", []) if value]
     return found
 
 

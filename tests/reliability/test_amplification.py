@@ -48,7 +48,9 @@ def test_amplification_bodies_leave_redis_within_a_few_mib(
     ]
     # Just under 1 MiB each: 100 notifications of long text, half of it 4-byte characters.
     bounded = [
-        Hostile(id_fields=30, id_chars=800, value_chars=200, wide=True).body()
+        Hostile(
+            id_fields=30, id_chars=800, value_chars=200, type_chars=200, name_chars=20, wide=True
+        ).body()
         if i % 2
         else Hostile(id_fields=30, id_chars=3_000, value_chars=750).body()
         for i in range(10)

@@ -232,3 +232,18 @@ def test_chilipiper_words_kept_in_a_dead_letter_are_redacted() -> None:
     )
     assert "abcdefgh12345678" not in kept
     assert "ann@example.com" not in kept
+
+
+def test_a_password_in_a_urls_query_is_a_secret_too() -> None:
+    assert redaction.url_passwords("redis://cache:6379/0?password=s3cret-in-query") == [
+        "s3cret-in-query"
+    ]
+
+
+def test_percent_encoded_letters_do_not_hide_a_name_or_a_secret() -> None:
+    redact = redaction.Redactor(["configured-secret-1234"])
+    line = "Invalid request line: 'POST /c?tok%65n=abcdefgh12 HTTP/1.1' configured-secr%65t-1234"
+    shown = redact(line)
+    assert "abcdefgh12" not in shown
+    assert "configured-secret-1234" not in shown.replace("%65", "e")
+    assert "%0A" in redact("a%0Ab")  # other escapes stay: no new line in a log line

@@ -149,7 +149,7 @@ def _page() -> tuple[int, int]:
         ("limit", DEFAULT_PAGE, 1, MAX_PAGE),
     ):
         raw = request.args.get(name, str(default))
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
             raise MalformedRequest(f"{name} must be a whole number from {low} to {high}")
         values.append(int(raw))
     return values[0], values[1]
@@ -168,4 +168,4 @@ def _paged(items: list[Any], total: int, offset: int, limit: int) -> dict[str, A
 
 def _is_stream_id(text: str) -> bool:
     millis, _, sequence = text.partition("-")
-    return millis.isdigit() and sequence.isdigit() and len(text) < 40
+    return text.isascii() and millis.isdigit() and sequence.isdigit() and len(text) < 40

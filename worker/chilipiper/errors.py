@@ -190,7 +190,7 @@ def _status_in(body: dict[str, Any]) -> int | None:
         value = body.get(name)
         if isinstance(value, int) and 100 <= value <= 599:
             return value
-        if isinstance(value, str) and value.isdigit() and 100 <= int(value) <= 599:
+        if isinstance(value, str) and _digits(value) and 100 <= int(value) <= 599:
             return int(value)
     return None
 
@@ -281,7 +281,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _digits(value):
         return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         when = parsedate_to_datetime(value)
@@ -292,3 +292,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return min(
         max(0.0, (when - (now or datetime.now(UTC))).total_seconds()), MAX_RETRY_AFTER_SECONDS
     )
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes `²`, which `int` refuses."""
+    return text.isascii() and text.isdigit()

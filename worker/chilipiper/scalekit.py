@@ -272,7 +272,9 @@ def _error(response: httpx.Response, *, tool: str, irreversible: bool) -> Gatewa
         said = str(tool_info.get("tool_error_message") or said)
         status = str(tool_info.get("tool_error_code") or "")
         return tool_failure(
-            tool, f"{status} {said}" if status.isdigit() else said, irreversible=irreversible
+            tool,
+            f"{status} {said}" if status.isascii() and status.isdigit() else said,
+            irreversible=irreversible,
         )
     if response.status_code == 404 and "connected account" in lowered:
         return UnknownAccount(f"{tool or 'Scalekit'}: {message}", tool=tool, status=404)

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import redis
+from rich.markup import escape
 
 from worker import redaction
 from worker.cli.rendering import console, listing, print_results, progress, record_table, when
@@ -161,7 +162,7 @@ def check(event_id: str | None) -> None:
             raise click.BadParameter(str(exc), param_hint="--event") from None
     report = run_check(settings, event_id)
     for good, line in report.lines:
-        console.print(("[green]✓[/] " if good else "[red]✗[/] ") + line, highlight=False)
+        console.print(("[green]✓[/] " if good else "[red]✗[/] ") + escape(line), highlight=False)
     sys.exit(0 if report.ok else 1)
 
 
@@ -221,9 +222,9 @@ def enqueue(action: str, event_ids: tuple[str, ...]) -> None:
         raise click.BadParameter(str(exc), param_hint="ACTION") from None
     for result in results:
         if result.outcome is Outcome.REJECTED:
-            console.print(f"[red]rejected[/] {result.target}: {result.detail}")
+            console.print(f"[red]rejected[/] {escape(result.target)}: {escape(result.detail)}")
         else:
-            console.print(f"[green]queued[/]   {result.target} ({result.detail})")
+            console.print(f"[green]queued[/]   {escape(result.target)} ({escape(result.detail)})")
     sys.exit(1 if any(r.outcome is Outcome.REJECTED for r in results) else 0)
 
 
@@ -240,7 +241,7 @@ def status(key_or_event_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(records, indent=2, sort_keys=True))
     elif not records:
-        console.print(f"nothing recorded for {key_or_event_id}")
+        console.print(f"nothing recorded for {escape(key_or_event_id)}")
     for record in records if not as_json else []:
         console.print(record_table(record))
     sys.exit(0 if records else 1)

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from worker.operator import Outcome, Result, summarize
 
@@ -54,20 +56,22 @@ def when(seconds: float) -> str:
 
 def listing(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     """A table whose last column (prose) wraps; the others hold IDs and times, copied from
-    here, so they never wrap and keep room for an 18-character ID."""
+    here, so they never wrap and keep room for an 18-character ID. Cells are plain text,
+    never markup: they hold what senders and ChiliPiper wrote (`[/bold]` would crash the
+    listing, `[link=…]` would dress it up)."""
     table = Table(title=title)
     for index, column in enumerate(columns[:-1]):
         longest = max((len(row[index]) for row in rows), default=0)
         table.add_column(column, no_wrap=True, min_width=min(ID_WIDTH, max(longest, len(column))))
     table.add_column(columns[-1], ratio=1)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
 def record_table(record: dict[str, Any]) -> Table:
     """One operation record: its fields, then its audit trail."""
-    table = Table(show_header=False, title=record["key"], title_justify="left")
+    table = Table(show_header=False, title=Text(record["key"]), title_justify="left")
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     for name in RECORD_FIELDS:
@@ -78,10 +82,11 @@ def record_table(record: dict[str, Any]) -> Table:
             value = when(float(value))
         elif not isinstance(value, str):
             value = json.dumps(value)
-        table.add_row(name, str(value))
+        table.add_row(name, Text(str(value)))
     for entry in record.get("audit", []):
         line = f"{when(entry['at'])} {entry['actor']} {entry['what']}: {entry['outcome']}"
-        table.add_row("audit", line + (f" ({entry['detail']})" if entry.get("detail") else ""))
+        detail = f" ({entry['detail']})" if entry.get("detail") else ""
+        table.add_row("audit", Text(line + detail))
     return table
 
 
@@ -89,7 +94,8 @@ def print_results(results: list[Result], *, dry_run: bool) -> None:
     for result in results:
         shown = result.outcome.value.replace("_", " ")
         console.print(
-            f"[{OUTCOME_COLOURS[result.outcome]}]{shown:<11}[/] {result.target}  {result.detail}",
+            f"[{OUTCOME_COLOURS[result.outcome]}]{shown:<11}[/] "
+            f"{escape(result.target)}  {escape(result.detail)}",
             highlight=False,
         )
     counts = ", ".join(

@@ -8,21 +8,25 @@ validate IDs and fold duplicates by the same rules.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+from worker.domain.bounded import bounded, escaped_length
 from worker.domain.operations import Action, Operation
 from worker.domain.salesforce_ids import canonical_id, require_prefix
 from worker.errors import InvalidSalesforceId
 
 # What a rejection may keep of a sender's text: enough to recognise it, never enough to fill
-# Redis (a message's rejections are copied to the broker and the quarantine). IDs are 18
-# characters and API names at most 40 plus a namespace; values past these are cut.
-MAX_SHOWN_VALUE = 100
-MAX_REASON = 300
-MAX_FIELD_NAME = 80
-MAX_ID_FIELDS = 10
+# Redis (a message's rejections are copied to the broker, the ingest record and the
+# quarantine). Text is measured as stored, JSON-escaped (`domain.bounded`). Salesforce IDs are
+# 18 characters; API names letters, digits and underscores, at most 40 plus a namespace.
+MAX_SHOWN_VALUE = 80
+MAX_REASON = 160
+MAX_FIELD_NAME = 64
+MAX_ID_FIELDS = 5
+_API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -190,17 +194,18 @@ def _notification_source(notification_id: str) -> str:
 
 
 def _shown(value: str | None, limit: int = MAX_SHOWN_VALUE) -> str | None:
-    """The value as sent, bounded, for operators to read."""
-    if value is None or len(value) <= limit:
-        return value
-    return value[:limit] + "…"
+    """The value as sent, bounded as stored, for operators to read."""
+    return None if value is None else bounded(value, limit)
 
 
 def _kept_id_fields(id_fields: dict[str, str]) -> dict[str, str]:
-    """The ID-shaped fields a replay may need, bounded in number and in name length."""
+    """The ID-shaped fields a replay may need, bounded in number; only names that are
+    Salesforce API names (anything else is not a field Salesforce sent)."""
     kept = [
         (name, value)
         for name, value in id_fields.items()
-        if len(name) <= MAX_FIELD_NAME and len(value) <= MAX_SHOWN_VALUE
+        if len(name) <= MAX_FIELD_NAME
+        and _API_NAME.fullmatch(name)
+        and escaped_length(value) <= MAX_SHOWN_VALUE
     ]
     return dict(kept[:MAX_ID_FIELDS])

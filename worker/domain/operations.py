@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from worker.domain.bounded import bounded
 from worker.domain.meetings import MeetingStatus
 
 
@@ -65,7 +66,8 @@ def parse_action(raw: str) -> Action:
         return Action(raw.strip().lower())
     except ValueError:
         valid = ", ".join(action.value for action in Action)
-        raise ValueError(f"unknown action {raw!r}; expected one of: {valid}") from None
+        shown = bounded(raw, 40)  # the sender's text, kept in answers and records
+        raise ValueError(f"unknown action {shown!r}; expected one of: {valid}") from None
 
 
 @dataclass(frozen=True)

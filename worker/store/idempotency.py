@@ -138,6 +138,10 @@ class Idempotency:
         if held is None:
             return claim
         record = json.loads(held)
+        if not isinstance(record, dict):  # a previous release's "1": a key already used
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used before; use a new key for a new request"
+            )
         if record["fingerprint"] != body_fingerprint:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with another body; use a new key for a new request"

@@ -64,7 +64,10 @@ class Ingests:
         ]
         if not taken:
             return []
-        messages = self._redis.mget([keys.ingest(ingest_id) for ingest_id in taken])
+        pipe = self._redis.pipeline(transaction=False)
+        for ingest_id in taken:  # one GET each, not MGET: each record has its own hash slot
+            pipe.get(keys.ingest(ingest_id))
+        messages = pipe.execute()
         found = []
         for ingest_id, message in zip(taken, messages, strict=True):
             if message is None:  # expired: nothing left to publish

@@ -22,8 +22,9 @@ from worker.store.connection import text
 
 log = logging.getLogger(__name__)
 
-# A few hundred bytes each: some tens of MiB at most, a thousand full messages of rejections.
-MAX_ENTRIES = 100_000
+# At most about 1.1 KB each (`domain.notifications` bounds what a rejection keeps, as stored):
+# some 20 MiB at most, two hundred full messages of rejections.
+MAX_ENTRIES = 20_000
 Page = list[dict[str, Any]]  # decoded entries, each with its stored form under `entry`
 
 

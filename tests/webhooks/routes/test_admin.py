@@ -177,7 +177,16 @@ def test_replaying_the_failed_through_the_api_covers_more_than_one_page(
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=0", "limit=501", "offset=-1", "limit=ten", "action=reschedule", "since=yesterday"],
+    [
+        "limit=0",
+        "limit=501",
+        "offset=-1",
+        "limit=ten",
+        "limit=²",  # a digit to str.isdigit, not to int
+        "offset=٣",
+        "action=reschedule",
+        "since=yesterday",
+    ],
 )
 def test_bad_listing_parameters_are_400(admin: FlaskClient, query: str) -> None:
     response = admin.get(f"/admin/failed?{query}", headers=OPS)

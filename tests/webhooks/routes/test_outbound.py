@@ -26,6 +26,7 @@ from tests.conftest import (
 )
 from webhooks import create_app
 from worker.dev.redis_server import RedisServer
+from worker.domain.notifications import MAX_ID_FIELDS
 from worker.tasks.app import QUEUE
 
 ACK = b"<Ack>true</Ack>"
@@ -236,6 +237,22 @@ def message_with(inside: str, org_id: str = ORG_ID) -> bytes:
             outbound_message([(notification_id(), random_event_id())], org_id=ORG_ID[:14] + "!"),
             "not",
         ),
+        (
+            outbound_message([(notification_id(), random_event_id())]).replace(
+                b"</soapenv:Body>",
+                outbound_message([(notification_id(), random_event_id())])
+                .split(b"<soapenv:Body>")[1]
+                .split(b"</soapenv:Body>")[0]
+                + b"</soapenv:Body>",
+            ),
+            "<notifications> appears 2 times",
+        ),
+        (
+            outbound_message([(notification_id(), random_event_id())]).replace(
+                b"</sf:Id>", b"</sf:Id><sf:Id>" + random_event_id().encode() + b"</sf:Id>"
+            ),
+            "the field 'Id' twice",
+        ),
     ],
     ids=[
         "no-notifications",
@@ -246,6 +263,8 @@ def message_with(inside: str, org_id: str = ORG_ID) -> bytes:
         "14-char-org-id",
         "16-char-org-id",
         "org-id-not-alphanumeric",
+        "two-notifications-elements",
+        "one-field-twice",
     ],
 )
 def test_what_is_no_outbound_message_is_refused_not_acknowledged(
@@ -256,6 +275,19 @@ def test_what_is_no_outbound_message_is_refused_not_acknowledged(
     assert b"soapenv:Client" in response.data
     assert says in html.unescape(response.get_data(as_text=True))
     assert published(idle_redis) == []
+
+
+def test_a_field_outside_the_sobject_namespace_chooses_nothing(
+    client: FlaskClient, idle_redis: redis.Redis
+) -> None:
+    event = random_event_id()
+    foreign = b'<x:Id xmlns:x="urn:elsewhere">' + random_event_id().encode() + b"</x:Id>"
+    body = outbound_message([(notification_id(), event)]).replace(
+        b"</sf:Id>", b"</sf:Id>" + foreign
+    )
+    assert post(client, body).status_code == 200
+    [batch] = published(idle_redis)
+    assert [op["crm_event_id"] for op in batch["operations"]] == [event]
 
 
 def test_a_message_of_100_notifications_is_queued_whole(
@@ -288,7 +320,7 @@ def test_what_a_rejection_keeps_of_hostile_values_is_bounded(
     [batch] = published(idle_redis)
     [rejection] = batch["rejections"]
     assert len(json.dumps(rejection)) < 2000
-    assert len(rejection["id_fields"]) == 10
+    assert len(rejection["id_fields"]) == MAX_ID_FIELDS
     assert rejection["value"].startswith("xxx")
     assert rejection["sobject_type"].startswith("TTT")
 

@@ -70,6 +70,17 @@ def test_quarantine_shows_a_page_and_the_total(runner: CliRunner, store: Store) 
     assert "entry" not in rest[0]
 
 
+def test_what_senders_wrote_is_shown_as_text_never_as_markup(
+    runner: CliRunner, store: Store
+) -> None:
+    hostile = Rejection("[/bold]", "[link=https://evil.example]00U[/link]", "not a Salesforce ID")
+    store.quarantine.add(Action.CANCEL, "00D5g000004XyZqEAK", [hostile], at=time.time())
+    shown = runner.invoke(main, ["quarantine"], terminal_width=250)
+    assert shown.exit_code == 0, shown.output
+    assert "[/bold]" in shown.output
+    assert "[link=https://evil.example]" in shown.output
+
+
 def test_replaying_more_dead_letters_than_a_page_queues_each_once(
     runner: CliRunner, store: Store, idle_redis: redis.Redis
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -70,4 +71,5 @@ def test_a_flood_keeps_the_newest_entries_and_warns(
     [warning] = caplog.records
     assert warning.levelno == logging.WARNING
     assert "dropped the 2 oldest" in warning.getMessage()
-    assert MAX_ENTRIES == 100_000  # the bound in service (README)
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    assert f"at most {MAX_ENTRIES:,} of them".replace(",", " ") in readme  # as documented
