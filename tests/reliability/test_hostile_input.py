@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.conftest import SALESFORCE, TOKEN, outbound_message
 from worker.domain.salesforce_ids import checksum
 
-EXAMPLES_PER_ROUTE = 5000
+EXAMPLES_PER_ROUTE = 3000
 FIXTURES = [path.read_bytes() for path in sorted(SALESFORCE.glob("*.xml"))]
 ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz "
 

@@ -131,13 +131,17 @@ def test_with_no_server_limit_the_rate_fills_the_calls_in_flight(
     stack: Stack, report: Report
 ) -> None:
     """At 100 ms per call and 8 calls in flight, ChiliPiper could take 80 calls/s: the
-    limiter must ramp there in seconds and then stay out of the way."""
+    limiter must ramp past that in seconds and then stay out of the way.
+
+    What the worker then achieves is a figure, printed: it is bound by this machine's CPU
+    (69-73/s on a quiet 2-core machine, 54-68/s on a slower day), so only a gross shortfall
+    fails the test; that the limiter is not the bound is asserted exactly."""
     in_flight, latency = 8, 0.1
     stack.sandbox.set_faults(delay_seconds=latency)
-    events = [random_event_id() for _ in range(2000)]
+    events = [random_event_id() for _ in range(1200)]
     stack.post_outbound("cancel", events)
     stack.start_worker(concurrency=in_flight, **NO_CEILING)
-    stack.wait_until(lambda: len(cancels(stack.sandbox)[0]) == 2000, timeout=180)
+    stack.wait_until(lambda: len(cancels(stack.sandbox)[0]) == 1200, timeout=180)
     done, _ = cancels(stack.sandbox)
     ceiling = in_flight / latency
     ramped = rate_between(done, 0.1, 1.0)
@@ -147,12 +151,13 @@ def test_with_no_server_limit_the_rate_fills_the_calls_in_flight(
     client.close()
     report(
         f"no server limit, {latency * 1000:.0f} ms per call, {in_flight} in flight "
-        f"(ceiling {ceiling:.0f}/s), 2000 cancels: {ramped:.1f}/s once ramped "
+        f"(ceiling {ceiling:.0f}/s), 1200 cancels: {ramped:.1f}/s once ramped "
         f"({ramped / ceiling:.0%}), {whole:.1f}/s over the whole run ({whole / ceiling:.0%}); "
         f"the limiter allowed {allowed:.0f}/s at the end"
     )
-    assert ramped >= 0.8 * ceiling
-    assert whole >= 0.6 * ceiling
+    assert allowed >= ceiling  # the limiter ramped past what ChiliPiper could take
+    assert ramped >= 0.5 * ceiling
+    assert whole >= 0.4 * ceiling
 
 
 def test_random_503s_and_429s_are_noise_not_a_reason_to_crawl(stack: Stack, report: Report) -> None:
