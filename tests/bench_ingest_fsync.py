@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,21 +46,16 @@ from worker.tasks.publish import submit
 SENDERS = 8
 
 
-def submit_only(url: str, seconds: float) -> tuple[float, list[float]]:
-    settings = make_settings(url, "http://127.0.0.1:9")
-    app = make_celery(settings)
-    client = redis.Redis.from_url(url)
-    ingests = Ingests(client, 3600)
-    operations = [
-        Operation(Action.CANCEL, random_event_id(), notification_id()) for _ in range(100)
-    ]
+def senders(send: Callable[[], None], seconds: float) -> tuple[float, list[float]]:
+    """`send` called over and over by SENDERS threads for `seconds`: (calls a second, the
+    latency of each call)."""
     latencies: list[float] = []
     stop = time.monotonic() + seconds
 
     def sender() -> None:
         while time.monotonic() < stop:
             started = time.perf_counter()
-            submit(app, Batch(ORG_ID, operations, action=Action.CANCEL), ingests)
+            send()
             latencies.append(time.perf_counter() - started)
 
     threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
@@ -68,9 +64,25 @@ def submit_only(url: str, seconds: float) -> tuple[float, list[float]]:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - began
-    client.close()
-    return len(latencies) / elapsed, latencies
+    return len(latencies) / (time.monotonic() - began), latencies
+
+
+def submit_only(url: str, seconds: float) -> tuple[float, list[float]]:
+    settings = make_settings(url, "http://127.0.0.1:9")
+    app = make_celery(settings)
+    client = redis.Redis.from_url(url)
+    ingests = Ingests(client, 3600)
+    operations = [
+        Operation(Action.CANCEL, random_event_id(), notification_id()) for _ in range(100)
+    ]
+
+    def send() -> None:
+        submit(app, Batch(ORG_ID, operations, action=Action.CANCEL), ingests)
+
+    try:
+        return senders(send, seconds)
+    finally:
+        client.close()
 
 
 def run(fsync: str, seconds: float) -> dict[str, tuple[float, list[float]]]:
@@ -87,32 +99,19 @@ def run(fsync: str, seconds: float) -> dict[str, tuple[float, list[float]]]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.port}/salesforce/outbound/cancel?token={TOKEN}"
         headers = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'}
-        latencies: list[float] = []
-        stop = time.monotonic() + seconds
+        http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=SENDERS))
 
-        def sender() -> None:
-            with httpx.Client(timeout=30) as http:
-                while time.monotonic() < stop:
-                    body = outbound_message(
-                        [(notification_id(), random_event_id()) for _ in range(100)]
-                    )
-                    started = time.perf_counter()
-                    response = http.post(url, content=body, headers=headers)
-                    latencies.append(time.perf_counter() - started)
-                    assert response.status_code == 200, response.text
+        def send() -> None:
+            body = outbound_message([(notification_id(), random_event_id()) for _ in range(100)])
+            response = http.post(url, content=body, headers=headers)
+            assert response.status_code == 200, response.text
 
-        threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
-        began = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - began
-        server.shutdown()
-        return {
-            "http": (len(latencies) / elapsed, latencies),
-            "submit": submit_only(server_url, seconds),
-        }
+        try:
+            posted = senders(send, seconds)
+        finally:
+            http.close()
+            server.shutdown()
+        return {"http": posted, "submit": submit_only(server_url, seconds)}
 
 
 def main() -> None:
