@@ -17,6 +17,7 @@ from worker import redaction
 from worker.errors import ConfigError
 from worker.settings import Settings, load_settings
 from worker.store.connection import redis_client
+from worker.store.idempotency import Idempotency
 from worker.store.ingests import Ingests
 from worker.tasks.app import make_celery
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         redis=client,
         metrics=edge_metrics(),
         ingests=Ingests(client, settings.notification_ttl_seconds),
+        idempotency=Idempotency(client, settings.get_key_ttl_seconds),
     )
     shared.install(app)
     logging.getLogger("webhooks").setLevel(logging.INFO)

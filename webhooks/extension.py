@@ -11,6 +11,7 @@ from flask import Flask, current_app
 
 from webhooks.metrics import EdgeMetrics
 from worker.settings import Settings
+from worker.store.idempotency import Idempotency
 from worker.store.ingests import Ingests
 
 _NAME = "crmhook"
@@ -19,13 +20,15 @@ _NAME = "crmhook"
 @dataclass(frozen=True)
 class Edge:
     """What the views share: settings, the broker (via Celery), the store's Redis, metrics,
-    and the record of inbound messages kept until their fan-out ran."""
+    the record of inbound messages kept until their fan-out ran, and that of the JSON
+    callers' `Idempotency-Key`s (built once: each registers its scripts)."""
 
     settings: Settings
     celery: Celery
     redis: redis.Redis
     metrics: EdgeMetrics
     ingests: Ingests
+    idempotency: Idempotency
 
     def install(self, app: Flask) -> None:
         app.extensions[_NAME] = self

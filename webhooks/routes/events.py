@@ -30,7 +30,7 @@ from worker.domain.notifications import Disposition, Notification, Verdict, tria
 from worker.errors import MalformedRequest
 from worker.ingest import Batch
 from worker.store import idempotency
-from worker.store.idempotency import API_SENDER, Answer, Idempotency
+from worker.store.idempotency import API_SENDER, Answer
 from worker.tasks.publish import submit
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def receive() -> Response:
 
     token = settings.webhook_tokens[matched].get_secret_value()
     source = idempotency.source_id(token, idempotency_key)
-    records = Idempotency(current.redis, settings.get_key_ttl_seconds)
+    records = current.idempotency
     held = records.begin(source, _fingerprint(document))
     if isinstance(held, Answer):
         log.info("events: the first answer again, for a reused Idempotency-Key")
