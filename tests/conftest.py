@@ -4,8 +4,6 @@ web app, and (for end-to-end tests) a real Celery worker process."""
 from __future__ import annotations
 
 import os
-import random
-import string
 import subprocess
 import threading
 import time
@@ -22,6 +20,12 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 from werkzeug.serving import BaseWSGIServer, make_server
 
+# The message builders live with the benchmark, which posts the same messages; tests import
+# them from here.
+from bench.messages import ORG_ID
+from bench.messages import notification_id as notification_id
+from bench.messages import outbound_message as outbound_message
+from bench.messages import random_event_id as random_event_id
 from tests.scalekit_standin import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -33,7 +37,6 @@ from webhooks import create_app
 from worker.dev.procfile import Procfile, child_environment
 from worker.dev.redis_server import RedisServer
 from worker.dev.sandbox import ACTIONS, DEFAULT_CONFIG, Faults, Sandbox, create_sandbox_app
-from worker.domain.salesforce_ids import checksum
 from worker.settings import Settings, load_settings
 from worker.store import Store
 from worker.store.connection import redis_client
@@ -43,14 +46,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SALESFORCE = FIXTURES / "salesforce"
 TOKEN = "test-token-0123456789abcdef"
 OTHER_TOKEN = "rotated-token-abcdefghijklmnop"
-ORG_ID = "00D5g000004XyZqEAK"  # the synthetic Event message's org
 WORKER_DB = 0  # the Celery worker consumes this database
 IDLE_DB = 1  # no worker listens here: what the edge publishes stays visible
-
-
-def random_event_id(prefix: str = "00U") -> str:
-    body = prefix + "".join(random.choices(string.ascii_letters + string.digits, k=12))
-    return body + checksum(body)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -63,44 +60,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(interval)
-
-
-def outbound_message(
-    notifications: list[tuple[str, str | None]],
-    *,
-    org_id: str = ORG_ID,
-    session_id: str | None = None,
-    sobject_type: str = "Event",
-) -> bytes:
-    """A SOAP Outbound Message with (notification Id, sObject Id) pairs; None = deleted."""
-    parts = []
-    for notification_id, event_id in notifications:
-        sobject = (
-            ""
-            if event_id is None
-            else (
-                f'<sObject xsi:type="sf:{sobject_type}" '
-                'xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
-                f"<sf:Id>{event_id}</sf:Id><sf:Subject>Intro</sf:Subject></sObject>"
-            )
-        )
-        parts.append(f"<Notification><Id>{notification_id}</Id>{sobject}</Notification>")
-    session = (
-        f"<SessionId>{session_id}</SessionId>" if session_id else '<SessionId xsi:nil="true"/>'
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
-        '<notifications xmlns="http://soap.sforce.com/2005/09/outbound">'
-        f"<OrganizationId>{org_id}</OrganizationId><ActionId>04k5g000000AbCdAAK</ActionId>"
-        f"{session}<EnterpriseUrl>https://example.my.salesforce.com</EnterpriseUrl>"
-        f"{''.join(parts)}</notifications></soapenv:Body></soapenv:Envelope>"
-    ).encode()
-
-
-def notification_id() -> str:
-    return random_event_id("04l")
 
 
 # --- servers --------------------------------------------------------------------------------

@@ -148,6 +148,20 @@ def run_process(name: str) -> None:
     os.execvpe(argv[0], argv, child_environment())  # noqa: S606 (argv is `sh -c ...`)
 
 
+@main.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def bench(arguments: tuple[str, ...]) -> None:
+    """Measure the whole system on this machine (`crmhook bench --help` for its options).
+
+    The benchmark is its own package (`python -m bench`): it starts web and worker from the
+    Procfile and needs both packages, which the worker's command line does not import."""
+    argv = [sys.executable, "-m", "bench", *arguments]
+    os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter and module)
+
+
 @main.command()
 @click.option("--event", "event_id", help="Also read this CRM event with crm-get.")
 def check(event_id: str | None) -> None:

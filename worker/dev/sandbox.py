@@ -22,8 +22,9 @@ Control endpoints, which is what the tests drive it with:
 
 - `GET /sandbox/calls`: the call log; `GET /sandbox/meetings/<id>`, `POST /sandbox/meetings`:
   read and seed meetings; `GET|POST /sandbox/config`: the switches; `POST /sandbox/reset`.
-- `GET /sandbox/stats`: what the faults did: `answers_lost` (answers a proxy lost after the
-  effect), `rate_limited`, and `faults_served` by status (the last not cleared by reset).
+- `GET /sandbox/stats`: how many calls the log holds (`calls`, cheaper to poll than the log),
+  and what the faults did: `answers_lost` (answers a proxy lost after the effect),
+  `rate_limited`, and `faults_served` by status (the last not cleared by reset).
 - `POST /sandbox/faults`: a JSON object of `Faults` fields (any left out are off). Some refuse
   requests before they reach the meetings: HTTP errors with `Retry-After` (`fail_next`,
   `status`, `rates`, `retry_after`), slow answers (`delay_seconds`), SSE answers (`sse`) and
@@ -377,9 +378,10 @@ class Sandbox:
             self.rate_limited = self.answers_lost = self.window = self.window_calls = 0
 
     def stats(self) -> dict[str, Any]:
-        """What the faults have done: the counters `/sandbox/stats` answers."""
+        """The size of the call log and what the faults have done: `/sandbox/stats`."""
         with self.lock:
             return {
+                "calls": len(self.calls),
                 "answers_lost": self.answers_lost,
                 "rate_limited": self.rate_limited,
                 "faults_served": {str(code): n for code, n in sorted(self.faults_served.items())},

@@ -1,0 +1,1 @@
+"""crmhook's benchmark."""

@@ -1,0 +1,367 @@
+"""The measurements, one function per phase: each starts what it needs on the shared `Stack`,
+measures, stops it again and answers plain figures (dicts of numbers) for `bench.report`.
+
+Phases leave Redis as they found it (flushed), so the order of phases does not shift figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pkgutil
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+import worker
+from bench import load, noop
+from bench.load import LoadResult, Post
+from bench.messages import burst, random_event_id
+from bench.redis_proxy import CountingProxy
+from bench.stack import BenchError, Stack, wait_until
+
+SOAP_HEADERS = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'}
+PER_MESSAGE = 100  # Salesforce's largest batch: the shape of a mass update
+INGEST_VIEWS = {
+    "service": "/salesforce/outbound/cancel",
+    "parse_only": "/bench/parse-only",
+    "naive": "/bench/naive",
+}
+Figures = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each phase to run. The defaults are the issue's; `quick()` is the smoke
+    test's few seconds, which produce every figure but measure nothing worth comparing."""
+
+    seconds: float = 20.0  # each closed-loop ingest run
+    connections: int = 8
+    open_rate: float = 50.0  # messages a second (5,000 notifications a second)
+    open_seconds: float = 20.0
+    latency: float = 0.1  # ChiliPiper's, for every MCP request
+    cancels: int = 5000
+    prefork_cancels: int = 500  # Celery's defaults manage about 20 calls/s: keep it short
+    in_flight: int = 64  # calls in flight while the worker's peak RSS is read
+    round_trip_operations: int = 1000
+    warm_up: float = 2.0
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            seconds=1.0,
+            open_rate=10.0,
+            open_seconds=1.0,
+            cancels=200,
+            prefork_cancels=40,
+            in_flight=8,
+            round_trip_operations=100,
+            warm_up=0.0,
+        )
+
+
+def latency_ms(result: LoadResult, quantile: float) -> float:
+    return round(result.latency(quantile) * 1000, 1)
+
+
+def load_figures(result: LoadResult, per_request: int = PER_MESSAGE) -> Figures:
+    _require_success(result)
+    return {
+        "messages_per_s": round(result.rate(), 1),
+        "notifications_per_s": round(result.rate() * per_request, 0),
+        "p50_ms": latency_ms(result, 0.50),
+        "p99_ms": latency_ms(result, 0.99),
+        "max_ms": round(max(s.done - s.scheduled for s in result.samples) * 1000, 1),
+        "requests": len(result.samples),
+        "statuses": {str(k): v for k, v in sorted(result.statuses().items())},
+        "client_cpu": round(result.cpu_share(), 2),
+    }
+
+
+def _require_success(result: LoadResult) -> None:
+    failed = {status: n for status, n in result.statuses().items() if not 200 <= status < 300}
+    if failed:
+        raise BenchError(f"{sum(failed.values())} requests failed (status: count {failed})")
+
+
+def _posts(stack: Stack, path: str, messages: int) -> list[Post]:
+    url = f"{path}?token={stack.token}"
+    return [
+        Post(url, burst([random_event_id() for _ in range(PER_MESSAGE)]), SOAP_HEADERS)
+        for _ in range(messages)
+    ]
+
+
+def _closed(stack: Stack, posts: Sequence[Post], plan: Plan, seconds: float) -> LoadResult:
+    return load.closed_loop("127.0.0.1", stack.web_port, posts, plan.connections, seconds)
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+def ingest(stack: Stack, plan: Plan) -> Figures:
+    """Closed loop, worker stopped: the service's view against the parse-only ceiling and the
+    naive view, then the service again with `appendfsync everysec` instead of `always`."""
+    figures: Figures = {}
+    if plan.warm_up:
+        _closed(stack, _posts(stack, INGEST_VIEWS["service"], 8), plan, plan.warm_up)
+    for name, path in INGEST_VIEWS.items():
+        stack.flush()
+        figures[name] = load_figures(_closed(stack, _posts(stack, path, 64), plan, plan.seconds))
+    stack.flush()
+    with appendfsync(stack, "everysec"):
+        service = _posts(stack, INGEST_VIEWS["service"], 64)
+        figures["service_everysec"] = load_figures(_closed(stack, service, plan, plan.seconds))
+    stack.flush()
+    return figures
+
+
+@contextmanager
+def appendfsync(stack: Stack, policy: str) -> Iterator[None]:
+    with stack.client() as client:
+        before = client.config_get("appendfsync")["appendfsync"]
+        client.config_set("appendfsync", policy)
+        try:
+            yield
+        finally:
+            client.config_set("appendfsync", before)
+
+
+def open_loop(stack: Stack, plan: Plan) -> Figures:
+    """A fixed arrival rate with the worker running (and falling behind: 5,000 cancels a
+    second is far past ChiliPiper), as wrk2 measures: latency from when each post was due."""
+    stack.flush()
+    stack.reset_sandbox(plan.latency)
+    stack.start_worker()
+    try:
+        messages = max(1, round(plan.open_rate * plan.open_seconds))
+        posts = _posts(stack, INGEST_VIEWS["service"], min(messages, 256))
+        result = load.open_loop(
+            "127.0.0.1", stack.web_port, posts, plan.open_rate, plan.open_seconds
+        )
+        figures = load_figures(result)
+        figures["rate"] = plan.open_rate
+        figures["connections_opened"] = result.connections_opened
+        figures["calls_meanwhile"] = stack.call_count()
+    finally:
+        stack.stop_workers()
+    stack.flush()
+    return figures
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def end_to_end(
+    stack: Stack, plan: Plan, cancels: int, *, processes: int = 1, prefork: bool = False
+) -> Figures:
+    """`cancels` Events posted as fast as the web takes them, then done by the worker(s):
+    effects a second from the first post to the last effect, and each Event's wait from the
+    Ack of its message to its cancel call."""
+    stack.flush()
+    stack.reset_sandbox(plan.latency)
+    children = [stack.start_worker(prefork=prefork) for _ in range(processes)]
+    try:
+        events = [random_event_id() for _ in range(cancels)]
+        chunks = [events[at : at + PER_MESSAGE] for at in range(0, cancels, PER_MESSAGE)]
+        path = f"{INGEST_VIEWS['service']}?token={stack.token}"
+        posts = [Post(path, burst(chunk), SOAP_HEADERS) for chunk in chunks]
+        wall = time.time() - time.monotonic()  # the sandbox logs wall-clock times
+        cpu_before = stack.cpu_seconds()
+        posted = load.post_all("127.0.0.1", stack.web_port, posts, plan.connections)
+        _require_success(posted)
+        wait_until(
+            f"{cancels} cancels done (worker logs in {stack.directory})",
+            lambda: stack.call_count() >= cancels,
+            timeout=60 + cancels / 5,
+        )
+        cpu = {part: spent - cpu_before[part] for part, spent in stack.cpu_seconds().items()}
+        calls = stack.calls()
+    finally:
+        stack.stop_workers()
+    first_call: dict[str, float] = {}
+    effects: Counter[str] = Counter()
+    for call in calls:
+        if call["action"] == "cancel" and call["ok"]:
+            effects[call["crmEventId"]] += 1
+            first_call.setdefault(call["crmEventId"], call["at"])
+    acked = {
+        event: posted.samples[index].done + wall
+        for index, chunk in enumerate(chunks)
+        for event in chunk
+    }
+    started = min(sample.sent for sample in posted.samples) + wall
+    elapsed = max(first_call.values()) - started
+    waits = sorted(first_call[event] - acked[event] for event in events if event in first_call)
+    threads = 1 if prefork else stack.worker_concurrency()
+    pool = len(children) * (_cpu_count() if prefork else threads)
+    stack.flush()
+    return {
+        "cancels": cancels,
+        "processes": processes,
+        "pool": "prefork" if prefork else "threads",
+        "calls_in_flight": pool,
+        "ideal_per_s": round(pool / plan.latency, 1),
+        "effects_per_s": round(len(first_call) / elapsed, 1),
+        "seconds": round(elapsed, 2),
+        "tool_calls": len(calls),
+        "effects": len(first_call),
+        "effects_twice": sum(1 for n in effects.values() if n > 1),
+        "ack_to_call_p50_ms": round(_quantile(waits, 0.50) * 1000, 0),
+        "ack_to_call_p99_ms": round(_quantile(waits, 0.99) * 1000, 0),
+        # What each part spent per effect: on a 2-core machine the parts share 2,000 ms of
+        # CPU a second, which bounds the rate whatever the concurrency.
+        "cpu_ms_per_effect": {
+            part: round(seconds * 1000 / max(len(first_call), 1), 2)
+            for part, seconds in cpu.items()
+        },
+    }
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 1000) - 1]
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def peak_rss(stack: Stack, plan: Plan) -> Figures:
+    """The worker's peak RSS with `plan.in_flight` calls in flight (each call held 3 s by the
+    sandbox), and the web's after every load before it."""
+    stack.flush()
+    hold = 3.0  # long enough that every thread holds a call before the first returns
+    stack.reset_sandbox(hold)
+    child = stack.start_worker(plan.in_flight)
+    try:
+        calls = plan.in_flight * 3
+        chunks = [calls // 3] * 3
+        path = f"{INGEST_VIEWS['service']}?token={stack.token}"
+        posts = [
+            Post(path, burst([random_event_id() for _ in range(n)]), SOAP_HEADERS) for n in chunks
+        ]
+        _require_success(load.post_all("127.0.0.1", stack.web_port, posts, 3))
+        # Two whole rounds of calls: every thread has held a call open at once.
+        started = time.monotonic()
+        wait_until("calls in flight", lambda: stack.call_count() >= 2 * plan.in_flight, 120)
+        rounds = (time.monotonic() - started) / hold
+        worker = child.peak_rss()
+    finally:
+        stack.stop_workers()
+    stack.flush()
+    assert stack.web is not None
+    return {
+        "web_mib": round(stack.web.peak_rss() / 2**20, 1),
+        "worker_mib": round(worker / 2**20, 1),
+        "in_flight": plan.in_flight,
+        "observed_in_flight": round(2 * plan.in_flight / max(rounds, 1.0), 1),
+    }
+
+
+# --- Redis round trips ------------------------------------------------------------------------
+
+
+def round_trips(stack: Stack, plan: Plan) -> Figures:
+    """Round trips and commands per operation, counted at a proxy between every process and
+    Redis, beside the server's own count (`INFO commandstats`, which includes the commands
+    inside Lua scripts); then the same for a bare Celery no-op task."""
+    operations = plan.round_trip_operations
+    stack.flush()
+    stack.reset_sandbox(0.0)
+    with CountingProxy("127.0.0.1", stack.redis_server.port) as proxy:
+        stack.start_web(redis_url=proxy.url())
+        try:
+            stack.start_worker(redis_url=proxy.url())
+            ours = _counted(stack, proxy, lambda: _run_cancels(stack, operations), operations)
+        finally:
+            stack.stop_workers()
+            stack.start_web()
+        stack.flush()
+        stack.start_worker(redis_url=proxy.url(), app=noop.APP)
+        try:
+            bare = _counted(
+                stack,
+                proxy,
+                lambda: noop.run(proxy.url(), operations, stack.redis_server.url),
+                operations,
+            )
+        finally:
+            stack.stop_workers()
+    stack.flush()
+    return {"operations": operations, "service": ours, "bare_celery": bare}
+
+
+def _run_cancels(stack: Stack, count: int) -> None:
+    events = [random_event_id() for _ in range(count)]
+    path = f"{INGEST_VIEWS['service']}?token={stack.token}"
+    posts = [
+        Post(path, burst(events[at : at + PER_MESSAGE]), SOAP_HEADERS)
+        for at in range(0, count, PER_MESSAGE)
+    ]
+    _require_success(load.post_all("127.0.0.1", stack.web_port, posts, 2))
+    wait_until(f"{count} cancels done", lambda: stack.call_count() >= count, 60 + count / 5)
+    noop.wait_drained(stack.redis_server.url)
+
+
+def _counted(stack: Stack, proxy: CountingProxy, run: Any, operations: int) -> Figures:
+    with stack.client() as client:
+        time.sleep(1.0)  # past start-up's traffic
+        before, server_before = proxy.counts(), _server_commands(client)
+        started = time.monotonic()
+        run()
+        elapsed = time.monotonic() - started
+        counts, server = proxy.counts() - before, _server_commands(client) - server_before
+    names = script_names()
+
+    def per_operation(counted: Mapping[str, int]) -> dict[str, float]:
+        named: Counter[str] = Counter()
+        for shape, n in counted.items():
+            named[SCRIPT_SHA.sub(lambda m: names.get(m[1], m[1][:8]), shape)] += n
+        return {shape: round(n / operations, 2) for shape, n in named.most_common() if n}
+
+    return {
+        "round_trips": round(counts.round_trips / operations, 2),
+        "commands": round(counts.commands / operations, 2),
+        "server_commands": round(server / operations, 2),
+        "seconds": round(elapsed, 2),
+        "by_round_trip": per_operation(counts.by_round_trip),
+        "by_command": per_operation(counts.by_command),
+    }
+
+
+SCRIPT_SHA = re.compile(r"(?<=EVALSHA )([0-9A-F]{40})")
+
+
+def script_names() -> dict[str, str]:
+    """Our Lua scripts by SHA1 (as the proxy reports them, upper-case): `module.CONSTANT`, so
+    that a round trip reads `EVALSHA claims.CLAIM` rather than a hash."""
+    found = {}
+    for info in pkgutil.walk_packages(worker.__path__, "worker."):
+        if info.name.startswith(("worker.dev", "worker.cli")) or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, str) and "redis.call(" in value:
+                sha = hashlib.sha1(value.encode(), usedforsecurity=False).hexdigest().upper()
+                found[sha] = f"{info.name.rpartition('.')[2]}.{name}"
+    return found
+
+
+def _server_commands(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
