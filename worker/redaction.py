@@ -68,6 +68,11 @@ SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 _ENCODED_ALNUM = re.compile(r"%(3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa])")
+# What every shape above needs to match (a literal of each, or a percent escape that could
+# spell one), found in one pass: a line with none of these (most lines: "Task ... received")
+# cannot hold a shape, so only the configured values are looked for in it. Every line of
+# every process passes through here, so this is the worker's hot path.
+_SHAPE_TRIGGERS = r"://|authoriz|bearer|token|secret|passw|api[_-]?key|session|00d|%"
 
 
 class Redactor:
@@ -85,11 +90,14 @@ class Redactor:
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(values, key=len, reverse=True)
         self._values = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._triggers = re.compile(_SHAPE_TRIGGERS, re.I)
 
     def adding(self, secrets: Iterable[str]) -> Redactor:
         return Redactor(self.values | set(secrets))
 
     def __call__(self, text: str) -> str:
+        if self._triggers.search(text) is None:
+            return text if self._values is None else self._values.sub(MASK, text)
         # Letters and digits percent-encoded (`tok%65n=…`) read as themselves, so that an
         # encoded name or secret cannot slip past the shapes; other escapes (a `%0A` that
         # would split a log line) stay as they are.

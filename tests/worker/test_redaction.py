@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker import redaction
 from worker.chilipiper import errors as chilipiper_errors
@@ -247,3 +250,35 @@ def test_percent_encoded_letters_do_not_hide_a_name_or_a_secret() -> None:
     assert "abcdefgh12" not in shown
     assert "configured-secret-1234" not in shown.replace("%65", "e")
     assert "%0A" in redact("a%0Ab")  # other escapes stay: no new line in a log line
+
+
+# Pieces of log lines that come near a shape, or are one, to be put together at random.
+FRAGMENTS = [
+    "token=",
+    "?access_token=abc123xyz",
+    "tok%65n=",
+    "%74oken",
+    "Authorization: Bearer ",
+    "bearer ",
+    "redis://:pw@host:6379",
+    "://",
+    "<sf:SessionId>",
+    "00D5g000004XyZq!AQ4AQHh1bVqExample.TokenValue",
+    '"client_secret": "',
+    "password",
+    "s3cr3t-value-123",
+    "Task crmhook.perform[1f0c] received",
+    " ",
+    "=",
+    '"',
+    "@",
+]
+
+
+@given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=8), max_size=12))
+def test_the_quick_screen_leaves_every_line_as_the_full_redaction_does(parts: list[str]) -> None:
+    line = "".join(parts)
+    screened = Redactor(["s3cr3t-value-123"])
+    thorough = Redactor(["s3cr3t-value-123"])
+    thorough._triggers = re.compile("")  # every line takes the full path
+    assert screened(line) == thorough(line)
