@@ -15,43 +15,100 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
 
+from worker.chilipiper import breaker, limiter
 from worker.chilipiper.breaker import BreakerSettings, CircuitBreaker
 from worker.chilipiper.limiter import AdaptiveLimiter, Answer, LimiterPolicy
 from worker.errors import DeferredError, GatewayError, InDoubtError, RetryableError
 from worker.store import keys
+from worker.store.connection import text
 from worker.store.lua import NOW
 
 log = logging.getLogger(__name__)
 
-# KEYS: pause. ARGV: ms. Extends the pause, never shortens it.
+# Milliseconds until the pause and (given its key) an open circuit end, by Redis's clock
+# (every worker host may have its own). Needs `NOW` before it.
+_HOLD = """
+local function hold_ms(pause, breaker)
+  local until_ms = tonumber(redis.call('GET', pause) or '0')
+  if breaker and redis.call('HGET', breaker, 'state') == 'open' then
+    until_ms = math.max(until_ms, tonumber(redis.call('HGET', breaker, 'until') or '0'))
+  end
+  return math.max(0, until_ms - now)
+end
+"""
+
+# The gate's scripts compose the limiter's and the breaker's functions, each fed its own
+# arguments: ARGV is a run of groups, each preceded by its length (`_grouped`).
+_GROUPS = """
+local function groups(argv)
+  local found, i = {}, 1
+  while i <= #argv do
+    local n = tonumber(argv[i])
+    found[#found + 1] = {unpack(argv, i + 1, i + n)}
+    i = i + n + 1
+  end
+  return found
+end
+"""
+
+_LIBRARY = NOW + _HOLD + _GROUPS + limiter.LUA + breaker.LUA
+
+# KEYS: pause, breaker. The hold (pause or open circuit), ms.
+_HOLDS = _LIBRARY + "return hold_ms(KEYS[1], KEYS[2])"
+
+# KEYS: pause, breaker. ARGV: ms. Extends the pause, never shortens it; returns the hold.
 _PAUSE = (
-    NOW
+    _LIBRARY
     + """
 local until_ms = now + tonumber(ARGV[1])
 if until_ms > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
 end
-return until_ms
+return hold_ms(KEYS[1], KEYS[2])
 """
 )
 
-
-# KEYS: pause[, breaker]. Milliseconds until the pause and an open circuit end, by Redis's
-# clock (every worker host may have its own).
-_HOLDS = (
-    NOW
+# KEYS: pause, breaker, limiter. ARGV groups: breaker_admit's, limiter_reserve's.
+# Returns {verdict, wait ms, hold ms}: verdict 'closed' or 'trial' (a trial permit taken) is
+# go after `wait`; any other is why the call is deferred ('paused', 'circuit open',
+# 'circuit half-open', 'rate limit'), for `wait`. A paused gate takes no trial permit, and
+# a trial whose slot is too far gives its permit back, as before the steps were one script.
+_ENTER = (
+    _LIBRARY
     + """
-local until_ms = tonumber(redis.call('GET', KEYS[1]) or '0')
-if KEYS[2] and redis.call('HGET', KEYS[2], 'state') == 'open' then
-  until_ms = math.max(until_ms, tonumber(redis.call('HGET', KEYS[2], 'until') or '0'))
+local args = groups(ARGV)
+local function answer(verdict, wait) return {verdict, wait, hold_ms(KEYS[1], KEYS[2])} end
+local paused = hold_ms(KEYS[1])
+if paused > 0 then return answer('paused', paused) end
+local admission = breaker_admit({KEYS[2]}, args[1])
+if admission[1] == 0 then return answer(admission[3], admission[2]) end
+local slot = limiter_reserve({KEYS[3]}, args[2])
+if slot[1] == 0 then
+  if admission[3] == 'trial' then breaker_return({KEYS[2]}) end
+  return answer('rate limit', slot[2])
 end
-return math.max(0, until_ms - now)
+return answer(admission[3], slot[2])
 """
 )
+
+# KEYS: limiter, pause, breaker, window. ARGV groups: limiter_record's (none when the outcome
+# says nothing about the rate), breaker_record's. Returns {breaker state, hold ms}.
+_OUTCOME = (
+    _LIBRARY
+    + """
+local args = groups(ARGV)
+if #args[1] > 0 then limiter_record({KEYS[1], KEYS[2]}, args[1]) end
+local state = breaker_record({KEYS[3], KEYS[4]}, args[2])
+return {state, hold_ms(KEYS[2], KEYS[3])}
+"""
+)
+
+_GO = ("closed", "trial")
 
 
 @dataclass(frozen=True)
@@ -63,36 +120,43 @@ class GateSettings:
 
 
 class Gate:
-    """The shared limits, checked before each request to ChiliPiper and told how it went."""
+    """The shared limits, checked before each request to ChiliPiper and told how it went.
+
+    One round trip to enter (one more when the call must wait for its slot) and one to report
+    how a call went (a 429 takes a few): the pause, the circuit and the rate are functions of
+    one Lua library, which each script runs together, atomically."""
 
     def __init__(self, client: redis.Redis, settings: GateSettings) -> None:
         self._redis = client
         self._settings = settings
         self.limiter = AdaptiveLimiter(client, settings.ceiling_per_second, settings.limiter)
         self.breaker = CircuitBreaker(client, settings.breaker)
+        self._enter = client.register_script(_ENTER)
+        self._outcome = client.register_script(_OUTCOME)
         self._pause = client.register_script(_PAUSE)
         self._holds = client.register_script(_HOLDS)
         self._calls = _ThisCall()
+        # The last hold any script told this process of: (seconds, `time.monotonic()` then).
+        self._seen: tuple[float, float] | None = None
 
     def enter(self) -> None:
         """Return when this request may go (after a short sleep at most), or raise
         DeferredError saying for how long calls are held back, and why."""
         self._calls.trial = False
-        paused = self._held_for(keys.GATE_PAUSE)
-        if paused > 0:
-            raise DeferredError("ChiliPiper calls held back: paused", retry_after=paused)
-        admission = self.breaker.admit()
-        if not admission.allowed:
-            raise DeferredError(
-                f"ChiliPiper calls held back: {admission.reason}", retry_after=admission.wait
-            )
-        trial = admission.reason == "trial"
-        slot = self.limiter.reserve(self._settings.max_block_seconds)
-        if not slot.granted:
-            self._give_back(trial)
-            raise DeferredError("ChiliPiper calls held back: rate limit", retry_after=slot.wait)
-        if slot.wait > 0:
-            time.sleep(slot.wait)
+        verdict, wait_ms, hold_ms = self._enter(
+            keys=[keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_LIMITER],
+            args=_grouped(
+                self.breaker.admit_args(),
+                self.limiter.reserve_args(self._settings.max_block_seconds),
+            ),
+        )
+        self._saw(hold_ms)
+        verdict, wait = text(verdict), int(wait_ms) / 1000
+        if verdict not in _GO:
+            raise DeferredError(f"ChiliPiper calls held back: {verdict}", retry_after=wait)
+        trial = verdict == "trial"
+        if wait > 0:
+            time.sleep(wait)
             # A pause or an open circuit may have begun while we waited for our slot.
             held = self.deferral()
             if held > 0:
@@ -108,11 +172,27 @@ class Gate:
     def deferral(self) -> float:
         """Seconds until calls may go at all (pause or open circuit); 0 when they may.
         Reckoned by Redis's clock, which wrote the times, not by this host's."""
-        return self._held_for(keys.GATE_PAUSE, keys.GATE_BREAKER)
+        return self._saw(self._holds(keys=[keys.GATE_PAUSE, keys.GATE_BREAKER]))
+
+    def recent_deferral(self, max_age: float = 1.0) -> float:
+        """`deferral()` as this process last heard it, if within `max_age` seconds (less the
+        time since), else asked of Redis. Every gate script answers with the hold, so a busy
+        worker checks before claiming without a round trip.
+
+        Only an optimisation, for the check before a claim: `enter` remains the authority.
+        A stale 0 (a pause or an open circuit another worker began since) costs a claim
+        taken and handed back when `enter` defers; a stale hold (one that ended early, which
+        only an operator does) re-schedules a task that could have gone."""
+        seen = self._seen
+        if seen is not None:
+            held, at = seen
+            age = time.monotonic() - at
+            if 0 <= age <= max_age:
+                return max(0.0, held - age)
+        return self.deferral()
 
     def succeeded(self) -> None:
-        self.limiter.record(Answer.ACCEPTED)
-        self.breaker.record(failed=False)
+        self._record(Answer.ACCEPTED, failed=False)
 
     def failed(self, error: RetryableError | InDoubtError) -> None:
         """A 429 is the limiter's signal (and its Retry-After pauses everyone); any other
@@ -123,14 +203,19 @@ class Gate:
             if decision == "cut":
                 log.warning("ChiliPiper is refusing calls (429): rate cut to %.1f/s", rate)
             if error.retry_after:
-                self._pause(keys=[keys.GATE_PAUSE], args=[int(error.retry_after * 1000)])
+                self._saw(
+                    self._pause(
+                        keys=[keys.GATE_PAUSE, keys.GATE_BREAKER],
+                        args=[int(error.retry_after * 1000)],
+                    )
+                )
                 log.warning(
                     "ChiliPiper asked to wait %.1f s: every worker pauses", error.retry_after
                 )
             return
-        if error.status is not None or isinstance(error, InDoubtError):
-            self.limiter.record(Answer.ACCEPTED)  # it answered (or may have): not a limit
-        if self.breaker.record(failed=True) == "opened":
+        # It answered (or may have): not a limit. With no answer the rate learns nothing.
+        answered = error.status is not None or isinstance(error, InDoubtError)
+        if self._record(Answer.ACCEPTED if answered else None, failed=True) == "opened":
             log.warning(
                 "circuit open: ChiliPiper calls stop for %.0f s",
                 self._settings.breaker.cooldown_seconds,
@@ -145,14 +230,35 @@ class Gate:
             held_for=self.deferral(),
         )
 
+    def _record(self, answer: Answer | None, *, failed: bool) -> str:
+        """The limiter told `answer` (unless None) and the circuit the outcome, in one round
+        trip; returns the circuit's state after it (`opened` when this outcome opened it)."""
+        state, hold_ms = self._outcome(
+            keys=[keys.GATE_LIMITER, keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_BREAKER_WINDOW],
+            args=_grouped(
+                [] if answer is None else self.limiter.record_args(answer),
+                self.breaker.record_args(failed=failed),
+            ),
+        )
+        self._saw(hold_ms)
+        return text(state)
+
     def _give_back(self, trial: bool) -> None:
         if trial:
             self.breaker.return_trial()
             self._calls.trial = False
 
-    def _held_for(self, *held: str) -> float:
-        """Seconds until the pause (and the open circuit, if asked) end."""
-        return int(self._holds(keys=list(held))) / 1000
+    def _saw(self, hold_ms: int) -> float:
+        """Remember a hold a script answered (ms), for `recent_deferral`; returns seconds."""
+        held = int(hold_ms) / 1000
+        self._seen = (held, time.monotonic())
+        return held
+
+
+def _grouped(*groups: Sequence[str | float]) -> list[str | float]:
+    """Arguments for several composed functions in one script: each group preceded by its
+    length (the scripts' `groups` splits them again)."""
+    return [item for group in groups for item in (len(group), *group)]
 
 
 @dataclass(frozen=True)

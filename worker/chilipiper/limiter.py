@@ -67,91 +67,99 @@ class Answer(StrEnum):
 # The hash: rate (calls/s), `ssthresh` (the rate after the last cut, -1 before any; below it the
 # rate doubles), `tat` (GCRA's theoretical arrival time, ms), the open round's start and counts
 # (`sent`, `accepted`, `limited`), and `recovering` (1 in the round after a cut).
-
-# ARGV: initial rate, ceiling (0 = none), floor, idle ms.
-_STATE = """
-local h = KEYS[1]
-local ceiling, floor = tonumber(ARGV[2]), tonumber(ARGV[3])
-local kept = redis.call('HMGET', h, 'rate', 'ssthresh', 'round_start')
-local rate = tonumber(kept[1] or '0')
-if rate <= 0 or not kept[2] or not kept[3] then  -- new, expired, or not ours: start fast
-  rate = tonumber(ARGV[1])
-  redis.call('HSET', h, 'rate', rate, 'ssthresh', -1, 'round_start', now,
-             'sent', 0, 'accepted', 0, 'limited', 0, 'recovering', 0)
+#
+# The limiter's Lua, as functions of their keys `k` and arguments `a`, so that the gate's
+# scripts can run them together with the breaker's in one round trip. Needs `NOW` before it.
+LUA = """
+-- The state, started afresh when new, expired or not ours. a: initial rate, ceiling
+-- (0 = none), floor, idle ms. Returns the rate now and the floor.
+local function limiter_state(h, a)
+  local ceiling, floor = tonumber(a[2]), tonumber(a[3])
+  local kept = redis.call('HMGET', h, 'rate', 'ssthresh', 'round_start')
+  local rate = tonumber(kept[1] or '0')
+  if rate <= 0 or not kept[2] or not kept[3] then  -- new, expired, or not ours: start fast
+    rate = tonumber(a[1])
+    redis.call('HSET', h, 'rate', rate, 'ssthresh', -1, 'round_start', now,
+               'sent', 0, 'accepted', 0, 'limited', 0, 'recovering', 0)
+  end
+  if ceiling > 0 and rate > ceiling then rate = ceiling end
+  if rate < floor then rate = floor end
+  redis.call('PEXPIRE', h, math.floor(tonumber(a[4])))
+  return rate, floor
 end
-if ceiling > 0 and rate > ceiling then rate = ceiling end
-if rate < floor then rate = floor end
-redis.call('PEXPIRE', h, math.floor(tonumber(ARGV[4])))
+
+-- k: limiter. a: as limiter_state, then max block ms.
+-- Returns {1, wait ms}: go after `wait`; {0, wait ms}: the slot is too far, deferred.
+local function limiter_reserve(k, a)
+  local h = k[1]
+  local rate, floor = limiter_state(h, a)
+  local interval = 1000 / rate
+  local tat = math.max(tonumber(redis.call('HGET', h, 'tat') or '0'), now)
+  -- Further ahead than any reservation can reach (the longest wait at the slowest rate):
+  -- Redis's clock went back.
+  if tat > now + tonumber(a[5]) + 1000 / floor then tat = now end
+  local wait = tat - now
+  if wait > tonumber(a[5]) then return {0, math.ceil(wait)} end
+  redis.call('HSET', h, 'tat', tostring(tat + interval))
+  redis.call('HINCRBY', h, 'sent', 1)
+  return {1, math.ceil(wait)}
+end
+
+-- k: limiter, pause. a: as limiter_state, then the answer, fast-start round ms, round ms,
+-- additive increase, decrease factor, cut share, cut min refusals, stale round ms.
+-- Returns {decision, rate as text}: decision is 'open' (round still counting), 'hold',
+-- 'grow' or 'cut'.
+local function limiter_record(k, a)
+  local h = k[1]
+  local rate = limiter_state(h, a)
+  redis.call('HINCRBY', h, a[5], 1)
+  local ssthresh = tonumber(redis.call('HGET', h, 'ssthresh'))
+  local fast = ssthresh < 0 or rate < ssthresh
+  local round = fast and tonumber(a[6]) or tonumber(a[7])
+  local elapsed = now - tonumber(redis.call('HGET', h, 'round_start'))
+  if elapsed < 0 then  -- Redis's clock went back: count from now
+    redis.call('HSET', h, 'round_start', now)
+    return {'open', tostring(rate)}
+  end
+  if elapsed < round then return {'open', tostring(rate)} end
+  local counts = redis.call('HMGET', h, 'sent', 'accepted', 'limited')
+  local sent, limited = tonumber(counts[1]), tonumber(counts[3])
+  local answered = tonumber(counts[2]) + limited
+  local refused = limited > 0 and limited >= tonumber(a[10]) * answered
+  local decision = 'hold'
+  if refused and (redis.call('HGET', h, 'recovering') == '1' or sent == 0) then
+    -- 429s answering calls sent before the last cut, or while nobody sent: no news about
+    -- the rate now (TCP cuts once per window of loss, not once per lost packet).
+    decision = 'hold'
+  elseif refused and limited >= tonumber(a[11]) then
+    -- The rate really sent, over the part of the round no Retry-After pause held back.
+    local paused = math.min(tonumber(redis.call('GET', k[2]) or '0'), now) - (now - elapsed)
+    local active = math.max(elapsed - math.max(paused, 0), elapsed / 10)
+    local sending = math.min(rate, sent * 1000 / active)
+    rate = math.max(tonumber(a[3]), sending * tonumber(a[9]))
+    ssthresh = rate
+    decision = 'cut'
+  elseif refused and elapsed < tonumber(a[12]) then
+    return {'open', tostring(rate)}  -- 429s, but too few to tell: neither grow nor cut yet
+  elseif sent * 1000 / elapsed >= rate / 2 then
+    if fast then rate = rate * 2 else rate = rate + tonumber(a[8]) end
+    decision = 'grow'
+  end
+  local ceiling = tonumber(a[2])
+  if ceiling > 0 and rate > ceiling then rate = ceiling end
+  redis.call('HSET', h, 'rate', tostring(rate), 'ssthresh', tostring(ssthresh),
+             'round_start', now, 'sent', 0, 'accepted', 0, 'limited', 0,
+             'recovering', decision == 'cut' and 1 or 0)
+  return {decision, tostring(rate)}
+end
 """
 
-# KEYS: limiter. ARGV: as _STATE, then max block ms.
-# Returns {1, wait ms}: go after `wait`; {0, wait ms}: the slot is too far, deferred.
-_RESERVE = (
-    NOW
-    + _STATE
-    + """
-local interval = 1000 / rate
-local tat = math.max(tonumber(redis.call('HGET', h, 'tat') or '0'), now)
--- Further ahead than any reservation can reach (the longest wait at the slowest rate):
--- Redis's clock went back.
-if tat > now + tonumber(ARGV[5]) + 1000 / floor then tat = now end
-local wait = tat - now
-if wait > tonumber(ARGV[5]) then return {0, math.ceil(wait)} end
-redis.call('HSET', h, 'tat', tostring(tat + interval))
-redis.call('HINCRBY', h, 'sent', 1)
-return {1, math.ceil(wait)}
-"""
-)
+# The limiter's keys, in the order its functions take them.
+RESERVE_KEYS = [keys.GATE_LIMITER]
+RECORD_KEYS = [keys.GATE_LIMITER, keys.GATE_PAUSE]
 
-# KEYS: limiter, pause. ARGV: as _STATE, then the answer, fast-start round ms, round ms, additive
-# increase, decrease factor, cut share, cut min refusals, stale round ms.
-# Returns {decision, rate as text}: decision is 'open' (round still counting), 'hold',
-# 'grow' or 'cut'.
-_RECORD = (
-    NOW
-    + _STATE
-    + """
-redis.call('HINCRBY', h, ARGV[5], 1)
-local ssthresh = tonumber(redis.call('HGET', h, 'ssthresh'))
-local fast = ssthresh < 0 or rate < ssthresh
-local round = fast and tonumber(ARGV[6]) or tonumber(ARGV[7])
-local elapsed = now - tonumber(redis.call('HGET', h, 'round_start'))
-if elapsed < 0 then  -- Redis's clock went back: count from now
-  redis.call('HSET', h, 'round_start', now)
-  return {'open', tostring(rate)}
-end
-if elapsed < round then return {'open', tostring(rate)} end
-local counts = redis.call('HMGET', h, 'sent', 'accepted', 'limited')
-local sent, limited = tonumber(counts[1]), tonumber(counts[3])
-local answered = tonumber(counts[2]) + limited
-local refused = limited > 0 and limited >= tonumber(ARGV[10]) * answered
-local decision = 'hold'
-if refused and (redis.call('HGET', h, 'recovering') == '1' or sent == 0) then
-  -- 429s answering calls sent before the last cut, or while nobody sent: no news about
-  -- the rate now (TCP cuts once per window of loss, not once per lost packet).
-  decision = 'hold'
-elseif refused and limited >= tonumber(ARGV[11]) then
-  -- The rate really sent, over the part of the round no Retry-After pause held back.
-  local paused = math.min(tonumber(redis.call('GET', KEYS[2]) or '0'), now) - (now - elapsed)
-  local active = math.max(elapsed - math.max(paused, 0), elapsed / 10)
-  local sending = math.min(rate, sent * 1000 / active)
-  rate = math.max(tonumber(ARGV[3]), sending * tonumber(ARGV[9]))
-  ssthresh = rate
-  decision = 'cut'
-elseif refused and elapsed < tonumber(ARGV[12]) then
-  return {'open', tostring(rate)}  -- 429s, but too few to tell: neither grow nor cut yet
-elseif sent * 1000 / elapsed >= rate / 2 then
-  if fast then rate = rate * 2 else rate = rate + tonumber(ARGV[8]) end
-  decision = 'grow'
-end
-local ceiling = tonumber(ARGV[2])
-if ceiling > 0 and rate > ceiling then rate = ceiling end
-redis.call('HSET', h, 'rate', tostring(rate), 'ssthresh', tostring(ssthresh),
-           'round_start', now, 'sent', 0, 'accepted', 0, 'limited', 0,
-           'recovering', decision == 'cut' and 1 or 0)
-return {decision, tostring(rate)}
-"""
-)
+_RESERVE = NOW + LUA + "return limiter_reserve(KEYS, ARGV)"
+_RECORD = NOW + LUA + "return limiter_record(KEYS, ARGV)"
 
 
 @dataclass(frozen=True)
@@ -177,28 +185,33 @@ class AdaptiveLimiter:
 
     def reserve(self, max_block_seconds: float) -> Reservation:
         granted, wait_ms = self._reserve(
-            keys=[keys.GATE_LIMITER], args=[*self._state_args(), max_block_seconds * 1000]
+            keys=RESERVE_KEYS, args=self.reserve_args(max_block_seconds)
         )
         return Reservation(bool(granted), int(wait_ms) / 1000)
 
     def record(self, answer: Answer) -> tuple[str, float]:
         """Count one answer; returns the round's decision and the rate after it."""
-        policy = self.policy
-        decision, rate = self._record(
-            keys=[keys.GATE_LIMITER, keys.GATE_PAUSE],
-            args=[
-                *self._state_args(),
-                answer.value,
-                policy.fast_start_round * 1000,
-                policy.round * 1000,
-                policy.additive_increase,
-                policy.decrease_factor,
-                policy.cut_share,
-                policy.cut_min_refusals,
-                policy.stale_round * 1000,
-            ],
-        )
+        decision, rate = self._record(keys=RECORD_KEYS, args=self.record_args(answer))
         return text(decision), float(text(rate))
+
+    def reserve_args(self, max_block_seconds: float) -> list[float]:
+        """The arguments of `limiter_reserve` (`LUA`), for scripts that compose it."""
+        return [*self._state_args(), max_block_seconds * 1000]
+
+    def record_args(self, answer: Answer) -> list[float | str]:
+        """The arguments of `limiter_record` (`LUA`), for scripts that compose it."""
+        policy = self.policy
+        return [
+            *self._state_args(),
+            answer.value,
+            policy.fast_start_round * 1000,
+            policy.round * 1000,
+            policy.additive_increase,
+            policy.decrease_factor,
+            policy.cut_share,
+            policy.cut_min_refusals,
+            policy.stale_round * 1000,
+        ]
 
     def rate(self) -> float:
         """The allowed rate now (calls per second), for metrics and `crmhook check`."""

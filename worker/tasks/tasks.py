@@ -86,7 +86,7 @@ def perform_task(self: RuntimeTask, operation: dict[str, Any]) -> str:
     )
     parsed = Operation.from_message(operation)
     try:
-        held = runtime.gate.deferral()  # paused or circuit open: do not even claim
+        held = runtime.gate.recent_deferral()  # paused or circuit open: do not even claim
         if held > 0:
             return run_later(self, parsed, policy.next_run(0, held_for=held), None)
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
