@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help dev test test-fast reliability lint format typecheck check clean
+.PHONY: help dev test test-fast reliability bench lint format typecheck check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test-fast: $(STAMP) ## Run the tests that need no worker process
 reliability: $(STAMP) ## Run the failure scenarios (kills, restarts, faults, fuzzing)
 	$(BIN)/pytest -m reliability
 
+bench: $(STAMP) ## Measure the whole system on this machine (about 5 minutes; docs/benchmarks.md)
+	$(BIN)/crmhook bench
+
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -34,7 +37,7 @@ format: $(STAMP) ## Format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: $(STAMP) ## mypy, strict on webhooks/ and worker/
+typecheck: $(STAMP) ## mypy, strict on webhooks/, worker/ and bench/
 	$(BIN)/mypy
 
 check: lint typecheck test ## Everything CI runs

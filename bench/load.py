@@ -119,12 +119,13 @@ class _BadResponse(Exception):
 _FAILURES = (OSError, TimeoutError, EOFError, asyncio.LimitOverrunError, ValueError, _BadResponse)
 
 
-def encode(host: str, port: int, post: Post) -> bytes:
+def encode(host: str, port: int, post: Post, *, keep_alive: bool = True) -> bytes:
     """The complete request as bytes: request line, Host, Content-Length, headers, body.
 
     Content-Type defaults to ``application/octet-stream`` and Host to `host`:`port`; a post's own
     Content-Length, Transfer-Encoding or Connection header is dropped, since the body's length
-    and keep-alive are this module's to state.
+    and keep-alive are this module's to state: `keep_alive=False` asks for `Connection: close`
+    (a connection per request, as a proxy without upstream keep-alive makes them).
     """
     authority = f"[{host}]" if ":" in host else host
     headers = {
@@ -135,6 +136,8 @@ def encode(host: str, port: int, post: Post) -> bytes:
         if name.lower() not in _COMPUTED:
             headers[name.lower()] = (name, value)
     headers["content-length"] = ("Content-Length", str(len(post.body)))
+    if not keep_alive:
+        headers["connection"] = ("Connection", "close")
     texts = [post.path, *(text for pair in headers.values() for text in pair)]
     if any("\r" in text or "\n" in text for text in texts):
         # A line break inside the path or a header would split the request in two.
@@ -223,7 +226,9 @@ class _Connection:
 class _Run:
     """State shared by one run's senders: the target, samples, counters, the first error."""
 
-    def __init__(self, host: str, port: int, posts: Sequence[Post], timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, posts: Sequence[Post], timeout: float, keep_alive: bool = True
+    ) -> None:
         if not posts:
             raise ValueError("no posts to send")
         if timeout <= 0:
@@ -231,7 +236,7 @@ class _Run:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.requests = [encode(host, port, post) for post in posts]
+        self.requests = [encode(host, port, post, keep_alive=keep_alive) for post in posts]
         self.samples: list[tuple[int, Sample]] = []
         self.opened = 0
         self.first_error = ""
@@ -378,14 +383,16 @@ def closed_loop(
     connections: int,
     seconds: float,
     timeout: float = 30,
+    keep_alive: bool = True,
 ) -> LoadResult:
     """`connections` connections, each sending the next post as soon as its last answer is read.
 
     Stops starting requests after `seconds`; those in flight then are completed and counted.
-    Raises `NoSuccess` when no request got a 2xx answer.
+    Raises `NoSuccess` when no request got a 2xx answer. `keep_alive=False`: a connection per
+    request (see `encode`).
     """
     _positive(connections=connections, seconds=seconds)
-    run = _Run(host, port, posts, timeout)
+    run = _Run(host, port, posts, timeout, keep_alive)
     numbers = itertools.count()
 
     async def sender(deadline: float) -> None:
@@ -412,6 +419,7 @@ def open_loop(
     seconds: float,
     connections: int = 64,
     timeout: float = 30,
+    keep_alive: bool = True,
 ) -> LoadResult:
     """Request i is due at ``start + i / rate`` for ``i < ceil(rate * seconds)``, come what may.
 
@@ -421,7 +429,7 @@ def open_loop(
     `NoSuccess` when no request got a 2xx answer.
     """
     _positive(rate=rate, seconds=seconds, connections=connections)
-    run = _Run(host, port, posts, timeout)
+    run = _Run(host, port, posts, timeout, keep_alive)
     count = math.ceil(rate * seconds)
 
     async def body() -> None:
@@ -449,13 +457,14 @@ def post_all(
     posts: Sequence[Post],
     connections: int,
     timeout: float = 30,
+    keep_alive: bool = True,
 ) -> LoadResult:
     """Each post exactly once (no retries), over `connections` connections, as fast as possible.
 
     Samples come in the order of `posts`. Failures are status-0 samples; nothing is raised.
     """
     _positive(connections=connections)
-    run = _Run(host, port, posts, timeout)
+    run = _Run(host, port, posts, timeout, keep_alive)
     pending: Iterator[int] = iter(range(len(posts)))
 
     async def sender() -> None:

@@ -51,6 +51,7 @@ class Plan:
     cancels: int = 5000
     prefork_cancels: int = 500  # Celery's defaults manage about 20 calls/s: keep it short
     in_flight: int = 64  # calls in flight while the worker's peak RSS is read
+    hold: float = 3.0  # how long ChiliPiper holds each of those calls
     round_trip_operations: int = 1000
     warm_up: float = 2.0
 
@@ -60,10 +61,11 @@ class Plan:
             seconds=1.0,
             open_rate=10.0,
             open_seconds=1.0,
-            cancels=200,
-            prefork_cancels=40,
+            cancels=100,
+            prefork_cancels=20,
             in_flight=8,
-            round_trip_operations=100,
+            hold=0.5,
+            round_trip_operations=50,
             warm_up=0.0,
         )
 
@@ -242,10 +244,10 @@ def _cpu_count() -> int:
 
 
 def peak_rss(stack: Stack, plan: Plan) -> Figures:
-    """The worker's peak RSS with `plan.in_flight` calls in flight (each call held 3 s by the
-    sandbox), and the web's after every load before it."""
+    """The worker's peak RSS with `plan.in_flight` calls in flight (each held `plan.hold`
+    seconds by the sandbox), and the web's after every load before it."""
     stack.flush()
-    hold = 3.0  # long enough that every thread holds a call before the first returns
+    hold = plan.hold  # long enough that every thread holds a call before the first returns
     stack.reset_sandbox(hold)
     child = stack.start_worker(plan.in_flight)
     try:
