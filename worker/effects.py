@@ -23,6 +23,7 @@ from enum import StrEnum
 from worker import clock
 from worker.chilipiper import ToolResult
 from worker.chilipiper.deadline import Deadline
+from worker.chilipiper.gate import DeferredSuccesses
 from worker.domain.meetings import MeetingStatus
 from worker.domain.operations import Action, Operation, State
 from worker.errors import (
@@ -104,8 +105,12 @@ def perform(
         return STAND_DOWN[claim.verdict]
     # Reading the meeting before the call may take a whole call's deadline too.
     held_for = settings.chilipiper_call_deadline_seconds + TIMING_MARGIN_SECONDS
-    with runtime.heartbeat.hold(claim, operation, valid_from=asked_at, renew_for=held_for) as lease:
-        return _Execution(runtime, operation, claim, lease).run()
+    with (
+        runtime.heartbeat.hold(claim, operation, valid_from=asked_at, renew_for=held_for) as lease,
+        # The gate's record of a call's success rides in the settle's round trip.
+        runtime.gate.deferring_successes() as successes,
+    ):
+        return _Execution(runtime, operation, claim, lease, successes).run()
 
 
 def _nothing_ran(error: PermanentError) -> bool:
@@ -120,11 +125,20 @@ def _nothing_ran(error: PermanentError) -> bool:
 class _Execution:
     """One execution holding the claim of one operation, and what it learnt on the way."""
 
-    def __init__(self, runtime: Runtime, operation: Operation, claim: Claim, lease: Lease) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        operation: Operation,
+        claim: Claim,
+        lease: Lease,
+        successes: DeferredSuccesses,
+    ) -> None:
         self.runtime = runtime
         self.operation = operation
         self.claim = claim
         self.lease = lease
+        # The gate's successes not yet recorded: the settle sends them with its own writes.
+        self.successes = successes
         self.key = keys.operation(operation)
         # Whether an earlier call may still take effect unseen, as far as this execution knows.
         self.doubt = Doubt.KEEP if claim.in_doubt else Doubt.NONE
@@ -269,7 +283,14 @@ class _Execution:
         if outcome is Outcome.RECONCILED:
             record["reconciled"] = True
         claims = self.runtime.store.claims
-        if not claims.settle(self.operation, self.claim, State.SUCCEEDED, result=record):
+        settled = claims.settle(
+            self.operation,
+            self.claim,
+            State.SUCCEEDED,
+            result=record,
+            also=self.successes.record_into,
+        )
+        if not settled:
             log.error("%s: succeeded, but the claim had been taken over", self.key)
             return Outcome.LOST_CLAIM
         log.info("%s %s: %s", result.tool, self.operation.crm_event_id, outcome)
@@ -278,7 +299,14 @@ class _Execution:
     def _settle_error(self, state: State, error: str) -> Outcome:
         log.warning("%s: %s (%s)", self.key, state, error)
         claims = self.runtime.store.claims
-        settled = claims.settle(self.operation, self.claim, state, doubt=self.doubt, error=error)
+        settled = claims.settle(
+            self.operation,
+            self.claim,
+            state,
+            doubt=self.doubt,
+            error=error,
+            also=self.successes.record_into,  # a permanent error was an answer, to the gate
+        )
         if settled is Settled.REOPENED:
             log.info("%s: asked for again during the run: a fresh budget", self.key)
             raise RetryLater(PermanentError(error), 0)

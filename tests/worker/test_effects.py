@@ -6,13 +6,15 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
 
 from tests.conftest import IDLE_DB, SandboxServer, db_url, make_settings, random_event_id
-from worker.chilipiper import Gateway, ToolNames, ToolResult
+from tests.worker.chilipiper.test_gate_round_trips import Sends, counting_client
+from worker.chilipiper import Gateway, ToolNames, ToolResult, build_gateway
 from worker.dev.redis_server import RedisServer
 from worker.domain.operations import Action, Operation
 from worker.effects import Outcome, RetryLater, perform
@@ -23,8 +25,9 @@ from worker.errors import (
     InDoubtError,
     RetryableError,
 )
+from worker.leases import Heartbeat
 from worker.store import keys
-from worker.tasks.runtime import Runtime, build_runtime
+from worker.tasks.runtime import Runtime, build_gate, build_runtime, build_store
 
 
 @pytest.fixture
@@ -257,6 +260,33 @@ def test_redelivery_of_a_failed_notification_stays_failed_but_a_new_one_tries_ag
     assert keys.operation(first) not in [
         key for key, _ in runtime.store.dead_letters.since()
     ]  # succeeded since: no dead letter
+
+
+def test_a_successful_cancel_costs_four_round_trips_the_gates_record_in_the_settles(
+    redis_server: RedisServer, sandbox: SandboxServer, idle_redis: redis.Redis
+) -> None:
+    """Claim, enter the gate, mark the send, then one pipeline: the settle, its index writes
+    and the gate's record of the success."""
+    sends = Sends()
+    settings = make_settings(db_url(redis_server, IDLE_DB), sandbox.url)
+    with counting_client(settings.redis_url, sends) as client:
+        store = build_store(settings, client)
+        gate = build_gate(settings, client)
+        counted = Runtime(
+            settings=settings,
+            redis=client,
+            store=store,
+            gate=gate,
+            gateway=build_gateway(settings, gate=gate),
+            heartbeat=Heartbeat(store.claims, lease_seconds=60, interval=60),
+        )
+        perform(counted, cancel(), owner="t0")  # scripts loaded, tools listed, replicas read
+        client.delete(keys.GATE_LIMITER)  # no slot to wait for (a check more after the wait)
+        window = client.llen(keys.GATE_BREAKER_WINDOW)
+        operation = cancel()
+        assert sends.during(partial(perform, counted, operation, owner="t1")) == 4
+        assert client.llen(keys.GATE_BREAKER_WINDOW) == window + 1  # the success, recorded
+        assert record_of(counted, operation)["state"] == "succeeded"
 
 
 def test_an_open_circuit_defers_without_spending_an_attempt(

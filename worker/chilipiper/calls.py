@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from tenacity import Retrying
 
+from worker.chilipiper.gate import DeferredSuccesses
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.tools import ToolCatalog, ToolNames
 from worker.domain.operations import Action
@@ -48,6 +50,7 @@ class GateLike(Protocol):
     def abandon(self) -> None: ...
     def succeeded(self) -> None: ...
     def failed(self, error: RetryableError | InDoubtError) -> None: ...
+    def deferring_successes(self) -> AbstractContextManager[DeferredSuccesses]: ...
 
 
 # Runs right before a request leaves, and raises to stop it (a claim that ran out).

@@ -8,6 +8,9 @@ ChiliPiper sees one account however many workers there are, so the limits live i
 
 A deferred request was never sent: `DeferredError` is neither retried in-call nor counted as
 an attempt. All keys share one hash tag, so each script runs on Redis Cluster too.
+
+A success need not be told at once: inside `Gate.deferring_successes` it is counted, and its
+record rides in the pipeline that settles the operation (`DeferredSuccesses.record_into`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -109,6 +113,7 @@ return {state, hold_ms(KEYS[2], KEYS[3])}
 )
 
 _GO = ("closed", "trial")
+_OUTCOME_KEYS = [keys.GATE_LIMITER, keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_BREAKER_WINDOW]
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,9 @@ class Gate:
     """The shared limits, checked before each request to ChiliPiper and told how it went.
 
     One round trip to enter (one more when the call must wait for its slot) and one to report
-    how a call went (a 429 takes a few): the pause, the circuit and the rate are functions of
-    one Lua library, which each script runs together, atomically."""
+    how a call went (a 429 takes a few; a success deferred into the settle's pipeline, none):
+    the pause, the circuit and the rate are functions of one Lua library, which each script
+    runs together, atomically."""
 
     def __init__(self, client: redis.Redis, settings: GateSettings) -> None:
         self._redis = client
@@ -142,6 +148,7 @@ class Gate:
     def enter(self) -> None:
         """Return when this request may go (after a short sleep at most), or raise
         DeferredError saying for how long calls are held back, and why."""
+        self._record_deferred(self._calls.deferred)  # an earlier call's success first
         self._calls.trial = False
         verdict, wait_ms, hold_ms = self._enter(
             keys=[keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_LIMITER],
@@ -192,11 +199,43 @@ class Gate:
         return self.deferral()
 
     def succeeded(self) -> None:
+        """Count a call that ChiliPiper answered; inside `deferring_successes`, counted only,
+        for the settle's pipeline to carry. A trial's success goes at once, as a failure
+        does: it may close the circuit that holds every worker back (and a half-open
+        circuit is rare, so the saving is in normal running)."""
+        deferred = self._calls.deferred
+        if deferred is not None and not self._calls.trial:
+            deferred.count += 1
+            return
         self._record(Answer.ACCEPTED, failed=False)
+
+    @contextmanager
+    def deferring_successes(self) -> Iterator[DeferredSuccesses]:
+        """While the block runs, this thread's successes make no round trip of their own:
+        they are counted, and `record_into` adds their records to a pipeline of the caller's
+        (the settle's). Any not taken are recorded on leaving, so none is left behind on an
+        error path; any other step of the gate (`enter`, `failed`) records them first, so the
+        limiter and the circuit still hear the outcomes in the order they came.
+
+        A success lost because the process died between its call and its settle is harmless:
+        the limiter and the circuit keep statistics (answers per round, a failure rate over a
+        window), and one answer fewer changes neither's decisions by more than a call would."""
+        deferred = DeferredSuccesses(self._record_into)
+        outer, self._calls.deferred = self._calls.deferred, deferred
+        try:
+            yield deferred
+        finally:
+            self._calls.deferred = outer
+            try:
+                self._record_deferred(deferred)
+            except redis.RedisError as error:
+                # Statistics (see above): not worth hiding why the block itself ended.
+                log.warning("a success was not told to the shared limits: %s", error)
 
     def failed(self, error: RetryableError | InDoubtError) -> None:
         """A 429 is the limiter's signal (and its Retry-After pauses everyone); any other
         transient failure counts toward the circuit."""
+        self._record_deferred(self._calls.deferred)
         if isinstance(error, RetryableError) and error.status == 429:
             self._give_back(self._calls.trial)  # a trial told to slow down decided nothing
             decision, rate = self.limiter.record(Answer.LIMITED)
@@ -233,15 +272,28 @@ class Gate:
     def _record(self, answer: Answer | None, *, failed: bool) -> str:
         """The limiter told `answer` (unless None) and the circuit the outcome, in one round
         trip; returns the circuit's state after it (`opened` when this outcome opened it)."""
-        state, hold_ms = self._outcome(
-            keys=[keys.GATE_LIMITER, keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_BREAKER_WINDOW],
-            args=_grouped(
-                [] if answer is None else self.limiter.record_args(answer),
-                self.breaker.record_args(failed=failed),
-            ),
-        )
+        state, hold_ms = self._outcome(keys=_OUTCOME_KEYS, args=self._outcome_args(answer, failed))
         self._saw(hold_ms)
         return text(state)
+
+    def _record_into(self, pipe: redis.client.Pipeline) -> None:
+        """One success's record, added to `pipe`. Its answer (the hold) goes to the pipeline's
+        caller, unread: `recent_deferral` keeps the hold `enter` saw, a call's time older."""
+        self._outcome(
+            keys=_OUTCOME_KEYS, args=self._outcome_args(Answer.ACCEPTED, False), client=pipe
+        )
+
+    def _record_deferred(self, deferred: DeferredSuccesses | None) -> None:
+        """Record at once the successes counted in `deferred` that nobody took yet."""
+        while deferred is not None and deferred.count > 0:
+            deferred.count -= 1
+            self._record(Answer.ACCEPTED, failed=False)
+
+    def _outcome_args(self, answer: Answer | None, failed: bool) -> list[str | float]:
+        return _grouped(
+            [] if answer is None else self.limiter.record_args(answer),
+            self.breaker.record_args(failed=failed),
+        )
 
     def _give_back(self, trial: bool) -> None:
         if trial:
@@ -274,11 +326,30 @@ class Limits:
         return f"{self.rate:g} calls/s allowed ({ceiling}), circuit {self.circuit}{held}"
 
 
+class DeferredSuccesses:
+    """Successes counted inside `Gate.deferring_successes` and not yet recorded."""
+
+    def __init__(self, record: Callable[[redis.client.Pipeline], None] | None = None) -> None:
+        self._record = record
+        self.count = 0
+
+    def record_into(self, pipe: redis.client.Pipeline) -> None:
+        """Add the counted successes' records to `pipe`, a pipeline on the gate's Redis, and
+        forget them: they are sent with it (a pipeline may mix hash slots, so the gate's
+        scripts ride beside the store's)."""
+        if self._record is not None:
+            for _ in range(self.count):
+                self._record(pipe)
+        self.count = 0
+
+
 class _ThisCall(threading.local):
     """What the gate remembers about the current thread's call: whether it is a trial of
-    the half-open circuit (whose permit goes back if the call does not decide anything)."""
+    the half-open circuit (whose permit goes back if the call does not decide anything),
+    and where its successes are counted while they are deferred."""
 
     trial = False
+    deferred: DeferredSuccesses | None = None
 
 
 class OpenGate:
@@ -295,3 +366,7 @@ class OpenGate:
 
     def failed(self, error: GatewayError) -> None:
         return None
+
+    @contextmanager
+    def deferring_successes(self) -> Iterator[DeferredSuccesses]:
+        yield DeferredSuccesses()  # nothing to record: it counts none

@@ -12,11 +12,14 @@ the one that took over. CLAIMS.md draws the protocol as a state machine.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError, ResponseError
 
 from worker.domain.operations import Operation, State
 from worker.store import keys, lua
@@ -209,41 +212,101 @@ class Claims:
         doubt: Doubt = Doubt.NONE,
         error: str = "",
         result: Any = None,
+        also: Callable[[Pipeline], None] | None = None,
     ) -> Settled:
         """Record the outcome if `claim` is still the current one (`Settled.LOST`, falsy,
         when not). `doubt` says whether the operation stays in doubt (see `Doubt`). A dead
         letter asked for again by a notification that came in during the run is reopened
-        at once instead (`Settled.REOPENED`): the caller runs it again."""
+        at once instead (`Settled.REOPENED`): the caller runs it again.
+
+        `also` adds commands of the caller's to the settle's pipeline (the gate's record of
+        the call's success), sent whether or not the claim was still ours. A success is one
+        round trip, those included; another outcome two, as its index writes wait for the
+        script's answer."""
         key = keys.operation(operation)
-        settled = Settled(
-            self._settle(
-                keys=[key],
-                args=[
-                    claim.owner,
-                    claim.token,
-                    state.value,
-                    self._retention.for_operation(operation),
-                    error[:MAX_ERROR_LENGTH],
-                    "" if result is None else json.dumps(result),
-                    doubt.value,
-                    self.clock_offset_ms,
-                ],
-            )
-        )
+        args = [
+            claim.owner,
+            claim.token,
+            state.value,
+            self._retention.for_operation(operation),
+            error[:MAX_ERROR_LENGTH],
+            "" if result is None else json.dumps(result),
+            doubt.value,
+            self.clock_offset_ms,
+        ]
+        if state is State.SUCCEEDED:
+            return self._settle_success(operation, key, args, also)
+        settled = Settled(self._settle(keys=[key], args=args))
+        pipe = self._redis.pipeline(transaction=False)
         if settled:
             # The indexes live in other hash slots (Redis Cluster): kept beside the record.
             # Settling renewed the record's time to live, so its event's index follows.
-            dead = settled is Settled.RECORDED and state is State.FAILED
-            pipe = self._redis.pipeline(transaction=False)
             self._records.index(pipe, operation.crm_event_id, key)
-            if dead or state is State.SUCCEEDED:
+            if settled is Settled.RECORDED and state is State.FAILED:
                 self._pending.remove(pipe, key)
-            if dead:
                 self._dead_letters.add(pipe, key, keep_seconds=self._retention.longest_seconds)
-            elif state is State.SUCCEEDED:
-                self._dead_letters.remove(pipe, key)
-            pipe.execute()
+        if also is not None:
+            also(pipe)
+        if len(pipe):
+            _send(pipe)
         return settled
+
+    def _settle_success(
+        self,
+        operation: Operation,
+        key: str,
+        args: list[Any],
+        also: Callable[[Pipeline], None] | None,
+    ) -> Settled:
+        """`settle` of a success: the script, the index writes and `also` in one pipeline
+        (not a transaction: the indexes are in other hash slots than the record, which no
+        script may touch on Redis Cluster, and a pipeline may mix).
+
+        The index writes go before the script's answer is known, which is safe for a success:
+        indexing the key under its event is true whoever settles (and refreshes that index's
+        time to live, as every write of it does), and taking it off the pending and
+        dead-letter indexes is what a success does. Only when the claim was lost (another
+        execution holds it, or held it and settled: the rare case) may the removals be wrong,
+        and `_put_back` undoes them. Nothing else reads the indexes as a guard: the record's
+        state is the truth, the indexes only find records."""
+        pipe = self._redis.pipeline(transaction=False)
+        self._settle(keys=[key], args=args, client=pipe)
+        self._records.index(pipe, operation.crm_event_id, key)
+        self._pending.remove(pipe, key)
+        self._dead_letters.remove(pipe, key)
+        # Read after the removals: what `_put_back` needs to know (see there).
+        state_at = len(pipe)
+        pipe.hget(key, "state")
+        if also is not None:
+            also(pipe)
+        replies = _send(pipe)
+        settled = Settled(int(replies[0]))
+        if settled is Settled.LOST:
+            self._put_back(key, replies[state_at])
+        return settled
+
+    def _put_back(self, key: str, state: Any) -> None:
+        """Undo a lost success's index removals, one round trip more.
+
+        The pending entry goes back whatever the record's state: the operation may be
+        unsettled (whoever holds it now may yet lose its message), and an entry of a settled
+        one is harmless, since `Pending.stale` drops the settled entries it meets. (It is
+        stamped now, not when it was last enqueued: the sweep of a lost message comes at
+        most one sweep age later.)
+
+        The dead-letter entry goes back if the record is failed as read *after* our removal:
+        the execution that took over may have dead-lettered it, its entry written before our
+        removal. An entry written after our removal is still there; and when it was written
+        before, the script that failed the record ran before it, hence before our read, which
+        so sees `failed` (or a later state that took the entry off again: a reopen). Between
+        our read and this write, a reopen could take an entry off that this puts back: the
+        race every dead letter's index write already has (settle, then index), and a replay
+        of an entry whose record is not failed goes by the record's state."""
+        pipe = self._redis.pipeline(transaction=False)
+        self._pending.add(pipe, key)
+        if state is not None and text(state) == State.FAILED:
+            self._dead_letters.add(pipe, key, keep_seconds=self._retention.longest_seconds)
+        pipe.execute()
 
     def reopen(self, operation: Operation, *, force: bool, actor: str) -> tuple[str, int]:
         """Reopen a failed operation (or, with `force`, a succeeded one) for a replay; any
@@ -272,3 +335,24 @@ class Claims:
             self._records.index(pipe, operation.crm_event_id, key)
             pipe.execute()
         return previous, int(text(attempts))
+
+
+def _send(pipe: Pipeline) -> list[Any]:
+    """`pipe.execute()` in one round trip, raising the first error as it does.
+
+    Given scripts, redis-py first asks Redis whether it holds them (`SCRIPT EXISTS`, a round
+    trip of its own). Here they are taken as loaded, as they are but for a Redis just
+    restarted or failed over: a script Redis does not know ran nothing (NOSCRIPT), so it is
+    loaded and run again, on its own."""
+    scripts = {script.sha: script for script in pipe.scripts}
+    commands = [args for args, _ in pipe.command_stack]
+    pipe.scripts = set()
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    for at, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError) and commands[at][1] in scripts:
+            _, sha, count, *rest = commands[at]
+            replies[at] = scripts[sha](keys=rest[: int(count)], args=rest[int(count) :])
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies

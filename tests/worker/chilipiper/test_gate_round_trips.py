@@ -19,10 +19,13 @@ import redis
 
 from tests.conftest import IDLE_DB, db_url
 from tests.worker.chilipiper.test_gate import gate
-from worker.chilipiper.gate import Gate
+from tests.worker.store.conftest import RETENTION, cancel
+from worker.chilipiper.gate import Gate, OpenGate
 from worker.dev.redis_server import RedisServer
+from worker.domain.operations import State
 from worker.errors import DeferredError, InDoubtError, RetryableError
-from worker.store import keys
+from worker.store import Store, keys
+from worker.store.claims import Verdict
 
 
 class Sends:
@@ -44,11 +47,9 @@ def sends() -> Sends:
     return Sends()
 
 
-@pytest.fixture
-def counted_redis(
-    redis_server: RedisServer, idle_redis: redis.Redis, sends: Sends
-) -> Iterator[redis.Redis]:
-    """A client on the idle database (flushed by `idle_redis`) that counts its round trips."""
+@contextlib.contextmanager
+def counting_client(url: str, sends: Sends) -> Iterator[redis.Redis]:
+    """A client on `url` whose connections count their round trips in `sends`."""
 
     class CountingConnection(redis.Connection):
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
@@ -56,12 +57,23 @@ def counted_redis(
             super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
     pool = redis.ConnectionPool.from_url(
-        db_url(redis_server, IDLE_DB), connection_class=CountingConnection, decode_responses=True
+        url, connection_class=CountingConnection, decode_responses=True
     )
     client = redis.Redis(connection_pool=pool)
-    yield client
-    client.close()
-    pool.disconnect()
+    try:
+        yield client
+    finally:
+        client.close()
+        pool.disconnect()
+
+
+@pytest.fixture
+def counted_redis(
+    redis_server: RedisServer, idle_redis: redis.Redis, sends: Sends
+) -> Iterator[redis.Redis]:
+    """A client on the idle database (flushed by `idle_redis`) that counts its round trips."""
+    with counting_client(db_url(redis_server, IDLE_DB), sends) as client:
+        yield client
 
 
 def warmed(client: redis.Redis, ceiling: float | None = None) -> Gate:
@@ -185,6 +197,131 @@ def test_the_outcome_that_opens_the_circuit_tells_its_hold(counted_redis: redis.
     for _ in range(10):
         shared.failed(InDoubtError("timeout"))
     assert 0.4 < shared.recent_deferral() <= 0.5  # the cool-down, without asking again
+
+
+# --- successes deferred into the settle's round trip ----------------------------------------
+
+
+def warmed_store(client: redis.Redis) -> Store:
+    """A store on `client` whose claim and settle scripts Redis already holds."""
+    store = Store(client, RETENTION)
+    operation = cancel()
+    store.claims.settle(operation, store.claims.claim(operation, "warm", 60), State.SUCCEEDED)
+    return store
+
+
+def window(client: redis.Redis) -> list[str]:
+    """The circuit's window of outcomes, newest first: '0' a success, '1' a failure."""
+    return [str(outcome) for outcome in client.lrange(keys.GATE_BREAKER_WINDOW, 0, -1)]
+
+
+def test_a_settled_success_takes_one_round_trip_with_the_gates_record_of_it(
+    counted_redis: redis.Redis, sends: Sends
+) -> None:
+    shared, store = warmed(counted_redis), warmed_store(counted_redis)
+    operation = cancel()
+    key = keys.operation(operation)
+    counted_redis.zadd(keys.PENDING, {key: 1.0})
+    claim = store.claims.claim(operation, "execution-1", lease_seconds=60)
+    with shared.deferring_successes() as successes:
+        shared.enter()
+        assert sends.during(shared.succeeded) == 0
+        assert window(counted_redis) == []
+        settle = partial(
+            store.claims.settle,
+            operation,
+            claim,
+            State.SUCCEEDED,
+            result={"status": "CANCELLED"},
+            also=successes.record_into,
+        )
+        assert sends.during(settle) == 1
+        before = sends.count
+    assert sends.count == before  # taken by the settle: nothing left to record
+    assert window(counted_redis) == ["0"]
+    assert int(counted_redis.hget(keys.GATE_LIMITER, "accepted") or 0) == 1
+    assert counted_redis.hget(key, "state") == "succeeded"
+    assert counted_redis.zscore(keys.PENDING, key) is None
+    assert key in counted_redis.smembers(keys.event_index(operation.crm_event_id))
+
+
+def test_a_settle_whose_scripts_redis_lost_loads_and_runs_them(
+    counted_redis: redis.Redis, sends: Sends
+) -> None:
+    """After a Redis restart the settle's EVALSHAs are refused (NOSCRIPT, nothing ran): each
+    is loaded and run again, once."""
+    shared, store = warmed(counted_redis), warmed_store(counted_redis)
+    operation = cancel()
+    claim = store.claims.claim(operation, "execution-1", lease_seconds=60)
+    counted_redis.script_flush()
+    with shared.deferring_successes() as successes:
+        shared.enter()  # loads the entry script again (and not the outcome's)
+        shared.succeeded()
+        settle = partial(
+            store.claims.settle, operation, claim, State.SUCCEEDED, also=successes.record_into
+        )
+        # The pipeline, then for each refused script: EVALSHA, SCRIPT LOAD, EVALSHA again.
+        assert sends.during(settle) == 1 + 3 + 3
+    assert store.claims.claim(operation, "execution-2", 60).verdict is Verdict.DONE
+    assert counted_redis.hget(keys.operation(operation), "state") == "succeeded"
+    assert window(counted_redis) == ["0"]
+
+
+def test_successes_not_taken_are_recorded_when_the_block_ends(
+    counted_redis: redis.Redis, sends: Sends
+) -> None:
+    shared = warmed(counted_redis)
+    with shared.deferring_successes():
+        shared.enter()
+        assert sends.during(shared.succeeded) == 0
+        before = sends.count
+    assert sends.count == before + 1
+    assert window(counted_redis) == ["0"]
+
+    def ends_badly() -> None:
+        with shared.deferring_successes():
+            shared.enter()
+            shared.succeeded()
+            raise RuntimeError("the execution ended badly")
+
+    with pytest.raises(RuntimeError):
+        ends_badly()
+    assert window(counted_redis) == ["0", "0"]
+    assert sends.during(shared.succeeded) == 1  # outside the block: at once, as ever
+
+
+def test_a_deferred_success_is_recorded_before_the_gates_next_step(
+    counted_redis: redis.Redis, sends: Sends
+) -> None:
+    """The limiter and the circuit hear the outcomes in the order they came: a crm-get's
+    success before the cancel that follows it enters, or before its failure."""
+    shared = warmed(counted_redis)
+    with shared.deferring_successes() as successes:
+        shared.enter()
+        shared.succeeded()
+        shared.enter()
+        assert (successes.count, window(counted_redis)) == (0, ["0"])
+        shared.succeeded()
+        assert sends.during(partial(shared.failed, InDoubtError("timeout"))) == 2
+        assert window(counted_redis) == ["1", "0", "0"]
+
+
+def test_a_trials_success_is_recorded_at_once(counted_redis: redis.Redis, sends: Sends) -> None:
+    """It may close the circuit that holds every worker back: no waiting for a settle."""
+    shared = warmed(counted_redis)
+    open_then_cooled(shared)
+    with shared.deferring_successes() as successes:
+        shared.enter()  # a trial
+        assert sends.during(shared.succeeded) == 1
+        assert successes.count == 0
+    assert counted_redis.hget(keys.GATE_BREAKER, "passed") == "1"
+
+
+def test_an_open_gate_defers_nothing() -> None:
+    gate = OpenGate()
+    with gate.deferring_successes() as successes:
+        gate.succeeded()
+        assert successes.count == 0
 
 
 # --- order kept inside the scripts ----------------------------------------------------------

@@ -13,7 +13,7 @@ from tests.conftest import random_event_id
 from tests.worker.store.conftest import cancel
 from worker.domain.operations import Action, Operation, State
 from worker.store import Store, keys
-from worker.store.claims import Doubt, Settled, Verdict
+from worker.store.claims import Claim, Doubt, Settled, Verdict
 
 
 def test_first_claim_wins_and_a_second_owner_is_told_busy(store: Store) -> None:
@@ -270,3 +270,72 @@ def test_keys_expire_after_their_retention(store: Store, client: redis.Redis) ->
     store.claims.claim(get, "b", lease_seconds=60)
     assert 29 * 86400 < client.ttl(keys.operation(irreversible)) <= 30 * 86400
     assert 71 * 3600 < client.ttl(keys.operation(get)) <= 72 * 3600
+
+
+# --- a success's index writes, sent before the script's answer ------------------------------
+
+
+def _indexed(store: Store, operation: Operation) -> tuple[bool, bool]:
+    """Whether the operation is in the pending index, and in the dead letters'."""
+    key = keys.operation(operation)
+    pending = store.redis.zscore(keys.PENDING, key) is not None
+    return pending, key in [entry for entry, _ in store.dead_letters.since()]
+
+
+def _taken_over(store: Store, operation: Operation) -> tuple[Claim, Claim]:
+    """An execution's claim that ran out, and the claim of the execution that took over."""
+    store.records.mark_queued([operation])
+    stale = store.claims.claim(operation, "slow-execution", lease_seconds=0)
+    time.sleep(0.01)
+    fresh = store.claims.claim(operation, "execution-2", lease_seconds=60)
+    assert fresh.verdict is Verdict.CLAIMED
+    return stale, fresh
+
+
+def test_a_success_leaves_the_pending_and_dead_letter_indexes(store: Store) -> None:
+    operation = cancel()
+    store.records.mark_queued([operation])
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    assert store.claims.settle(operation, claim, State.SUCCEEDED) is Settled.RECORDED
+    assert _indexed(store, operation) == (False, False)
+
+
+def test_a_lost_success_puts_back_the_dead_letter_that_the_execution_taking_over_wrote(
+    store: Store,
+) -> None:
+    """The success's pipeline takes the key off both indexes before it knows the claim was
+    lost; here the execution that took over had dead-lettered it already."""
+    operation = cancel()
+    stale, fresh = _taken_over(store, operation)
+    assert store.claims.settle(operation, fresh, State.FAILED, error="HTTP 404")
+    assert _indexed(store, operation) == (False, True)
+    assert store.claims.settle(operation, stale, State.SUCCEEDED) is Settled.LOST
+    assert _field(store, operation, "state") == "failed"
+    assert _indexed(store, operation) == (True, True)
+    # The pending entry of a settled operation is harmless: the sweeper drops it.
+    assert store.pending.stale(older_than=0) == []
+    assert _indexed(store, operation) == (False, True)
+
+
+def test_a_lost_success_leaves_the_operation_pending_for_its_holder(store: Store) -> None:
+    operation = cancel()
+    stale, fresh = _taken_over(store, operation)
+    assert store.claims.settle(operation, stale, State.SUCCEEDED) is Settled.LOST
+    assert _indexed(store, operation) == (True, False)
+    assert _field(store, operation, "state") == "running"
+    assert store.claims.settle(operation, fresh, State.SUCCEEDED) is Settled.RECORDED
+    assert _indexed(store, operation) == (False, False)
+
+
+def test_a_lost_success_carries_what_the_caller_added_all_the_same(store: Store) -> None:
+    """The gate's record of the call's success: the call was answered, whoever settles."""
+    operation = cancel()
+    stale, _ = _taken_over(store, operation)
+
+    def also(pipe: redis.client.Pipeline) -> None:
+        pipe.incr("also-sent")
+
+    assert store.claims.settle(operation, stale, State.SUCCEEDED, also=also) is Settled.LOST
+    assert store.redis.get("also-sent") == "1"
+    assert store.claims.settle(operation, stale, State.RETRYING, also=also) is Settled.LOST
+    assert store.redis.get("also-sent") == "2"
