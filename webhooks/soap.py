@@ -7,7 +7,6 @@ and the sObject type are kept; `SessionId` (a live credential) is never even rea
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element, ParseError
 from xml.sax.saxutils import escape
@@ -16,6 +15,7 @@ import defusedxml
 from defusedxml.ElementTree import fromstring
 
 from worker.domain.notifications import Notification
+from worker.domain.salesforce_ids import id_shaped
 from worker.errors import MalformedRequest
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -23,7 +23,16 @@ OUTBOUND = "http://soap.sforce.com/2005/09/outbound"
 SOBJECT = "urn:sobject.enterprise.soap.sforce.com"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 CONTENT_TYPE = "text/xml; charset=utf-8"
-_ID_SHAPED = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+# Tags and attribute names as ElementTree spells them ("{namespace}name"), built once rather
+# than per element: a message of 100 notifications looks them up some 500 times.
+_BODY = f"{{{SOAP_ENV}}}Body"
+_NOTIFICATIONS = f"{{{OUTBOUND}}}notifications"
+_NOTIFICATION = f"{{{OUTBOUND}}}Notification"
+_NOTIFICATION_ID = f"{{{OUTBOUND}}}Id"
+_SOBJECT = f"{{{OUTBOUND}}}sObject"
+_FIELD_PREFIX = f"{{{SOBJECT}}}"
+_XSI_NIL = f"{{{XSI}}}nil"
+_XSI_TYPE = f"{{{XSI}}}type"
 # Salesforce's own limit per message. What is kept of each notification is bounded by
 # `domain.notifications` (which also serves the JSON route).
 MAX_NOTIFICATIONS = 100
@@ -60,8 +69,8 @@ def parse_outbound(body: bytes, event_id_field: str) -> OutboundMessage:
         raise MalformedRequest(f"body is not readable XML ({exc})") from None
     if root.tag != f"{{{SOAP_ENV}}}Envelope":
         raise MalformedRequest(f"not a SOAP 1.1 envelope (root element {_local(root.tag)!r})")
-    soap_body = _only(root, f"{{{SOAP_ENV}}}Body")
-    notifications = None if soap_body is None else _only(soap_body, f"{{{OUTBOUND}}}notifications")
+    soap_body = _only(root, _BODY)
+    notifications = None if soap_body is None else _only(soap_body, _NOTIFICATIONS)
     if notifications is None:
         raise MalformedRequest(
             f"the SOAP body holds no Outbound Message (<notifications> in namespace {OUTBOUND})"
@@ -82,7 +91,7 @@ def _organization_id(notifications: Element) -> str:
     organization_id = _child_text(notifications, "OrganizationId")
     if not organization_id:
         raise MalformedRequest("the Outbound Message has no OrganizationId")
-    if not _ID_SHAPED.fullmatch(organization_id):
+    if not id_shaped(organization_id):
         raise MalformedRequest(
             f"OrganizationId {organization_id[:40]!r} is not a Salesforce ID (15 or 18 letters "
             "and digits)"
@@ -97,13 +106,12 @@ def _notification_elements(notifications: Element) -> list[Element]:
     MAX_NOTIFICATIONS, Salesforce's own limit per message."""
     elements = []
     for child in notifications:
-        if _local(child.tag) != "Notification":
-            continue
-        if child.tag != f"{{{OUTBOUND}}}Notification":
+        if child.tag == _NOTIFICATION:
+            elements.append(child)
+        elif _local(child.tag) == "Notification":
             raise MalformedRequest(
                 f"a <Notification> outside the Outbound Message namespace {OUTBOUND}"
             )
-        elements.append(child)
     if not elements:
         raise MalformedRequest(
             f"the Outbound Message holds no <Notification> (in namespace {OUTBOUND})"
@@ -117,33 +125,46 @@ def _notification_elements(notifications: Element) -> list[Element]:
 
 
 def _notification(element: Element, event_id_field: str) -> Notification:
-    notification_id = _child_text(element, "Id") or ""
-    sobject = _only(element, f"{{{OUTBOUND}}}sObject")
+    # One pass over the children, not a search per name: this runs for every notification.
+    ids: list[Element] = []
+    sobjects: list[Element] = []
+    for child in element:
+        if child.tag == _NOTIFICATION_ID:
+            ids.append(child)
+        elif child.tag == _SOBJECT:
+            sobjects.append(child)
+    notification_id = _text(_one(ids, _NOTIFICATION_ID)) or ""
+    sobject = _one(sobjects, _SOBJECT)
     if sobject is None or _is_nil(sobject):
         return Notification(notification_id, None, deleted=True)
-    fields = _fields(sobject)
-    sobject_type = sobject.get(f"{{{XSI}}}type")
+    fields, id_fields = _fields(sobject)
+    sobject_type = sobject.get(_XSI_TYPE)
     return Notification(
         notification_id=notification_id,
         event_id=fields.get(event_id_field),
         sobject_type=sobject_type.split(":")[-1] if sobject_type else None,
-        id_fields={name: value for name, value in fields.items() if _ID_SHAPED.fullmatch(value)},
+        id_fields=id_fields,
     )
 
 
-def _fields(sobject: Element) -> dict[str, str]:
-    """The sObject's fields, by name: only those in the sObject namespace (an element of
-    another namespace named `Id` must not choose which meeting is cancelled), each at most
-    once (two values for one field leave no way to tell which is meant)."""
+def _fields(sobject: Element) -> tuple[dict[str, str], dict[str, str]]:
+    """The sObject's fields, by name, and those of them whose value is ID-shaped: only fields
+    in the sObject namespace (an element of another namespace named `Id` must not choose
+    which meeting is cancelled), each at most once (two values for one field leave no way to
+    tell which is meant)."""
     fields: dict[str, str] = {}
+    id_fields: dict[str, str] = {}
     for child in sobject:
-        if not child.tag.startswith(f"{{{SOBJECT}}}") or len(child) or _is_nil(child):
+        tag = child.tag
+        if not tag.startswith(_FIELD_PREFIX) or len(child) or _is_nil(child):
             continue
-        name = _local(child.tag)
+        name = tag[len(_FIELD_PREFIX) :]  # the local name: a name holds no "}"
         if name in fields:
             raise MalformedRequest(f"a notification's sObject has the field {name[:40]!r} twice")
-        fields[name] = (child.text or "").strip()
-    return fields
+        value = fields[name] = (child.text or "").strip()
+        if id_shaped(value):
+            id_fields[name] = value
+    return fields, id_fields
 
 
 def fault(message: str, *, server: bool = False) -> str:
@@ -158,23 +179,31 @@ def fault(message: str, *, server: bool = False) -> str:
 
 
 def _only(element: Element, tag: str) -> Element | None:
-    """The one child of `element` named `tag`, or None; two of them make the message
-    ambiguous (which one would Salesforce have meant?), so it is refused."""
-    found = element.findall(tag)
+    """The one child of `element` named `tag`, or None (see `_one`)."""
+    return _one(element.findall(tag), tag)
+
+
+def _one(found: list[Element], tag: str) -> Element | None:
+    """The one element of `found` (the children named `tag`), or None; two of them make the
+    message ambiguous (which one would Salesforce have meant?), so it is refused."""
     if len(found) > 1:
         raise MalformedRequest(f"<{_local(tag)}> appears {len(found)} times where one is expected")
     return found[0] if found else None
 
 
 def _child_text(element: Element, name: str) -> str | None:
-    child = _only(element, f"{{{OUTBOUND}}}{name}")
-    if child is None or _is_nil(child):
+    return _text(_only(element, f"{{{OUTBOUND}}}{name}"))
+
+
+def _text(element: Element | None) -> str | None:
+    """The element's text, stripped; None for no element or a nil one."""
+    if element is None or _is_nil(element):
         return None
-    return (child.text or "").strip()
+    return (element.text or "").strip()
 
 
 def _is_nil(element: Element) -> bool:
-    return element.get(f"{{{XSI}}}nil") in ("true", "1")
+    return element.get(_XSI_NIL) in ("true", "1")
 
 
 def _local(tag: str) -> str:

@@ -45,13 +45,14 @@ def receive(action: str) -> Response:
         settings.salesforce_id_prefixes,
         settings.salesforce_event_id_field,
     )
+    operations = result.operations  # a property that filters the verdicts: read it once
     with current.metrics.enqueue_seconds.time():
         submit(
             current.celery,
-            Batch(message.organization_id, result.operations, result.rejections, action=chosen),
+            Batch(message.organization_id, operations, result.rejections, action=chosen),
             current.ingests,
         )
-    current.metrics.notifications.labels(chosen.value, "queued").inc(len(result.operations))
+    current.metrics.notifications.labels(chosen.value, "queued").inc(len(operations))
     current.metrics.notifications.labels(chosen.value, "rejected").inc(len(result.rejections))
     for rejection in result.rejections:
         log.warning(
@@ -64,7 +65,7 @@ def receive(action: str) -> Response:
         "outbound %s from %s: %d queued, %d quarantined",
         chosen.value,
         message.organization_id[:15],
-        len(result.operations),
+        len(operations),
         len(result.rejections),
     )
     return Response(ACK, status=200, content_type=CONTENT_TYPE)

@@ -153,13 +153,14 @@ def triage(
             continue
         # What makes a later notification the same: its effect, or (when each notification
         # has its own ID) its notification ID. A source shared by all says nothing.
-        marks = {operation.identity}
-        if source_id is None:
-            marks.add(operation.source_id)
-        if marks & seen:
+        identity = operation.identity
+        own_source = operation.source_id if source_id is None else None
+        if identity in seen or own_source in seen:
             result.verdicts.append(Verdict(Disposition.DUPLICATE, operation))
             continue
-        seen |= marks
+        seen.add(identity)
+        if own_source is not None:
+            seen.add(own_source)
         result.verdicts.append(Verdict(Disposition.QUEUED, operation))
     return result
 
