@@ -69,10 +69,11 @@ SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
 
 _ENCODED_ALNUM = re.compile(r"%(3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa])")
 # What every shape above needs to match (a literal of each, or a percent escape that could
-# spell one), found in one pass: a line with none of these (most lines: "Task ... received")
+# spell one; for a session ID its org and "!", as an org ID alone, in every Outbound
+# Message, is no secret), found in one pass: a line with none of these (most lines: "Task ... received")
 # cannot hold a shape, so only the configured values are looked for in it. Every line of
 # every process passes through here, so this is the worker's hot path.
-_SHAPE_TRIGGERS = r"://|authoriz|bearer|token|secret|passw|api[_-]?key|session|00d|%"
+_SHAPE_TRIGGERS = r"://|authoriz|bearer|token|secret|passw|api[_-]?key|session|00d\w{12,15}!|%"
 
 
 class Redactor:
