@@ -11,6 +11,7 @@ the one that took over. CLAIMS.md draws the protocol as a state machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from worker.domain.operations import Operation, State
 from worker.store import keys, lua
@@ -265,34 +266,45 @@ class Claims:
         The index writes go before the script's answer is known, which is safe for a success:
         indexing the key under its event is true whoever settles (and refreshes that index's
         time to live, as every write of it does), and taking it off the pending and
-        dead-letter indexes is what a success does. Only when the claim was lost (another
-        execution holds it, or held it and settled: the rare case) may the removals be wrong,
-        and `_put_back` undoes them. Nothing else reads the indexes as a guard: the record's
-        state is the truth, the indexes only find records."""
+        dead-letter indexes is what a success does. When the success was not recorded (the
+        claim was lost: another execution holds it, or held it and settled; or the script
+        failed, or nothing is known of what ran), the removals may be wrong, and `_put_back`
+        undoes them before anything is raised. Nothing else reads the indexes as a guard:
+        the record's state is the truth, the indexes only find records."""
         pipe = self._redis.pipeline(transaction=False)
         self._settle(keys=[key], args=args, client=pipe)
         self._records.index(pipe, operation.crm_event_id, key)
+        due_at = len(pipe)
+        self._pending.due(pipe, key)  # read before the removal: what `_put_back` restores
         self._pending.remove(pipe, key)
         self._dead_letters.remove(pipe, key)
-        # Read after the removals: what `_put_back` needs to know (see there).
         state_at = len(pipe)
-        pipe.hget(key, "state")
+        pipe.hget(key, "state")  # read after the removals (see `_put_back`)
         if also is not None:
             also(pipe)
-        replies = _send(pipe)
-        settled = Settled(int(replies[0]))
-        if settled is Settled.LOST:
-            self._put_back(key, replies[state_at])
-        return settled
+        try:
+            replies = _replies(pipe)
+        except redis.RedisError:
+            # Nothing is known of what ran: the removals may have, the script not.
+            with contextlib.suppress(redis.RedisError):
+                self._put_back(key, None, None)
+            raise
+        outcome = replies[0]
+        if isinstance(outcome, Exception) or Settled(int(outcome)) is Settled.LOST:
+            self._put_back(key, _read(replies[due_at]), _read(replies[state_at]))
+        for reply in replies:  # the script's failure, or an index or gate write's (OOM)
+            if isinstance(reply, Exception):
+                raise reply
+        return Settled(int(outcome))
 
-    def _put_back(self, key: str, state: Any) -> None:
-        """Undo a lost success's index removals, one round trip more.
+    def _put_back(self, key: str, due: Any, state: Any) -> None:
+        """Undo the index removals of a success that was not recorded, one round trip more
+        (two when the state is not known).
 
-        The pending entry goes back whatever the record's state: the operation may be
-        unsettled (whoever holds it now may yet lose its message), and an entry of a settled
-        one is harmless, since `Pending.stale` drops the settled entries it meets. (It is
-        stamped now, not when it was last enqueued: the sweep of a lost message comes at
-        most one sweep age later.)
+        The pending entry goes back, at the due time it had (a parked retry keeps its
+        back-off), or if that is not known at now unless an entry came back meanwhile:
+        whoever holds the operation may yet lose its message, and an entry of a settled one
+        is harmless, since `Pending.stale` drops the settled entries it meets.
 
         The dead-letter entry goes back if the record is failed as read *after* our removal:
         the execution that took over may have dead-lettered it, its entry written before our
@@ -302,8 +314,10 @@ class Claims:
         our read and this write, a reopen could take an entry off that this puts back: the
         race every dead letter's index write already has (settle, then index), and a replay
         of an entry whose record is not failed goes by the record's state."""
+        if state is None:
+            state = self._redis.hget(key, "state")
         pipe = self._redis.pipeline(transaction=False)
-        self._pending.add(pipe, key)
+        self._pending.restore(pipe, key, due=None if due is None else float(due))
         if state is not None and text(state) == State.FAILED:
             self._dead_letters.add(pipe, key, keep_seconds=self._retention.longest_seconds)
         pipe.execute()
@@ -338,12 +352,22 @@ class Claims:
 
 
 def _send(pipe: Pipeline) -> list[Any]:
-    """`pipe.execute()` in one round trip, raising the first error as it does.
+    """`_replies`, raising the first error as `pipe.execute()` does."""
+    replies = _replies(pipe)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _replies(pipe: Pipeline) -> list[Any]:
+    """`pipe.execute()` in one round trip, each command's error in its place in the replies
+    (a connection error, when nothing came back, is raised).
 
     Given scripts, redis-py first asks Redis whether it holds them (`SCRIPT EXISTS`, a round
     trip of its own). Here they are taken as loaded, as they are but for a Redis just
     restarted or failed over: a script Redis does not know ran nothing (NOSCRIPT), so it is
-    loaded and run again, on its own."""
+    loaded and run again, on its own; if that fails too, its error takes its place."""
     scripts = {script.sha: script for script in pipe.scripts}
     commands = [args for args, _ in pipe.command_stack]
     pipe.scripts = set()
@@ -351,8 +375,13 @@ def _send(pipe: Pipeline) -> list[Any]:
     for at, reply in enumerate(replies):
         if isinstance(reply, NoScriptError) and commands[at][1] in scripts:
             _, sha, count, *rest = commands[at]
-            replies[at] = scripts[sha](keys=rest[: int(count)], args=rest[int(count) :])
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            raise reply
+            try:
+                replies[at] = scripts[sha](keys=rest[: int(count)], args=rest[int(count) :])
+            except redis.RedisError as exc:
+                replies[at] = exc
     return replies
+
+
+def _read(reply: Any) -> Any:
+    """A read's reply, or None when the read failed (the caller then does not know)."""
+    return None if isinstance(reply, Exception) else reply

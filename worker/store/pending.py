@@ -34,6 +34,18 @@ class Pending:
     def remove(self, pipe: redis.client.Pipeline, key: str) -> None:
         pipe.zrem(keys.PENDING, key)
 
+    def due(self, pipe: redis.client.Pipeline, key: str) -> None:
+        """Read when `key` was stamped (or is due), None when it is not in the index."""
+        pipe.zscore(keys.PENDING, key)
+
+    def restore(self, pipe: redis.client.Pipeline, key: str, *, due: float | None) -> None:
+        """Put `key` back at the stamp `due` it had; when that is not known, stamp it now
+        unless it is back in the index already (a newer stamp is not overwritten)."""
+        if due is not None:
+            pipe.zadd(keys.PENDING, {key: due})
+        else:
+            pipe.zadd(keys.PENDING, {key: time.time()}, nx=True)
+
     def stale(self, older_than: float, limit: int = 100) -> list[Operation]:
         """Unsettled operations last enqueued more than `older_than` seconds ago: their
         message may be lost. Settled ones found on the way are dropped from the index; the

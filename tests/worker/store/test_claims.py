@@ -7,12 +7,14 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import redis
+from redis.commands.core import Script
 
 from tests.conftest import random_event_id
 from tests.worker.store.conftest import cancel
 from worker.domain.operations import Action, Operation, State
-from worker.store import Store, keys
+from worker.store import Store, keys, lua
 from worker.store.claims import Claim, Doubt, Settled, Verdict
 
 
@@ -339,3 +341,58 @@ def test_a_lost_success_carries_what_the_caller_added_all_the_same(store: Store)
     assert store.redis.get("also-sent") == "1"
     assert store.claims.settle(operation, stale, State.RETRYING, also=also) is Settled.LOST
     assert store.redis.get("also-sent") == "2"
+
+
+def test_a_success_whose_script_fails_twice_leaves_the_operation_pending(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted (no scripts cached: NOSCRIPT, while the index writes ran) and went
+    away again before the script could run on its own: the sweeper must still find the
+    operation, as it did when nothing but the script went first."""
+    operation = cancel()
+    store.records.mark_queued([operation])
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    stamped = store.redis.zscore(keys.PENDING, keys.operation(operation))
+    store.redis.script_flush()
+    run = Script.__call__
+
+    def gone_again(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if client is None and self.script == lua.SETTLE:  # the script's run on its own
+            raise redis.ConnectionError("Redis went away again")
+        return run(self, keys, args, client)
+
+    monkeypatch.setattr(Script, "__call__", gone_again)
+    with pytest.raises(redis.ConnectionError):
+        store.claims.settle(operation, claim, State.SUCCEEDED)
+    monkeypatch.undo()
+    assert _field(store, operation, "state") == "running"
+    assert store.redis.zscore(keys.PENDING, keys.operation(operation)) == stamped
+    assert [keys.operation(found) for found in store.pending.stale(older_than=0)] == [
+        keys.operation(operation)
+    ]
+
+
+def test_a_lost_success_puts_the_pending_entry_back_at_its_own_due_time(store: Store) -> None:
+    """The execution that took over parked a retry: its due time, not now, is put back."""
+    operation = cancel()
+    stale, _ = _taken_over(store, operation)
+    due = time.time() + 3600
+    store.pending.stamp([operation], at=due)
+    assert store.claims.settle(operation, stale, State.SUCCEEDED) is Settled.LOST
+    assert store.redis.zscore(keys.PENDING, keys.operation(operation)) == pytest.approx(due)
+
+
+def test_a_lost_success_puts_back_before_raising_a_failed_index_write(store: Store) -> None:
+    """An index or gate write refused (a full Redis answers OOM) is raised, but only after
+    the lost success's removals were undone."""
+    operation = cancel()
+    stale, fresh = _taken_over(store, operation)
+    assert store.claims.settle(operation, fresh, State.FAILED, error="HTTP 404")
+
+    def refused(pipe: redis.client.Pipeline) -> None:
+        pipe.incr("not-a-number-key")
+
+    store.redis.set("not-a-number-key", "x")
+    with pytest.raises(redis.ResponseError):
+        store.claims.settle(operation, stale, State.SUCCEEDED, also=refused)
+    assert _indexed(store, operation) == (True, True)
