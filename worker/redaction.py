@@ -70,9 +70,9 @@ SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
 _ENCODED_ALNUM = re.compile(r"%(3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa])")
 # What every shape above needs to match (a literal of each, or a percent escape that could
 # spell one; for a session ID its org and "!", as an org ID alone, in every Outbound
-# Message, is no secret), found in one pass: a line with none of these (most lines: "Task ... received")
-# cannot hold a shape, so only the configured values are looked for in it. Every line of
-# every process passes through here, so this is the worker's hot path.
+# Message, is no secret), found in one pass: a line with none of these (most lines: "Task
+# ... received") cannot hold a shape, so only the configured values are looked for in it.
+# Every line of every process passes through here, so this is the worker's hot path.
 _SHAPE_TRIGGERS = r"://|authoriz|bearer|token|secret|passw|api[_-]?key|session|00d\w{12,15}!|%"
 
 
@@ -81,10 +81,12 @@ class Redactor:
     known secret shape in a text. Immutable: more secrets make a new one."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # A secret's percent-escapes of letters and digits are read as the text's are (see
+        # `__call__`), so it is looked for as it will be seen.
         values = {
             spelling
             for secret in secrets
-            for spelling in (secret, quote(secret, safe=""), quote_plus(secret))
+            for spelling in (secret, quote(secret, safe=""), quote_plus(secret), _decoded(secret))
             if len(spelling) >= SHORTEST_MASKED
         }
         self.values = frozenset(values)
@@ -102,12 +104,17 @@ class Redactor:
         # Letters and digits percent-encoded (`tok%65n=…`) read as themselves, so that an
         # encoded name or secret cannot slip past the shapes; other escapes (a `%0A` that
         # would split a log line) stay as they are.
-        text = _ENCODED_ALNUM.sub(lambda match: chr(int(match.group(1), 16)), text)
+        text = _decoded(text)
         if self._values is not None:
             text = self._values.sub(MASK, text)
         for shape, replacement in SHAPES:
             text = shape.sub(replacement, text)
         return text
+
+
+def _decoded(text: str) -> str:
+    """`text` with letters and digits that were percent-encoded read as themselves."""
+    return _ENCODED_ALNUM.sub(lambda match: chr(int(match.group(1), 16)), text)
 
 
 def secret_values(settings: Settings) -> list[str]:

@@ -282,3 +282,10 @@ def test_the_quick_screen_leaves_every_line_as_the_full_redaction_does(parts: li
     thorough = Redactor(["s3cr3t-value-123"])
     thorough._triggers = re.compile("")  # every line takes the full path
     assert screened(line) == thorough(line)
+
+
+def test_a_secret_with_an_escaped_letter_is_masked_as_it_is_read() -> None:
+    """The line's `%41` is read as `A` before secrets are looked for; so is the secret's."""
+    redactor = Redactor(["abc%41defgh-123"])
+    assert "defgh" not in redactor("token abc%41defgh-123 in a line")
+    assert "defgh" not in redactor("the same, decoded: abcAdefgh-123")
