@@ -262,6 +262,9 @@ class Stack:
     def call_count(self) -> int:
         return int(self._get("/sandbox/stats")["calls"])
 
+    def most_in_flight(self) -> int:
+        return int(self._get("/sandbox/stats")["most_in_flight"])
+
     def calls(self) -> list[dict[str, Any]]:
         calls: list[dict[str, Any]] = self._get("/sandbox/calls")
         return calls

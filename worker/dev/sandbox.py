@@ -23,7 +23,8 @@ Control endpoints, which is what the tests drive it with:
 - `GET /sandbox/calls`: the call log; `GET /sandbox/meetings/<id>`, `POST /sandbox/meetings`:
   read and seed meetings; `GET|POST /sandbox/config`: the switches; `POST /sandbox/reset`.
 - `GET /sandbox/stats`: how many calls the log holds (`calls`, cheaper to poll than the log),
-  and what the faults did: `answers_lost` (answers a proxy lost after the effect),
+  the most MCP requests answered at once since the last reset (`most_in_flight`), and what
+  the faults did: `answers_lost` (answers a proxy lost after the effect),
   `rate_limited`, and `faults_served` by status (the last not cleared by reset).
 - `POST /sandbox/faults`: a JSON object of `Faults` fields (any left out are off). Some refuse
   requests before they reach the meetings: HTTP errors with `Retry-After` (`fail_next`,
@@ -309,6 +310,8 @@ class Sandbox:
     answers_lost: int = 0  # irreversible calls applied whose answer lose_answer_rate dropped
     window: int = 0  # the rate limit's current one-second window...
     window_calls: int = 0  # ...and the calls admitted in it
+    in_flight: int = 0  # MCP requests being answered now...
+    most_in_flight: int = 0  # ...and the most at once since the last reset
     clock: Callable[[], float] = field(default=time.time, repr=False)
     random: random.Random = field(default_factory=random.Random)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -376,12 +379,14 @@ class Sandbox:
             for name, value in DEFAULT_CONFIG.items():
                 setattr(self, name, value)
             self.rate_limited = self.answers_lost = self.window = self.window_calls = 0
+            self.most_in_flight = self.in_flight
 
     def stats(self) -> dict[str, Any]:
         """The size of the call log and what the faults have done: `/sandbox/stats`."""
         with self.lock:
             return {
                 "calls": len(self.calls),
+                "most_in_flight": self.most_in_flight,
                 "answers_lost": self.answers_lost,
                 "rate_limited": self.rate_limited,
                 "faults_served": {str(code): n for code, n in sorted(self.faults_served.items())},
@@ -558,6 +563,16 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> Flask:
 
     @app.post("/mcp")
     def mcp() -> Response | tuple[Response, int]:
+        with state.lock:
+            state.in_flight += 1
+            state.most_in_flight = max(state.most_in_flight, state.in_flight)
+        try:
+            return _mcp()
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _mcp() -> Response | tuple[Response, int]:
         arrived = time.monotonic()
         faults = state.faults
         if faults.delay_seconds:
