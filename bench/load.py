@@ -119,13 +119,12 @@ class _BadResponse(Exception):
 _FAILURES = (OSError, TimeoutError, EOFError, asyncio.LimitOverrunError, ValueError, _BadResponse)
 
 
-def encode(host: str, port: int, post: Post, *, keep_alive: bool = True) -> bytes:
+def encode(host: str, port: int, post: Post) -> bytes:
     """The complete request as bytes: request line, Host, Content-Length, headers, body.
 
     Content-Type defaults to ``application/octet-stream`` and Host to `host`:`port`; a post's own
     Content-Length, Transfer-Encoding or Connection header is dropped, since the body's length
-    and keep-alive are this module's to state: `keep_alive=False` asks for `Connection: close`
-    (a connection per request, as a proxy without upstream keep-alive makes them).
+    and keep-alive are this module's to state.
     """
     authority = f"[{host}]" if ":" in host else host
     headers = {
@@ -136,8 +135,6 @@ def encode(host: str, port: int, post: Post, *, keep_alive: bool = True) -> byte
         if name.lower() not in _COMPUTED:
             headers[name.lower()] = (name, value)
     headers["content-length"] = ("Content-Length", str(len(post.body)))
-    if not keep_alive:
-        headers["connection"] = ("Connection", "close")
     texts = [post.path, *(text for pair in headers.values() for text in pair)]
     if any("\r" in text or "\n" in text for text in texts):
         # A line break inside the path or a header would split the request in two.
@@ -226,9 +223,7 @@ class _Connection:
 class _Run:
     """State shared by one run's senders: the target, samples, counters, the first error."""
 
-    def __init__(
-        self, host: str, port: int, posts: Sequence[Post], timeout: float, keep_alive: bool = True
-    ) -> None:
+    def __init__(self, host: str, port: int, posts: Sequence[Post], timeout: float) -> None:
         if not posts:
             raise ValueError("no posts to send")
         if timeout <= 0:
@@ -236,7 +231,7 @@ class _Run:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.requests = [encode(host, port, post, keep_alive=keep_alive) for post in posts]
+        self.requests = [encode(host, port, post) for post in posts]
         self.samples: list[tuple[int, Sample]] = []
         self.opened = 0
         self.first_error = ""
@@ -383,16 +378,14 @@ def closed_loop(
     connections: int,
     seconds: float,
     timeout: float = 30,
-    keep_alive: bool = True,
 ) -> LoadResult:
     """`connections` connections, each sending the next post as soon as its last answer is read.
 
     Stops starting requests after `seconds`; those in flight then are completed and counted.
-    Raises `NoSuccess` when no request got a 2xx answer. `keep_alive=False`: a connection per
-    request (see `encode`).
+    Raises `NoSuccess` when no request got a 2xx answer.
     """
     _positive(connections=connections, seconds=seconds)
-    run = _Run(host, port, posts, timeout, keep_alive)
+    run = _Run(host, port, posts, timeout)
     numbers = itertools.count()
 
     async def sender(deadline: float) -> None:
@@ -419,7 +412,6 @@ def open_loop(
     seconds: float,
     connections: int = 64,
     timeout: float = 30,
-    keep_alive: bool = True,
 ) -> LoadResult:
     """Request i is due at ``start + i / rate`` for ``i < ceil(rate * seconds)``, come what may.
 
@@ -429,7 +421,7 @@ def open_loop(
     `NoSuccess` when no request got a 2xx answer.
     """
     _positive(rate=rate, seconds=seconds, connections=connections)
-    run = _Run(host, port, posts, timeout, keep_alive)
+    run = _Run(host, port, posts, timeout)
     count = math.ceil(rate * seconds)
 
     async def body() -> None:
@@ -457,14 +449,13 @@ def post_all(
     posts: Sequence[Post],
     connections: int,
     timeout: float = 30,
-    keep_alive: bool = True,
 ) -> LoadResult:
     """Each post exactly once (no retries), over `connections` connections, as fast as possible.
 
     Samples come in the order of `posts`. Failures are status-0 samples; nothing is raised.
     """
     _positive(connections=connections)
-    run = _Run(host, port, posts, timeout, keep_alive)
+    run = _Run(host, port, posts, timeout)
     pending: Iterator[int] = iter(range(len(posts)))
 
     async def sender() -> None:
