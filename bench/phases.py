@@ -227,8 +227,9 @@ def end_to_end(
     started = min(sample.sent for sample in posted.samples) + wall
     elapsed = max(first_call.values()) - started
     waits = sorted(first_call[event] - acked[event] for event in events if event in first_call)
-    threads = 1 if prefork else stack.worker_concurrency()
-    pool = len(children) * (_cpu_count() if prefork else threads)
+    # Prefork runs one call at a time in each of its processes, one per CPU.
+    per_process = (os.cpu_count() or 1) if prefork else stack.worker_concurrency()
+    pool = len(children) * per_process
     stack.flush()
     return {
         "cancels": cancels,
@@ -258,10 +259,6 @@ def _quantile(values: Sequence[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 1000) - 1]
-
-
-def _cpu_count() -> int:
-    return os.cpu_count() or 1
 
 
 # --- memory -----------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ class BenchError(Exception):
     which, and where the process logs are."""
 
 
-def wait_until(what: str, predicate: Callable[[], T | None], timeout: float) -> T:
+def wait_until(
+    what: str, predicate: Callable[[], T | None], timeout: float, interval: float = 0.05
+) -> T:
     """Poll `predicate` until it returns something truthy; BenchError naming `what` after
     `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -52,7 +54,7 @@ def wait_until(what: str, predicate: Callable[[], T | None], timeout: float) -> 
             return value
         if time.monotonic() > deadline:
             raise BenchError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 @dataclass

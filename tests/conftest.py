@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from bench.messages import ORG_ID
 from bench.messages import notification_id as notification_id
 from bench.messages import outbound_message as outbound_message
 from bench.messages import random_event_id as random_event_id
+from bench.stack import BenchError, wait_until
 from tests.scalekit_standin import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -52,14 +52,10 @@ IDLE_DB = 1  # no worker listens here: what the edge publishes stays visible
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    try:
+        return wait_until("condition", predicate, timeout, interval)
+    except BenchError as exc:
+        pytest.fail(f"{exc}")
 
 
 # --- servers --------------------------------------------------------------------------------
