@@ -39,6 +39,7 @@ def measure(
             "prefork",
             lambda: phases.end_to_end(stack, plan, plan.prefork_cancels, prefork=True),
         ),
+        ("end_to_end", "celery_ceiling", lambda: phases.celery_ceiling(stack, plan)),
         ("memory", "memory", lambda: phases.peak_rss(stack, plan)),
         ("round_trips", "round_trips", lambda: phases.round_trips(stack, plan)),
     ]

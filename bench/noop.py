@@ -33,9 +33,19 @@ def run(broker_url: str, count: int, direct_url: str) -> None:
     wait_drained(direct_url)
 
 
-def wait_drained(url: str, timeout: float = 120.0) -> None:
+def publish_at_once(broker_url: str, count: int) -> None:
+    """Queue `count` no-op tasks in pipelined batches: the quickest way to give a worker a
+    backlog, so that draining it measures the worker alone."""
+    sender = Celery("bench-noop-sender", broker=broker_url)
+    with sender.producer_or_acquire() as producer, producer.batch(max_size=500):
+        for _ in range(count):
+            sender.send_task(TASK, producer=producer)
+
+
+def wait_drained(url: str, timeout: float = 120.0, interval: float = 0.5) -> None:
     """Until nothing is queued, delivered and unacknowledged, or unfinished at the edge;
-    polled twice a second, so the polling's own commands stay out of the figures' way."""
+    polled twice a second by default, so the polling's own commands stay out of the figures'
+    way."""
     deadline = time.monotonic() + timeout
     with redis.Redis.from_url(url) as client:
         while time.monotonic() < deadline:
@@ -44,5 +54,5 @@ def wait_drained(url: str, timeout: float = 120.0) -> None:
             )
             if not queued and not client.hlen("unacked") and not client.zcard(keys.INGESTS):
                 return
-            time.sleep(0.5)
+            time.sleep(interval)
     raise TimeoutError(f"queues not drained within {timeout:g} s")

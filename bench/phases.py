@@ -253,6 +253,32 @@ def end_to_end(
     }
 
 
+def celery_ceiling(stack: Stack, plan: Plan) -> Figures:
+    """How fast the Procfile's worker line drains tasks that do nothing: what Celery itself
+    allows on this machine, whatever the tasks do. The worker is started idle, then given a
+    backlog in pipelined batches, and timed until the backlog is gone; the end-to-end ideal
+    (calls in flight / latency) asks for more than this when it is higher."""
+    stack.flush()
+    stack.start_worker(app=noop.APP)
+    try:
+        cpu_before = stack.cpu_seconds()
+        started = time.monotonic()
+        noop.publish_at_once(stack.redis_server.url, plan.cancels)
+        noop.wait_drained(stack.redis_server.url, timeout=60 + plan.cancels / 20, interval=0.05)
+        elapsed = time.monotonic() - started
+        cpu = {part: spent - cpu_before[part] for part, spent in stack.cpu_seconds().items()}
+    finally:
+        stack.stop_workers()
+    stack.flush()
+    return {
+        "tasks": plan.cancels,
+        "tasks_per_s": round(plan.cancels / elapsed, 1),
+        "cpu_ms_per_task": {
+            part: round(cpu[part] * 1000 / plan.cancels, 2) for part in ("worker", "redis")
+        },
+    }
+
+
 def _quantile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0

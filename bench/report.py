@@ -128,6 +128,16 @@ def rows(figures: Mapping[str, Any]) -> list[Row]:
                 two["ideal_per_s"],
             )
         )
+    if ceiling := e2e.get("celery_ceiling"):
+        found.append(
+            Row(
+                "Celery's own ceiling: bare no-op tasks drained/s",
+                ceiling["tasks_per_s"],
+                "/s",
+                "the end-to-end target, 0.8 x ideal",
+                round(0.8 * one["ideal_per_s"], 1) if one else None,
+            )
+        )
     if trips := figures.get("round_trips"):
         found += [
             Row(

@@ -24,6 +24,7 @@ MEASURES = [
     "against Celery's default prefork worker",
     "ack-to-call p99",
     "two worker processes",
+    "Celery's own ceiling",
     "Redis round trips per operation",
     "commands run by Redis",
     "peak RSS, one web process",
