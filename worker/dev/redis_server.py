@@ -80,8 +80,14 @@ class RedisServer:
             "yes",
             *self.extra_args,
         ]
+        # A session of its own: a terminal's Ctrl-C goes to the foreground group, and Redis
+        # must get one signal, stop()'s, after the processes that write to it have stopped.
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout

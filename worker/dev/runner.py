@@ -4,10 +4,16 @@ Starts an embedded Redis (unless REDIS_URL is set), the sandbox ChiliPiper, and 
 `web` (gunicorn, on loopback) and `worker` (Celery); prints where to post and a ready-to-paste
 curl; on Ctrl-C (or when any process dies) stops every process it started, by pid, and nothing
 else.
+
+Each child leads a session (and process group) of its own, so the terminal's Ctrl-C reaches the
+runner alone, and the runner signals each child once: a child that also got the terminal's
+SIGINT was signalled twice, and a gunicorn worker re-entering its quit handler could stay behind,
+orphaned, holding the web port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -32,6 +38,11 @@ from worker.settings import AdminToken, parse_admin_token
 
 SAMPLE_ORG_ID = "00D5g000004XyZqEAK"  # the bundled sample message's OrganizationId
 COLOURS = {"redis": "31", "sandbox": "35", "web": "36", "worker": "33"}
+# Ctrl-C, a process manager's SIGTERM, the terminal hanging up: each stops everything.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_SECONDS = 10.0  # from SIGTERM to SIGKILL: Celery's warm shutdown, gunicorn's graceful one
+POLL_SECONDS = 0.1  # how soon the main thread notices a signal or an exit
+REAP_SECONDS = 5.0  # after the SIGKILLs: how long to wait for the killed to be gone
 
 
 def sample_message() -> Path:
@@ -47,7 +58,10 @@ class DevStack:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     redis: RedisServer | None = None
-    _stopping: threading.Event = field(default_factory=threading.Event)
+    grace: float = GRACE_SECONDS
+    _signals: int = 0  # stop signals received so far; only the signal handler counts them
+    _stopped: bool = False
+    _relays: list[threading.Thread] = field(default_factory=list)
 
     def environment(self, redis_url: str) -> dict[str, str]:
         """The children's environment: the caller's, with development defaults for gaps and
@@ -60,6 +74,7 @@ class DevStack:
         env.setdefault("ADMIN_TOKENS", "dev:write:dev-admin-" + secrets.token_urlsafe(18))
         env.setdefault("SALESFORCE_ORG_IDS", SAMPLE_ORG_ID)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("LOG_FORMAT", "text")  # a terminal, not a log pipeline
         env.update(self.procfile_settings())
         return env
 
@@ -83,35 +98,45 @@ class DevStack:
         return {"sandbox": sandbox} | commands
 
     def run(self) -> int:
+        """Start everything, run until a stop signal (0) or a child's exit (1), then `stop()`.
+        The stop signals' handlers are ours from before the first start until after the last
+        stop, so no signal can land between a start and its record, or abort the stopping."""
         try:
             commands = self.commands(Procfile.load())
         except ConfigError as exc:  # nothing is started yet, so nothing to stop
             print(f"crmhook dev: {exc}", file=sys.stderr)
             return 2
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
+        try:
+            return self._run(commands)
+        finally:
+            try:
+                self.stop()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+    def _run(self, commands: Mapping[str, list[str]]) -> int:
         redis_url = self.environ.get("REDIS_URL")
         if not redis_url:
-            self.redis = RedisServer().start()
+            self.redis = RedisServer()  # recorded before it starts: stop() stops it whatever
+            self.redis.start()
             redis_url = self.redis.url
             _say("redis", f"embedded redis-server on {redis_url} (AOF in {self.redis.directory})")
         env = self.environment(redis_url)
-        previous = signal.signal(signal.SIGTERM, self._on_signal)
-        try:
-            for name, command in commands.items():
-                self._start(name, command, env)
-            if self._wait_ready(env) and not self._stopping.is_set():
-                print(self.banner(env), flush=True)
-            while not self._stopping.is_set():
-                for name, process in self.processes.items():
-                    if process.poll() is not None:
-                        _say(name, f"exited with status {process.returncode}; stopping")
-                        return 1
-                self._stopping.wait(0.5)
-            return 0
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            self.stop()
+        for name, command in commands.items():
+            if self._signals:
+                return 0
+            self._start(name, command, env)
+        if self._wait_ready(env) and not self._signals:
+            print(self.banner(env), flush=True)
+        while not self._signals:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    _say(name, f"exited with status {process.returncode}; stopping")
+                    return 1
+            time.sleep(POLL_SECONDS)
+        return 0
 
     def banner(self, env: Mapping[str, str]) -> str:
         """Where to post, with a ready-to-paste curl. Tokens this runner generated for the
@@ -157,32 +182,65 @@ class DevStack:
         return bool(self.environ.get(name))
 
     def stop(self) -> None:
-        """Stop our children (SIGTERM, then SIGKILL after 10 s), then the embedded Redis."""
-        self._stopping.set()
-        for process in self.processes.values():
+        """Stop our children, then the embedded Redis; once, to the end.
+
+        Each child gets one SIGTERM (its own group's, if it already exited and left members
+        behind, as a dead gunicorn master leaves its workers); after `grace` seconds, or at
+        once on another stop signal (a second Ctrl-C), SIGKILL goes to each of our children's
+        groups that still has a member. No other group is ever signalled. Redis goes last, so
+        the worker's last writes land, and once (it leads its own session too)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        started_by_signal = min(self._signals, 1)
+        running = {name: process for name, process in self.processes.items() if _running(process)}
+        if running:
+            _say("dev", "stopping (Ctrl-C again to kill at once)")
+        for process in running.values():
             if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                process.send_signal(signal.SIGTERM)
+            else:
+                _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while (
+            any(_running(process) for process in running.values())
+            and time.monotonic() < deadline
+            and self._signals <= started_by_signal
+        ):
+            time.sleep(POLL_SECONDS)
+        for name, process in running.items():
+            if _running(process):
+                _say(name, "killed (SIGKILL)")
+                _signal_group(process, signal.SIGKILL)
+        reaped = time.monotonic() + REAP_SECONDS
+        for process in running.values():
+            _reap(process, reaped)
         if self.redis is not None:
             self.redis.close()
             self.redis = None
+        drained = time.monotonic() + 2
+        for relay in self._relays:  # the children's last lines, as far as they come promptly
+            relay.join(timeout=max(0.0, drained - time.monotonic()))
 
     def _start(self, name: str, command: list[str], env: Mapping[str, str]) -> None:
+        """Start `command` leading a new session (its pid is its process group's id): out of
+        reach of the terminal's signals and of its input, stopped by `stop()` alone."""
         process = subprocess.Popen(
-            command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            command,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes[name] = process
-        threading.Thread(target=_relay, args=(name, process), daemon=True).start()
+        relay = threading.Thread(target=_relay, args=(name, process), daemon=True)
+        relay.start()
+        self._relays.append(relay)
 
     def _wait_ready(self, env: Mapping[str, str], timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stopping.is_set():
+        while time.monotonic() < deadline and not self._signals:
             if any(process.poll() is not None for process in self.processes.values()):
                 return False
             try:
@@ -194,7 +252,43 @@ class DevStack:
         return False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stopping.set()
+        """Count, nothing more. Raising (KeyboardInterrupt) could land anywhere, between a
+        start and its record or half-way through stop(); taking a lock (threading.Event.set)
+        can deadlock against the main thread's own wait on it."""
+        self._signals += 1
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal `process`'s own group: its pid, as it leads the session `_start` gave it. A pid
+    stays reserved while a group of that id has members, so this reaches our child's group or
+    nobody."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)  # signal 0: only asks whether the group has a member
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # not ours: nothing of our child is in it
+        return False
+    return True
+
+
+def _running(process: subprocess.Popen[bytes]) -> bool:
+    """The child, or anything left in its group (a gunicorn master's workers)."""
+    return process.poll() is None or _group_alive(process.pid)
+
+
+def _reap(process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Collect the child's status and wait, until `deadline` at most, for the rest of its group
+    to be gone (after a SIGKILL, orphans are init's to reap), so that its ports are free when
+    `crmhook dev` returns."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
 
 
 def _relay(name: str, process: subprocess.Popen[bytes]) -> None:
@@ -206,8 +300,11 @@ def _relay(name: str, process: subprocess.Popen[bytes]) -> None:
 
 def _say(name: str, line: str) -> None:
     colour = COLOURS.get(name, "0")
-    prefix = f"\033[{colour}m{name:>7} |\033[0m" if sys.stdout.isatty() else f"{name:>7} |"
-    print(f"{prefix} {line}", flush=True)
+    try:
+        prefix = f"\033[{colour}m{name:>7} |\033[0m" if sys.stdout.isatty() else f"{name:>7} |"
+        print(f"{prefix} {line}", flush=True)
+    except OSError:  # the terminal hung up or the pipe closed: keep draining, keep stopping
+        pass
 
 
 def admin_token(env: Mapping[str, str]) -> AdminToken:
