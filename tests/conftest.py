@@ -67,6 +67,13 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, for workers whose queue and store nothing else shares."""
+    with RedisServer() as server:
+        yield server
+
+
 @dataclass
 class SandboxServer:
     state: Sandbox

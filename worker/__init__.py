@@ -13,6 +13,7 @@ from typing import Any
 
 @cache
 def _app() -> Any:
+    from worker import logs
     from worker.errors import ConfigError
     from worker.settings import load_settings
     from worker.tasks.app import make_celery
@@ -22,6 +23,11 @@ def _app() -> Any:
     except ConfigError as exc:
         print(f"crmhook worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # Before Celery's own set-up, which keeps a handler it finds: the lines of start-up
+    # (tool discovery, Python's warnings) come out in LOG_FORMAT too.
+    logs.configure(settings.log_format, capture_warnings=True)
+    if settings.log_format == "json":
+        logs.route_celery_notices()
     return make_celery(settings)
 
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker import clock
+from worker import clock, logs, metrics
 from worker.chilipiper import ToolResult
 from worker.chilipiper.deadline import Deadline
 from worker.chilipiper.gate import DeferredSuccesses
@@ -41,6 +41,7 @@ from worker.errors import (
     ToolError,
     UnknownAccount,
     UnknownTool,
+    WorkerStopping,
 )
 from worker.leases import Lease
 from worker.settings import TIMING_MARGIN_SECONDS
@@ -109,6 +110,7 @@ def perform(
         runtime.heartbeat.hold(claim, operation, valid_from=asked_at, renew_for=held_for) as lease,
         # The gate's record of a call's success rides in the settle's round trip.
         runtime.gate.deferring_successes() as successes,
+        logs.bound(attempt=claim.attempts),
     ):
         return _Execution(runtime, operation, claim, lease, successes).run()
 
@@ -147,12 +149,14 @@ class _Execution:
         settings, claim = self.runtime.settings, self.claim
         try:
             return self._attempt()
-        except (DeferredError, ClaimLost, NotDurable) as exc:
+        except (DeferredError, ClaimLost, NotDurable, WorkerStopping) as exc:
             # Nothing was sent: hand the claim back uncounted and come back when the limit,
             # pause or circuit allows (or soon, for a lease or a replica that failed us).
             if not self.runtime.store.claims.release(self.operation, claim):
                 log.error("%s: %s; the claim is another execution's now", self.key, exc)
                 return Outcome.LOST_CLAIM
+            if isinstance(exc, WorkerStopping):
+                raise  # the message goes back to the queue as it is
             delay = exc.retry_after if isinstance(exc, DeferredError) else None
             log.info("%s: not sent (%s), back later", self.key, exc)
             raise RetryLater(exc, claim.attempts - 1, delay=delay) from exc
@@ -174,6 +178,9 @@ class _Execution:
         action, gateway = self.operation.action, self.runtime.gateway
         if action.irreversible and self.claim.in_doubt:
             current = self._reconcile()
+            metrics.RECONCILIATIONS.labels(
+                action.value, "still_booked" if current is None else "done"
+            ).inc()
             if current is not None:
                 return self._succeed(current, Outcome.RECONCILED)
             self.doubt = Doubt.NONE  # crm-get saw it still booked, after the settle time
@@ -184,12 +191,13 @@ class _Execution:
         # the settle time reckoned from the marker covers every request it may send.
         seconds = self.runtime.settings.chilipiper_call_deadline_seconds
         deadline = Deadline(seconds)
+        self._not_stopping()
         self.lease.mark_sending(seconds)
         try:
             result = gateway.call(
                 action,
                 self.operation.crm_event_id,
-                before_send=self.lease.check,
+                before_send=self._before_send,
                 deadline=deadline,
             )
         except InDoubtError:
@@ -293,8 +301,24 @@ class _Execution:
         if not settled:
             log.error("%s: succeeded, but the claim had been taken over", self.key)
             return Outcome.LOST_CLAIM
-        log.info("%s %s: %s", result.tool, self.operation.crm_event_id, outcome)
+        log.info(
+            "%s %s: %s",
+            result.tool,
+            self.operation.crm_event_id,
+            outcome,
+            extra={"tool": result.tool, "outcome": str(outcome)},
+        )
         return outcome
+
+    def _before_send(self) -> None:
+        """Right before each request of an irreversible call leaves (after the gate's wait):
+        the claim still holds by this worker's clock, and this worker is not stopping."""
+        self.lease.check()
+        self._not_stopping()
+
+    def _not_stopping(self) -> None:
+        if self.runtime.stopping.is_set():
+            raise WorkerStopping(f"{self.key}: this worker is stopping; not sent")
 
     def _settle_error(self, state: State, error: str) -> Outcome:
         log.warning("%s: %s (%s)", self.key, state, error)

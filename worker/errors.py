@@ -18,7 +18,8 @@
     ├── ClaimError                   this execution may not act on the operation now
     │   ├── ClaimBusy                another execution holds a live claim: come back after it
     │   ├── ClaimLost                the lease ran out or was taken over: send nothing
-    │   └── NotDurable               the claim could not be made durable in time: send nothing
+    │   ├── NotDurable               the claim could not be made durable in time: send nothing
+    │   └── WorkerStopping           this worker is shutting down: nothing new leaves it
     └── GatewayError                 a ChiliPiper call did not succeed
         ├── RetryableError           transient: connect errors, 429, 502/503/504, session expiry
         ├── PermanentError           will not succeed by retrying: 400/401/403/404...
@@ -141,6 +142,12 @@ class ClaimLost(ClaimError):
 class NotDurable(ClaimError):
     """No replica confirmed the claim in time: a failover could forget it, so the call that
     depends on it must not leave yet."""
+
+
+class WorkerStopping(ClaimError):
+    """This worker was told to stop (SIGTERM): calls already sent finish, but no new
+    irreversible call leaves; the operation goes back to the queue, unacknowledged, for
+    another worker."""
 
 
 class GatewayError(CrmhookError):

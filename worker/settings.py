@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=3600.0, gt=0)
     requeue_after_seconds: int = Field(default=900, ge=10)
 
+    # Operations (issue 14). `json`: one object per line (the Procfile's and compose's
+    # default); `text` for a terminal (`crmhook dev` sets it).
+    log_format: Literal["json", "text"] = "json"
+    # The worker serves Prometheus text at /metrics on this port (unset: no server).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # SIGTERM: calls in flight get this long to finish; then what is left goes back to the
+    # queue. Below the host's own grace (Heroku: 30 s; compose: stop_grace_period).
+    worker_shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
+
     _split_lists = field_validator(
         "webhook_tokens",
         "admin_tokens",

@@ -5,6 +5,7 @@ try went."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Protocol, TypeVar
 
 from tenacity import Retrying
 
+from worker import metrics
 from worker.chilipiper.gate import DeferredSuccesses
 from worker.chilipiper.result import ToolResult
 from worker.chilipiper.tools import ToolCatalog, ToolNames
@@ -63,8 +65,10 @@ def call_through(
     send: Callable[[], T],
     *,
     before_send: BeforeSend | None = None,
+    tool: str | None = None,
 ) -> T:
-    """`send()` under the shared limits, retried by `retrying` (transient failures only).
+    """`send()` under the shared limits, retried by `retrying` (transient failures only);
+    each request timed in the `tool`'s latency histogram when one is named.
 
     `before_send` runs after the gate lets a request through, right before it leaves: an
     irreversible call checks there that its claim is still live by the worker's own clock
@@ -82,17 +86,26 @@ def call_through(
                 except BaseException:
                     gate.abandon()
                     raise
+            started = time.monotonic()
             try:
                 result = send()
             except (RetryableError, InDoubtError) as error:
+                _observe(tool, started, error)
                 gate.failed(error)
                 raise
-            except PermanentError:
+            except PermanentError as error:
+                _observe(tool, started, error)
                 gate.succeeded()
                 raise
+            _observe(tool, started)
             gate.succeeded()
             return result
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def _observe(tool: str | None, started: float, error: BaseException | None = None) -> None:
+    if tool is not None:
+        metrics.observe_call(tool, started, error)
 
 
 def call_tool(

@@ -104,7 +104,9 @@ class McpGateway:
                 result = self._request("tools/call", params, target=target, deadline=deadline)
                 return self._tool_result(target, crm_event_id, result)
 
-            return call_through(self._gate, self._retrying(), once, before_send=before_send)
+            return call_through(
+                self._gate, self._retrying(), once, before_send=before_send, tool=target.tool
+            )
 
         return call_tool(self.catalog, action, send)
 

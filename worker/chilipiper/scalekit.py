@@ -184,7 +184,9 @@ class ScalekitGateway:
                     )
                 return result
 
-            return call_through(self._gate, self._retrying(), once, before_send=before_send)
+            return call_through(
+                self._gate, self._retrying(), once, before_send=before_send, tool=target.tool
+            )
 
         return call_tool(self.catalog, action, send)
 

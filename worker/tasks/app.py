@@ -10,11 +10,13 @@ two minutes, and kombu's unacked mutex expires well before it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 
-from worker import redaction
+from worker import logs, redaction
 from worker.settings import Settings
 
 QUEUE = "crmhook"
@@ -68,8 +70,23 @@ def make_celery(settings: Settings) -> Celery:
     Every process that talks to the broker builds its app here (the worker on `celery
     --app worker`, the web app, the CLI), so here its log records start being redacted."""
     redaction.install(settings)
+    _format_celery_logs(settings.log_format)
     app = Celery("crmhook", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.crmhook_settings = settings
     app.conf.imports = ("worker.tasks.tasks",)
     return app
+
+
+def _format_celery_logs(log_format: logs.LogFormat) -> None:
+    """Once Celery has set up its handlers (in the worker only), give them `LOG_FORMAT`'s
+    formatter: its own lines and the task lines then look like everyone else's."""
+
+    def root(logger: logging.Logger, **_: Any) -> None:
+        logs.use_format(log_format, (logger,))
+
+    def task(logger: logging.Logger, **_: Any) -> None:
+        logs.use_format(log_format, (logger,))
+
+    after_setup_logger.connect(root, weak=False, dispatch_uid="crmhook-log-format")
+    after_setup_task_logger.connect(task, weak=False, dispatch_uid="crmhook-task-log-format")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -33,6 +33,8 @@ class Runtime:
     gate: Gate
     gateway: Gateway
     heartbeat: Heartbeat
+    # Set when the worker begins to shut down: no new irreversible call leaves after it.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def retention(settings: Settings) -> Retention:

@@ -14,15 +14,24 @@ from typing import Any, cast
 
 import redis
 from celery import Task, shared_task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
+from worker import logs, metrics
 from worker.domain.operations import Operation
 from worker.domain.retry_policy import NextRun, RetryPolicy, backoff
 from worker.effects import RetryLater, perform
-from worker.errors import GatewayError, QueueUnavailable, ToolsMissing
+from worker.errors import (
+    GatewayError,
+    InDoubtError,
+    QueueUnavailable,
+    RetryableError,
+    ToolsMissing,
+    WorkerStopping,
+)
 from worker.ingest import Batch, fan_out
 from worker.store import keys
+from worker.tasks import shutdown
 from worker.tasks.dispatcher import Dispatcher
 from worker.tasks.publish import BROKER_ERRORS, FAN_OUT_TASK, PERFORM_TASK, publish
 from worker.tasks.runtime import RuntimeTask, runtime_of
@@ -60,12 +69,13 @@ def _infrastructure_delay(retries: int, cap: float) -> float:
 def fan_out_task(self: RuntimeTask, batch: dict[str, Any]) -> dict[str, int]:
     """Queue one task per new operation of one inbound message."""
     try:
-        result = fan_out(
-            self.runtime.store,
-            Batch.from_message(batch),
-            ingest_id=self.request.id,
-            publish=lambda operations: publish(self.app, operations),
-        )
+        with logs.bound(ingest_id=self.request.id, task_id=self.request.id):
+            result = fan_out(
+                self.runtime.store,
+                Batch.from_message(batch),
+                ingest_id=self.request.id,
+                publish=lambda operations: publish(self.app, operations),
+            )
     except (QueueUnavailable, *BROKER_ERRORS) as exc:  # the same ingest again, soon
         delay = _infrastructure_delay(self.request.retries, FAN_OUT_RETRY_CAP_SECONDS)
         raise retry_or_requeue(self, exc, delay) from exc
@@ -85,24 +95,58 @@ def perform_task(self: RuntimeTask, operation: dict[str, Any]) -> str:
         settings.retry_base_seconds, settings.retry_max_seconds, settings.countdown_limit_seconds
     )
     parsed = Operation.from_message(operation)
+    with logs.bound(
+        event_id=parsed.crm_event_id,
+        action=parsed.action.value,
+        operation_key=keys.operation(parsed),
+        task_id=self.request.id,
+    ):
+        return _perform(self, parsed, policy)
+
+
+def _perform(task: RuntimeTask, parsed: Operation, policy: RetryPolicy) -> str:
+    """The task's body, with every way it ends counted (`crmhook_operations_total`)."""
+    action = parsed.action.value
     try:
+        outcome = _perform_once(task, parsed, policy)
+    except Retry:
+        metrics.OPERATIONS.labels(action, "retry").inc()
+        raise
+    except Reject:
+        metrics.OPERATIONS.labels(action, "requeued").inc()
+        raise
+    metrics.OPERATIONS.labels(action, outcome).inc()
+    return outcome
+
+
+def _perform_once(task: RuntimeTask, parsed: Operation, policy: RetryPolicy) -> str:
+    runtime = task.runtime
+    try:
+        if runtime.stopping.is_set():
+            raise WorkerStopping(f"{keys.operation(parsed)}: this worker is stopping")
         held = runtime.gate.recent_deferral()  # paused or circuit open: do not even claim
         if held > 0:
-            return run_later(self, parsed, policy.next_run(0, held_for=held), None)
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        outcome = perform(runtime, parsed, owner=self.request.id, redelivered=redelivered)
+            return run_later(task, parsed, policy.next_run(0, held_for=held), None)
+        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        outcome = perform(runtime, parsed, owner=task.request.id, redelivered=redelivered)
     except RetryLater as later:
         next_run = policy.next_run(
             later.attempts,
             held_for=later.delay,
             retry_after=getattr(later.error, "retry_after", None),
         )
-        return run_later(self, parsed, next_run, later.error)
+        return run_later(task, parsed, next_run, later.error)
+    except WorkerStopping as exc:
+        # Not started, or stopped before anything left: the message itself goes back to the
+        # queue, unacknowledged, for a worker that is not stopping (graceful shutdown).
+        log.info("%s", exc)
+        raise Reject(str(exc), requeue=True) from exc
     except BROKER_ERRORS as exc:
         # Redis failed around the call: the retry's claim sees the interrupted attempt and
         # reconciles through crm-get before any irreversible call is repeated.
+        metrics.RETRIES.labels(parsed.action.value, "infrastructure").inc()
         delay = _infrastructure_delay(1, PERFORM_RETRY_CAP_SECONDS)
-        raise retry_or_requeue(self, exc, delay) from exc
+        raise retry_or_requeue(task, exc, delay) from exc
     return outcome.value
 
 
@@ -113,6 +157,8 @@ def run_later(
 
     Either way the pending index learns when the operation is next due, so the sweeper,
     which re-enqueues what seems to have lost its message, leaves it alone until then."""
+    transient = isinstance(error, RetryableError | InDoubtError)
+    metrics.RETRIES.labels(operation.action.value, "transient" if transient else "deferred").inc()
     due = time.time() + next_run.delay
     try:
         task.runtime.store.pending.stamp([operation], at=due)
@@ -153,14 +199,19 @@ def _discover_tools(sender: Any, **_: Any) -> None:
 
 
 @worker_ready.connect
-def _start_dispatcher(sender: Any, **_: Any) -> None:
-    """Every worker process moves its share of due long retries back to the queue."""
+def _on_ready(sender: Any, **_: Any) -> None:
+    """Every worker process moves its share of due long retries back to the queue, serves
+    its metrics when asked to, and learns to stop gracefully."""
     app = sender.app
     if getattr(app, "crmhook_settings", None) is None:
         return
-    dispatcher = Dispatcher(app, runtime_of(app))
+    runtime = runtime_of(app)
+    dispatcher = Dispatcher(app, runtime)
     dispatcher.start()
     app.crmhook_dispatcher = dispatcher
+    shutdown.install(runtime, runtime.settings.worker_shutdown_grace_seconds)
+    if runtime.settings.worker_metrics_port is not None:
+        metrics.serve(runtime, runtime.settings.worker_metrics_port)
 
 
 @worker_shutdown.connect
