@@ -138,6 +138,23 @@ class DryRunRequest(BaseModel):
     dry_run: StrictBool = Field(False, description="say what would happen, change nothing")
 
 
+class PauseRequest(BaseModel):
+    reason: Text = Field("", max_length=200, description="why, for the audit trail")
+
+
+class HeldRequest(BaseModel):
+    keys: list[NonBlank] = Field(
+        [], max_length=MAX_TARGETS, description="operation keys, as GET /admin/held lists them"
+    )
+    all: StrictBool = Field(False, description="every operation the request may act on")
+
+    @model_validator(mode="after")
+    def _keys_or_all(self) -> HeldRequest:
+        if bool(self.keys) == self.all:
+            raise ValueError("give keys, or all: true")
+        return self
+
+
 class EnqueueRequest(BaseModel):
     action: ActionName
     crm_event_ids: list[Text] = Field(

@@ -32,6 +32,7 @@ from worker.errors import (
     CredentialsRefused,
     CrmhookError,
     DeferredError,
+    Held,
     InDoubtError,
     NoMeetingError,
     NotDurable,
@@ -59,6 +60,7 @@ class Outcome(StrEnum):
     ALREADY_FAILED = "already_failed"  # a dead letter: a new notification or a replay reopens it
     FAILED = "failed"  # dead letter
     LOST_CLAIM = "lost_claim"  # another execution took it over: that one finishes it
+    HELD = "held"  # the safety valves keep it for an operator (store.holds)
 
 
 STAND_DOWN = {Verdict.DONE: Outcome.ALREADY_DONE, Verdict.FAILED: Outcome.ALREADY_FAILED}
@@ -149,6 +151,8 @@ class _Execution:
         settings, claim = self.runtime.settings, self.claim
         try:
             return self._attempt()
+        except Held as held:
+            return self._hold(held)
         except (DeferredError, ClaimLost, NotDurable, WorkerStopping) as exc:
             # Nothing was sent: hand the claim back uncounted and come back when the limit,
             # pause or circuit allows (or soon, for a lease or a replica that failed us).
@@ -309,6 +313,16 @@ class _Execution:
             extra={"tool": result.tool, "outcome": str(outcome)},
         )
         return outcome
+
+    def _hold(self, held: Held) -> Outcome:
+        """Nothing was sent: the claim goes back as if never taken, and the operation waits
+        for an operator (`crmhook resume`, `release-held` or `drop-held`)."""
+        if not self.runtime.store.claims.release(self.operation, self.claim):
+            log.error("%s: %s; the claim is another execution's now", self.key, held)
+            return Outcome.LOST_CLAIM
+        self.runtime.store.holds.hold(self.operation, held.reason)
+        log.warning("%s: %s", self.key, held, extra={"outcome": Outcome.HELD.value})
+        return Outcome.HELD
 
     def _before_send(self) -> None:
         """Right before each request of an irreversible call leaves (after the gate's wait):

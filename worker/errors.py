@@ -12,6 +12,7 @@
     │   ├── PayloadTooLarge          413: body over the configured bound
     │   ├── IdempotencyKeyInUse      409: the first request under this Idempotency-Key is at work
     │   ├── IdempotencyKeyReused     422: an Idempotency-Key already used with another body
+    │   ├── IrreversiblePaused       409: held operations cannot be released during a pause
     │   └── MalformedRequest         400: not XML, hostile XML, not an Outbound Message, bad JSON
     ├── InvalidSalesforceId          an ID that is not one, or not one we accept (also ValueError)
     ├── QueueUnavailable             Redis or the broker did not take the work: answer 503
@@ -33,6 +34,7 @@
         │       └── NoMeetingError   no ChiliPiper meeting is linked to the CRM event
         ├── InDoubtError             an irreversible call may have happened without an answer
         └── DeferredError            not sent: rate limit, shared pause or open circuit
+            └── Held                 not sent: held for an operator (their pause, the guard)
 
 Whether to retry is a property of the type, decided once where a third-party error is
 translated (`raise … from exc`), never re-derived by callers from messages or status codes.
@@ -103,6 +105,13 @@ class IdempotencyKeyReused(IngressError):
     IETF draft's 422)."""
 
     status = 422
+
+
+class IrreversiblePaused(IngressError):
+    """Held operations cannot be released while every irreversible call is paused: they
+    would only be held again. Resume first (which sends what the pause held)."""
+
+    status = 409
 
 
 class MalformedRequest(IngressError):
@@ -229,6 +238,17 @@ class DeferredError(GatewayError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Held(DeferredError):
+    """Not sent: the safety valves hold this irreversible operation until an operator acts.
+    `reason` is `paused` (every irreversible call is paused: `crmhook resume`) or `guard`
+    (more were due in a minute than IRREVERSIBLE_GUARD_PER_MINUTE: `crmhook release-held`
+    or `crmhook drop-held`)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, retry_after=0.0)
+        self.reason = reason
 
 
 class InDoubtError(GatewayError):

@@ -138,6 +138,15 @@ STORE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Redis settings that could lose acknowledged work (as /readyz warns)",
         (),
     ),
+    "crmhook_irreversible_paused": (
+        "1 while an operator has paused every irreversible call (crmhook pause)",
+        (),
+    ),
+    "crmhook_held_operations": (
+        "Irreversible operations held for an operator, by the valve that held them "
+        "(paused: crmhook resume; guard: crmhook release-held or drop-held)",
+        ("reason",),
+    ),
 }
 
 
@@ -187,12 +196,15 @@ class StoreCollector(Collector):
             pipe.zcard(keys.PENDING)
             pipe.zrange(keys.PENDING, 0, 0, withscores=True)
             pipe.zcard(keys.INGESTS)
+            pipe.exists(keys.GATE_IRREVERSIBLE_PAUSE)
             replies = pipe.execute()
         counts = replies[: len(Action)]
         dead: list[tuple[tuple[str, ...], float]] = [
             ((action.value,), float(n)) for action, n in zip(Action, counts, strict=True)
         ]
-        quarantined, queued, unacked, scheduled, pending, oldest, ingests = replies[len(Action) :]
+        quarantined, queued, unacked, scheduled, pending, oldest, ingests, paused = replies[
+            len(Action) :
+        ]
         circuit = gate.breaker.state().replace("-", "_")
         return {
             "crmhook_dead_letters": dead,
@@ -212,6 +224,10 @@ class StoreCollector(Collector):
             "crmhook_chilipiper_hold_seconds": [((), gate.deferral())],
             "crmhook_redis_persistence_warnings": [
                 ((), float(len(durability_warnings(store.redis))))
+            ],
+            "crmhook_irreversible_paused": [((), float(paused))],
+            "crmhook_held_operations": [
+                ((reason,), float(count)) for reason, count in store.holds.counts().items()
             ],
         }
 

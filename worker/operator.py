@@ -46,6 +46,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     NOT_FOUND = "not_found"
     REJECTED = "rejected"
+    DROPPED = "dropped"  # a held operation made a dead letter (safety_valves)
 
 
 @dataclass(frozen=True)

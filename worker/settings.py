@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # SIGTERM: calls in flight get this long to finish; then what is left goes back to the
     # queue. Below the host's own grace (Heroku: 30 s; compose: stop_grace_period).
     worker_shutdown_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
+    # The blast-radius guard: more cancels and no-shows than this within any minute, and
+    # the excess is held for an operator (`crmhook release-held`). Unset: no guard.
+    irreversible_guard_per_minute: int | None = Field(default=None, ge=1)
 
     _split_lists = field_validator(
         "webhook_tokens",
@@ -116,6 +119,12 @@ class Settings(BaseSettings):
         "salesforce_id_prefixes",
         mode="before",
     )(_split)
+
+    @field_validator("worker_metrics_port", "irreversible_guard_per_minute", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """`NAME=` in `.env` means unset, as for the other optional settings."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("webhook_tokens")
     @classmethod

@@ -93,8 +93,9 @@ def test_a_posted_message_moves_the_web_and_worker_metrics(
         for key in after
         if key[0] == "crmhook_chilipiper_call_seconds_count" and ("status", "ok") in key[1]
     ]
-    assert calls and sum(after[key] for key in calls) >= 2, calls
+    assert sum(after[key] for key in calls) >= 2, calls
     assert value(after, "crmhook_pending_operations") == 0
     assert value(after, "crmhook_queue_depth") == 0
     assert value(after, "crmhook_circuit_state", state="closed") == 1
-    assert TOKEN not in page and "redis://" not in page
+    assert TOKEN not in page
+    assert "redis://" not in page

@@ -20,13 +20,16 @@ from webhooks.extension import edge
 from webhooks.schemas import (
     DryRunRequest,
     EnqueueRequest,
+    HeldRequest,
     Model,
+    PauseRequest,
     ReplayFailedRequest,
     ReplayRequest,
     parse,
 )
 from worker.errors import InvalidSalesforceId, MalformedRequest, NotFound
 from worker.operator import Filters, Operator, Result, summarize
+from worker.safety_valves import SafetyValves
 from worker.settings import AdminScope
 from worker.tasks.runtime import build_store
 
@@ -119,6 +122,54 @@ def enqueue() -> Response:
     operator = _operator("write")
     body = _body(EnqueueRequest)
     return _results(lambda: operator.enqueue(body.action, body.crm_event_ids))
+
+
+# --- the safety valves (worker/safety_valves.py) ----------------------------------------
+
+
+def _valves(scope: AdminScope) -> SafetyValves:
+    operator = _operator(scope)
+    return SafetyValves(operator.store, edge().celery, operator.actor)
+
+
+@blueprint.post("/pause")
+def pause() -> Response:
+    body = _body(PauseRequest)
+    return jsonify({"paused": _valves("write").pause(body.reason).to_json()})
+
+
+@blueprint.post("/resume")
+def resume() -> Response:
+    valves = _valves("write")
+    return _results(valves.resume)
+
+
+@blueprint.get("/held")
+def held() -> Response:
+    valves = _valves("read")
+    paused = valves.paused()
+    return jsonify(
+        {
+            "paused": paused.to_json() if paused else None,
+            "items": [entry.to_json() for entry in valves.held()],
+        }
+    )
+
+
+@blueprint.post("/held/release")
+def release_held() -> Response:
+    valves = _valves("write")
+    body = _body(HeldRequest)
+    chosen, missing = valves.choose(body.keys, everything=body.all, reason="guard")
+    return _results(lambda: valves.release(chosen) + missing)
+
+
+@blueprint.post("/held/drop")
+def drop_held() -> Response:
+    valves = _valves("write")
+    body = _body(HeldRequest)
+    chosen, missing = valves.choose(body.keys, everything=body.all)
+    return _results(lambda: valves.drop(chosen) + missing)
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -19,12 +19,14 @@ from webhooks.schemas import (
     DryRunRequest,
     EnqueueRequest,
     EventBatch,
+    HeldRequest,
+    PauseRequest,
     ReplayFailedRequest,
     ReplayRequest,
 )
 from worker.domain.meetings import MeetingStatus
 from worker.domain.notifications import Disposition
-from worker.domain.operations import State
+from worker.domain.operations import Action, State
 from worker.operator import Outcome
 
 blueprint = Blueprint("openapi", __name__)
@@ -36,6 +38,8 @@ _REQUESTS: tuple[type[BaseModel], ...] = (
     ReplayFailedRequest,
     DryRunRequest,
     EnqueueRequest,
+    PauseRequest,
+    HeldRequest,
 )
 _STRING = {"type": "string"}
 _SECONDS = {"type": "number", "description": "epoch seconds"}
@@ -166,8 +170,39 @@ def _page_of(schema: str) -> dict[str, Any]:
     }
 
 
+_PAUSE = {
+    "type": "object",
+    "required": ["actor", "paused_at", "reason"],
+    "properties": {"actor": _STRING, "paused_at": _SECONDS, "reason": _STRING},
+}
 _RESPONSE_SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
+    "PauseAnswer": {
+        "type": "object",
+        "required": ["paused"],
+        "properties": {"paused": _PAUSE},
+    },
+    "Held": {
+        "type": "object",
+        "required": ["paused", "items"],
+        "properties": {
+            "paused": {"anyOf": [_PAUSE, {"type": "null"}]},
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "action", "crm_event_id", "reason", "held_at"],
+                    "properties": {
+                        "key": _STRING,
+                        "action": _enum(Action),
+                        "crm_event_id": _STRING,
+                        "reason": {"enum": ["paused", "guard"]},
+                        "held_at": _SECONDS,
+                    },
+                },
+            },
+        },
+    },
     "EventsResponse": {
         "type": "object",
         "required": ["results", "queued", "duplicate", "rejected"],
@@ -399,6 +434,44 @@ DOCUMENT: dict[str, Any] = {
             "Judge quarantined notifications again under today's settings", "DryRunRequest"
         ),
         "/admin/enqueue": _write("Queue an action by hand", "EnqueueRequest"),
+        "/admin/pause": {
+            "post": {
+                "summary": "Pause every cancel and no-show on every worker (reads go on); "
+                "what comes due is held until POST /admin/resume",
+                "security": [{"admin": []}],
+                "requestBody": _body("PauseRequest"),
+                "responses": {**_ok("paused", "PauseAnswer"), **_WRITE},
+            }
+        },
+        "/admin/resume": {
+            "post": {
+                "summary": "Lift the pause and send what it held",
+                "security": [{"admin": []}],
+                "responses": {**_ok("what became of each held operation", "Results"), **_WRITE},
+            }
+        },
+        "/admin/held": {
+            "get": {
+                "summary": "The pause, if any, and the operations the safety valves hold",
+                "security": [{"admin": []}],
+                "responses": {**_ok("the pause and the held operations", "Held"), **_READ},
+            }
+        },
+        "/admin/held/release": {
+            "post": {
+                "summary": "Send operations the blast-radius guard held, each once",
+                "security": [{"admin": []}],
+                "requestBody": _body("HeldRequest"),
+                "responses": {
+                    **_ok("what became of each target", "Results"),
+                    **_WRITE,
+                    "409": _error("irreversible calls are paused: resume first"),
+                },
+            }
+        },
+        "/admin/held/drop": _write(
+            "Send nothing for held operations: each becomes a dead letter", "HeldRequest"
+        ),
     },
     "components": {
         "securitySchemes": {

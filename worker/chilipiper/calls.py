@@ -48,7 +48,7 @@ PROTOCOL = Target("", irreversible=False)
 
 
 class GateLike(Protocol):
-    def enter(self) -> None: ...
+    def enter(self, irreversible: str | None = None) -> None: ...
     def abandon(self) -> None: ...
     def succeeded(self) -> None: ...
     def failed(self, error: RetryableError | InDoubtError) -> None: ...
@@ -66,9 +66,11 @@ def call_through(
     *,
     before_send: BeforeSend | None = None,
     tool: str | None = None,
+    irreversible: str | None = None,
 ) -> T:
     """`send()` under the shared limits, retried by `retrying` (transient failures only);
-    each request timed in the `tool`'s latency histogram when one is named.
+    each request timed in the `tool`'s latency histogram when one is named. `irreversible`
+    names the operation when the request could email a customer (the safety valves').
 
     `before_send` runs after the gate lets a request through, right before it leaves: an
     irreversible call checks there that its claim is still live by the worker's own clock
@@ -79,7 +81,7 @@ def call_through(
     """
     for attempt in retrying:
         with attempt:
-            gate.enter()
+            gate.enter(irreversible)
             if before_send is not None:
                 try:
                     before_send()

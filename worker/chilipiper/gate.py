@@ -27,7 +27,7 @@ import redis
 from worker.chilipiper import breaker, limiter
 from worker.chilipiper.breaker import BreakerSettings, CircuitBreaker
 from worker.chilipiper.limiter import AdaptiveLimiter, Answer, LimiterPolicy
-from worker.errors import DeferredError, GatewayError, InDoubtError, RetryableError
+from worker.errors import DeferredError, GatewayError, Held, InDoubtError, RetryableError
 from worker.store import keys
 from worker.store.connection import text
 from worker.store.lua import NOW
@@ -77,16 +77,30 @@ return hold_ms(KEYS[1], KEYS[2])
 """
 )
 
-# KEYS: pause, breaker, limiter. ARGV groups: breaker_admit's, limiter_reserve's.
+# KEYS: pause, breaker, limiter, irreversible pause, guard's minute, guard's released.
+# ARGV groups: breaker_admit's, limiter_reserve's, the guard's {identity of an irreversible
+# operation ('' for any other request), calls allowed a minute (0: no guard)}.
 # Returns {verdict, wait ms, hold ms}: verdict 'closed' or 'trial' (a trial permit taken) is
-# go after `wait`; any other is why the call is deferred ('paused', 'circuit open',
-# 'circuit half-open', 'rate limit'), for `wait`. A paused gate takes no trial permit, and
-# a trial whose slot is too far gives its permit back, as before the steps were one script.
+# go after `wait`; 'operator pause' and 'guard' hold the operation for an operator; any
+# other is why the call is deferred ('paused', 'circuit open', 'circuit half-open', 'rate
+# limit'), for `wait`. A paused gate takes no trial permit, and a trial whose slot is too
+# far gives its permit back, as before the steps were one script. The guard counts the
+# irreversible requests let through in the last 60 s; one an operator released passes once.
 _ENTER = (
     _LIBRARY
     + """
 local args = groups(ARGV)
 local function answer(verdict, wait) return {verdict, wait, hold_ms(KEYS[1], KEYS[2])} end
+local identity, limit = args[3][1], tonumber(args[3][2])
+local released = 0
+if identity ~= '' then
+  if redis.call('EXISTS', KEYS[4]) == 1 then return answer('operator pause', 0) end
+  released = redis.call('SISMEMBER', KEYS[6], identity)
+  if limit > 0 and released == 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 60000)
+    if redis.call('ZCARD', KEYS[5]) >= limit then return answer('guard', 0) end
+  end
+end
 local paused = hold_ms(KEYS[1])
 if paused > 0 then return answer('paused', paused) end
 local admission = breaker_admit({KEYS[2]}, args[1])
@@ -95,6 +109,13 @@ local slot = limiter_reserve({KEYS[3]}, args[2])
 if slot[1] == 0 then
   if admission[3] == 'trial' then breaker_return({KEYS[2]}) end
   return answer('rate limit', slot[2])
+end
+if identity ~= '' then
+  if limit > 0 then
+    redis.call('ZADD', KEYS[5], now, identity .. '@' .. now)
+    redis.call('PEXPIRE', KEYS[5], 61000)
+  end
+  if released == 1 then redis.call('SREM', KEYS[6], identity) end
 end
 return answer(admission[3], slot[2])
 """
@@ -113,6 +134,15 @@ return {state, hold_ms(KEYS[2], KEYS[3])}
 )
 
 _GO = ("closed", "trial")
+HELD_VERDICTS = {"operator pause": "paused", "guard": "guard"}
+_ENTER_KEYS = [
+    keys.GATE_PAUSE,
+    keys.GATE_BREAKER,
+    keys.GATE_LIMITER,
+    keys.GATE_IRREVERSIBLE_PAUSE,
+    keys.GATE_GUARD_SENT,
+    keys.GATE_GUARD_RELEASED,
+]
 _OUTCOME_KEYS = [keys.GATE_LIMITER, keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_BREAKER_WINDOW]
 
 
@@ -121,6 +151,8 @@ class GateSettings:
     ceiling_per_second: float | None
     max_block_seconds: float
     breaker: BreakerSettings
+    # The blast-radius guard: irreversible calls allowed in any 60 s (None: no guard).
+    guard_per_minute: int | None = None
     limiter: LimiterPolicy = field(default_factory=LimiterPolicy)
 
 
@@ -145,20 +177,25 @@ class Gate:
         # The last hold any script told this process of: (seconds, `time.monotonic()` then).
         self._seen: tuple[float, float] | None = None
 
-    def enter(self) -> None:
+    def enter(self, irreversible: str | None = None) -> None:
         """Return when this request may go (after a short sleep at most), or raise
-        DeferredError saying for how long calls are held back, and why."""
+        DeferredError saying for how long calls are held back, and why. `irreversible`
+        names the operation of a request that could email a customer: the safety valves
+        may hold it for an operator instead (`Held`)."""
         self._record_deferred(self._calls.deferred)  # an earlier call's success first
         self._calls.trial = False
         verdict, wait_ms, hold_ms = self._enter(
-            keys=[keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_LIMITER],
+            keys=_ENTER_KEYS,
             args=_grouped(
                 self.breaker.admit_args(),
                 self.limiter.reserve_args(self._settings.max_block_seconds),
+                [irreversible or "", self._settings.guard_per_minute or 0],
             ),
         )
         self._saw(hold_ms)
         verdict, wait = text(verdict), int(wait_ms) / 1000
+        if verdict in HELD_VERDICTS:
+            raise Held(f"held for an operator: {verdict}", reason=HELD_VERDICTS[verdict])
         if verdict not in _GO:
             raise DeferredError(f"ChiliPiper calls held back: {verdict}", retry_after=wait)
         trial = verdict == "trial"
@@ -355,7 +392,7 @@ class _ThisCall(threading.local):
 class OpenGate:
     """No shared limits (tests of a gateway alone, `crmhook check`)."""
 
-    def enter(self) -> None:
+    def enter(self, irreversible: str | None = None) -> None:
         return None
 
     def abandon(self) -> None:

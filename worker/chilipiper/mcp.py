@@ -105,7 +105,12 @@ class McpGateway:
                 return self._tool_result(target, crm_event_id, result)
 
             return call_through(
-                self._gate, self._retrying(), once, before_send=before_send, tool=target.tool
+                self._gate,
+                self._retrying(),
+                once,
+                before_send=before_send,
+                tool=target.tool,
+                irreversible=f"{action}:{crm_event_id}" if target.irreversible else None,
             )
 
         return call_tool(self.catalog, action, send)

@@ -185,7 +185,12 @@ class ScalekitGateway:
                 return result
 
             return call_through(
-                self._gate, self._retrying(), once, before_send=before_send, tool=target.tool
+                self._gate,
+                self._retrying(),
+                once,
+                before_send=before_send,
+                tool=target.tool,
+                irreversible=f"{action}:{crm_event_id}" if target.irreversible else None,
             )
 
         return call_tool(self.catalog, action, send)

@@ -1,5 +1,5 @@
 """`python -m worker.cli`: the same as `crmhook`."""
 
-from worker.cli.commands import main
+from worker.cli import main
 
 main()

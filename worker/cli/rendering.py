@@ -46,6 +46,7 @@ OUTCOME_COLOURS = {
     Outcome.SKIPPED: "yellow",
     Outcome.NOT_FOUND: "red",
     Outcome.REJECTED: "red",
+    Outcome.DROPPED: "magenta",
 }
 
 

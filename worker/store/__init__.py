@@ -9,6 +9,7 @@ from worker.store.audit import Audit
 from worker.store.claims import Claims
 from worker.store.dead_letters import DeadLetters
 from worker.store.durability import Durability
+from worker.store.holds import Holds
 from worker.store.ingests import Ingests
 from worker.store.pending import Pending
 from worker.store.quarantine import Quarantine
@@ -36,3 +37,4 @@ class Store:
         self.quarantine = Quarantine(client, retention.quarantine_seconds)
         self.audit = Audit(client, retention.action_seconds)
         self.ingests = Ingests(client, retention.notification_seconds)
+        self.holds = Holds(client, self.dead_letters, retention)

@@ -38,6 +38,14 @@ MIGRATIONS = f"{PREFIX}:migrations"
 
 GATE_LIMITER = f"{PREFIX}:{{chilipiper}}:limiter"
 GATE_PAUSE = f"{PREFIX}:{{chilipiper}}:paused_until"
+# The safety valves for irreversible calls (README, "Operating it"): an operator's pause of
+# every one of them, the guard's sliding minute of those sent, and the operations an
+# operator released past the guard; with the gate's keys, so that one script checks them.
+GATE_IRREVERSIBLE_PAUSE = f"{PREFIX}:{{chilipiper}}:irreversible_paused"
+GATE_GUARD_SENT = f"{PREFIX}:{{chilipiper}}:guard_sent"
+GATE_GUARD_RELEASED = f"{PREFIX}:{{chilipiper}}:guard_released"
+# Operations the valves held back, waiting for an operator: operation key -> JSON.
+HELD = f"{PREFIX}:held"
 GATE_BREAKER = f"{PREFIX}:{{chilipiper}}:breaker"
 GATE_BREAKER_WINDOW = f"{PREFIX}:{{chilipiper}}:breaker:window"
 

@@ -273,3 +273,22 @@ for _, member in ipairs(due) do
 end
 return due
 """
+
+# KEYS: record. ARGV: actor, why it was held, offset. An operator drops an operation the
+# safety valves held: unless it succeeded, failed already or a live claim holds it, it
+# becomes a dead letter (replayable) that says who dropped it; a doubt it carried stays.
+# Returns the state before ('missing' when there is no record); dropped when that state
+# is queued, retrying, in_doubt, or running under a lease that ran out.
+DROP = (
+    _RECORD
+    + """
+local state = get('state')
+if not state then return 'missing' end
+if state == 'succeeded' or state == 'failed' then return state end
+if state == 'running' and tonumber(get('lease_until') or '0') > now then return 'busy' end
+redis.call('HSET', key, 'state', 'failed', 'updated_at', now,
+           'last_error', 'dropped by ' .. ARGV[1] .. ' (held: ' .. ARGV[2] .. ')')
+redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner', unpack(_PRIOR))
+return state
+"""
+)

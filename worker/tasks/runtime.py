@@ -58,6 +58,7 @@ def build_gate(settings: Settings, client: redis.Redis) -> Gate:
         GateSettings(
             ceiling_per_second=settings.rate_ceiling,
             max_block_seconds=RATE_LIMIT_MAX_BLOCK_SECONDS,
+            guard_per_minute=settings.irreversible_guard_per_minute,
             breaker=BreakerSettings(
                 failure_rate=settings.circuit_failure_rate_percent / 100,
                 window_calls=settings.circuit_window_calls,

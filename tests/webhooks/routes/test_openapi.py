@@ -54,6 +54,11 @@ OPERATIONS = [
     "POST /admin/replay/failed",
     "POST /admin/replay/quarantined",
     "POST /admin/enqueue",
+    "POST /admin/pause",
+    "POST /admin/resume",
+    "GET /admin/held",
+    "POST /admin/held/release",
+    "POST /admin/held/drop",
 ]
 
 
