@@ -18,7 +18,8 @@ from prometheus_client.metrics_core import Metric
 
 import worker.metrics
 from webhooks.metrics import edge_metrics
-from worker.metrics import STORE_GAUGES, StoreCollector
+from worker.metrics import STORE_GAUGES
+from worker.tasks.metrics_endpoint import StoreCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -368,3 +369,17 @@ def test_prometheus_scrapes_each_compose_service_on_its_metrics_port() -> None:
         name: str(services[name]["environment"][variable])
         for name, variable in METRICS_PORT_VARIABLE.items()
     }
+
+
+def test_every_alert_has_its_row_in_the_readme_runbook() -> None:
+    """README's "Operating it" says what each alert means and what to do, alert by alert."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Operating it", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(Crmhook\w+)`", section, re.M))
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert rows == alerts

@@ -31,7 +31,7 @@ from worker.errors import (
 )
 from worker.ingest import Batch, fan_out
 from worker.store import keys
-from worker.tasks import shutdown
+from worker.tasks import metrics_endpoint, shutdown
 from worker.tasks.dispatcher import Dispatcher
 from worker.tasks.publish import BROKER_ERRORS, FAN_OUT_TASK, PERFORM_TASK, publish
 from worker.tasks.runtime import RuntimeTask, runtime_of
@@ -211,7 +211,7 @@ def _on_ready(sender: Any, **_: Any) -> None:
     app.crmhook_dispatcher = dispatcher
     shutdown.install(runtime, runtime.settings.worker_shutdown_grace_seconds)
     if runtime.settings.worker_metrics_port is not None:
-        metrics.serve(runtime, runtime.settings.worker_metrics_port)
+        metrics_endpoint.serve(runtime, runtime.settings.worker_metrics_port)
 
 
 @worker_shutdown.connect
