@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ORG_ID, SALESFORCE, TOKEN, SandboxServer, wait_for
-from tests.test_processes import ROOT, Output, _ready, clean_environment, spawn, stop_group
+from tests.conftest import SALESFORCE, TOKEN, SandboxServer, wait_for
+from tests.test_processes import ROOT, service_environment, start_honcho, stop_group
 from worker import logs
 from worker.dev.redis_server import RedisServer, free_port
 
@@ -43,26 +43,15 @@ def test_a_scripted_session_logs_one_json_object_per_line_with_correlation_field
 ) -> None:
     port = free_port()
     with RedisServer() as redis_server:
-        env = clean_environment(
-            REDIS_URL=redis_server.url,
-            WEBHOOK_TOKENS=TOKEN,
-            SALESFORCE_ORG_IDS=ORG_ID,
-            CHILIPIPER_TRANSPORT="sandbox",
+        env = service_environment(
+            redis_server.url,
             CHILIPIPER_SANDBOX_URL=sandbox.url,
             WEB_CONCURRENCY="1",
             WORKER_CONCURRENCY="4",
             LOG_FORMAT="json",
         )
-        process = spawn(
-            ["honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
-            env,
-            tmp_path,
-        )
-        output = Output(process)
+        process, output = start_honcho(ROOT / "Procfile", port, env, tmp_path)
         try:
-            wait_for(lambda: _ready(port) or process.poll() is not None, timeout=60)
-            assert process.poll() is None, output.text
-            wait_for(lambda: "ready." in output.text, timeout=60)
             with sandbox.state.lock:
                 sandbox.state.meetings[EVENT] = "BOOKED"
             base = f"http://127.0.0.1:{port}/salesforce/outbound/noshow"

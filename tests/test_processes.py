@@ -45,6 +45,24 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def service_environment(redis_url: str, **extra: str) -> dict[str, str]:
+    """What the Procfile's lines need to start here: our Redis, the tests' token and org,
+    the sandbox ChiliPiper."""
+    return clean_environment(
+        REDIS_URL=redis_url,
+        WEBHOOK_TOKENS=TOKEN,
+        SALESFORCE_ORG_IDS=ORG_ID,
+        CHILIPIPER_TRANSPORT="sandbox",
+        **extra,
+    )
+
+
+def dev_arguments(port: int, sandbox_port: int, concurrency: int) -> list[str]:
+    """`crmhook dev`'s arguments, after the program."""
+    ports = ["--port", str(port), "--sandbox-port", str(sandbox_port)]
+    return ["dev", *ports, "--concurrency", str(concurrency)]
+
+
 class Output:
     """A child process's combined output, collected by a thread, readable while it runs."""
 
@@ -119,25 +137,14 @@ def test_procfile_runs_web_and_worker_under_honcho(
     procfile_redis: RedisServer, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = clean_environment(
-        REDIS_URL=procfile_redis.url,
-        WEBHOOK_TOKENS=TOKEN,
-        SALESFORCE_ORG_IDS=ORG_ID,
-        CHILIPIPER_TRANSPORT="sandbox",
+    env = service_environment(
+        procfile_redis.url,
         CHILIPIPER_SANDBOX_URL=sandbox.url,
         WEB_CONCURRENCY="1",
         WORKER_CONCURRENCY="4",
     )
-    process = spawn(
-        ["honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
-        env,
-        tmp_path,
-    )
-    output = Output(process)
+    process, output = start_honcho(ROOT / "Procfile", port, env, tmp_path)
     try:
-        wait_for(lambda: _ready(port) or process.poll() is not None, timeout=60)
-        assert process.poll() is None, output.text
-        wait_for(lambda: "ready." in output.text, timeout=60)
         body = (SALESFORCE / "synthetic_2x_event.xml").read_bytes()
         event = "00U5g00000MnOpQEAV"
         with sandbox.state.lock:
@@ -156,6 +163,25 @@ def test_procfile_runs_web_and_worker_under_honcho(
     assert not port_open(port)
 
 
+def start_honcho(
+    procfile: Path, port: int, env: dict[str, str], cwd: Path
+) -> tuple[subprocess.Popen[str], Output]:
+    """`procfile` under honcho, once web answers /readyz and the worker (if any) is ready."""
+    command = ["honcho", "start", "-f", str(procfile), "-d", str(ROOT), "-p", str(port)]
+    process = spawn(command, env, cwd)
+    output = Output(process)
+    try:
+        wait_for(lambda: _ready(port) or process.poll() is not None, timeout=60)
+        assert process.poll() is None, output.text
+        if "worker:" in procfile.read_text():
+            wait_for(lambda: "ready." in output.text, timeout=60)
+    except BaseException:
+        stop_group(process)
+        output.close()
+        raise
+    return process, output
+
+
 def _ready(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).is_success
@@ -166,18 +192,7 @@ def _ready(port: int) -> bool:
 def test_crmhook_dev_runs_the_printed_curl_to_a_sandbox_cancel(tmp_path: Path) -> None:
     port, sandbox_port = free_port(), free_port()
     process = spawn(
-        [
-            "crmhook",
-            "dev",
-            "--port",
-            str(port),
-            "--sandbox-port",
-            str(sandbox_port),
-            "--concurrency",
-            "4",
-        ],
-        clean_environment(),
-        tmp_path,
+        ["crmhook", *dev_arguments(port, sandbox_port, 4)], clean_environment(), tmp_path
     )
     output = Output(process)
     try:

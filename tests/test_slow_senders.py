@@ -16,14 +16,13 @@ import pytest
 import redis
 
 from tests.conftest import (
-    ORG_ID,
     TOKEN,
     notification_id,
     outbound_message,
     random_event_id,
     wait_for,
 )
-from tests.test_processes import ROOT, Output, clean_environment, spawn, stop_group
+from tests.test_processes import ROOT, service_environment, start_honcho, stop_group
 from worker.dev.procfile import Procfile
 from worker.dev.redis_server import RedisServer, free_port
 from worker.tasks.app import QUEUE
@@ -129,11 +128,8 @@ def test_slow_senders_neither_delay_a_normal_post_nor_hold_their_connections(
     port = free_port()
     (tmp_path / "Procfile").write_text(f"web: {web_line()}\n")
     with RedisServer() as broker:
-        env = clean_environment(
-            REDIS_URL=broker.url,
-            WEBHOOK_TOKENS=TOKEN,
-            SALESFORCE_ORG_IDS=ORG_ID,
-            CHILIPIPER_TRANSPORT="sandbox",
+        env = service_environment(
+            broker.url,
             WEB_CONCURRENCY="1",  # one process against all 60: the hardest case
             WEB_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT),
             WEB_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
@@ -141,23 +137,12 @@ def test_slow_senders_neither_delay_a_normal_post_nor_hold_their_connections(
             GEVENT_MONITOR_THREAD_ENABLE="1",
             GEVENT_MAX_BLOCKING_TIME="1",
         )
-        process = spawn(
-            ["honcho", "start", "-f", str(tmp_path / "Procfile"), "-d", str(ROOT), "-p", str(port)],
-            env,
-            tmp_path,
-        )
-        output = Output(process)
+        process, output = start_honcho(tmp_path / "Procfile", port, env, tmp_path)
         connections: list[Trickle] = []
         trickler = threading.Thread(
             target=lambda: trickle(connections, time.monotonic() + TRICKLE_FOR)
         )
         try:
-            deadline = time.monotonic() + 60
-            while not ready(port):
-                assert process.poll() is None, output.text
-                assert time.monotonic() < deadline, output.text
-                time.sleep(0.2)
-
             path = f"/salesforce/outbound/cancel?token={TOKEN}"
             url = f"http://127.0.0.1:{port}{path}"
             slow_body = outbound_message([(notification_id(), random_event_id())])

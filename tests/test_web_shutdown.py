@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.messages import notification_id, outbound_message, random_event_id
-from tests.conftest import ORG_ID, TOKEN, wait_for
-from tests.test_processes import clean_environment
+from tests.conftest import TOKEN, wait_for
+from tests.test_processes import service_environment
 from tests.test_slow_senders import ready, request_head, web_line
 from worker.dev.redis_server import RedisServer, free_port
 
@@ -23,14 +23,8 @@ pytestmark = pytest.mark.slow
 def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
     port = free_port()
     with RedisServer() as broker:
-        env = clean_environment(
-            REDIS_URL=broker.url,
-            WEBHOOK_TOKENS=TOKEN,
-            SALESFORCE_ORG_IDS=ORG_ID,
-            CHILIPIPER_TRANSPORT="sandbox",
-            WEB_CONCURRENCY="1",
-            PORT=str(port),
-            WEB_HOST="127.0.0.1",
+        env = service_environment(
+            broker.url, WEB_CONCURRENCY="1", PORT=str(port), WEB_HOST="127.0.0.1"
         )
         log = (tmp_path / "web.log").open("wb")
         web = subprocess.Popen(

@@ -42,6 +42,22 @@ def state_of(client: redis.Redis, operation: Operation) -> str | None:
     return str(state) if state else None
 
 
+def finish_with_another_worker(
+    settings: Settings,
+    tmp_path: Path,
+    client: redis.Redis,
+    operations: list[Operation],
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """A second worker takes what the first handed back, until every operation succeeded."""
+    second = start_worker(settings, tmp_path / "second.log", IN_FLIGHT, extra_env=extra_env)
+    try:
+        wait_for(lambda: all(state_of(client, op) == "succeeded" for op in operations), 60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+
+
 def test_sigterm_lets_calls_in_flight_finish_and_hands_the_queued_ones_to_the_next_worker(
     settings: Settings, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
@@ -71,12 +87,7 @@ def test_sigterm_lets_calls_in_flight_finish_and_hands_the_queued_ones_to_the_ne
         assert client.llen(QUEUE) + client.hlen("unacked") >= len(waiting)
 
         sandbox.set_faults()
-        second = start_worker(settings, tmp_path / "second.log", concurrency=IN_FLIGHT)
-        try:
-            wait_for(lambda: all(state_of(client, op) == "succeeded" for op in operations), 60)
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(timeout=30)
+        finish_with_another_worker(settings, tmp_path, client, operations)
     finally:
         if first.poll() is None:
             first.kill()
@@ -134,12 +145,7 @@ def test_after_sigterm_no_new_irreversible_call_leaves_even_when_a_slot_comes_fr
         # A request that passed its last check as the signal came may still arrive just after.
         late = [call for call in sandbox.calls(action="cancel") if call["at"] > stopped_at + 0.1]
         assert late == [], log.read_text()[-3000:]
-        second = start_worker(settings, tmp_path / "second.log", IN_FLIGHT, extra_env=limited)
-        try:
-            wait_for(lambda: all(state_of(client, op) == "succeeded" for op in operations), 60)
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(timeout=30)
+        finish_with_another_worker(settings, tmp_path, client, operations, limited)
     finally:
         if worker.poll() is None:
             worker.kill()

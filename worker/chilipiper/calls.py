@@ -38,10 +38,18 @@ class Target:
 
     tool: str
     irreversible: bool
+    action: Action | None = None
 
     @classmethod
     def of(cls, action: Action, tool: str) -> Target:
-        return cls(tool, action.irreversible)
+        return cls(tool, action.irreversible, action)
+
+    def guarded(self, crm_event_id: str) -> str | None:
+        """The operation the safety valves judge a request by: an irreversible action's
+        identity (`Operation.identity`), None for any other request."""
+        if not self.irreversible or self.action is None:
+            return None
+        return f"{self.action}:{crm_event_id}"
 
 
 PROTOCOL = Target("", irreversible=False)
@@ -65,12 +73,12 @@ def call_through(
     send: Callable[[], T],
     *,
     before_send: BeforeSend | None = None,
-    tool: str | None = None,
-    irreversible: str | None = None,
+    target: Target | None = None,
+    crm_event_id: str = "",
 ) -> T:
     """`send()` under the shared limits, retried by `retrying` (transient failures only);
-    each request timed in the `tool`'s latency histogram when one is named. `irreversible`
-    names the operation when the request could email a customer (the safety valves').
+    a request for a tool's `target` is timed in that tool's latency histogram, and one that
+    could email a customer is judged by the safety valves too (`Target.guarded`).
 
     `before_send` runs after the gate lets a request through, right before it leaves: an
     irreversible call checks there that its claim is still live by the worker's own clock
@@ -79,6 +87,8 @@ def call_through(
     A permanent error (the tool said no, no meeting, a missing permission) is ChiliPiper
     answering as it should: for the limits it counts as an answer like any success.
     """
+    tool = target.tool if target is not None and target.tool else None
+    irreversible = target.guarded(crm_event_id) if target is not None else None
     for attempt in retrying:
         with attempt:
             gate.enter(irreversible)

@@ -104,13 +104,14 @@ class McpGateway:
                 result = self._request("tools/call", params, target=target, deadline=deadline)
                 return self._tool_result(target, crm_event_id, result)
 
+            retrying = self._retrying()
             return call_through(
                 self._gate,
-                self._retrying(),
+                retrying,
                 once,
                 before_send=before_send,
-                tool=target.tool,
-                irreversible=f"{action}:{crm_event_id}" if target.irreversible else None,
+                target=target,
+                crm_event_id=crm_event_id,
             )
 
         return call_tool(self.catalog, action, send)

@@ -184,13 +184,14 @@ class ScalekitGateway:
                     )
                 return result
 
+            retrying = self._retrying()
             return call_through(
                 self._gate,
-                self._retrying(),
+                retrying,
                 once,
                 before_send=before_send,
-                tool=target.tool,
-                irreversible=f"{action}:{crm_event_id}" if target.irreversible else None,
+                target=target,
+                crm_event_id=crm_event_id,
             )
 
         return call_tool(self.catalog, action, send)

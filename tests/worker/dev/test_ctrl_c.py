@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_for
-from tests.test_processes import clean_environment
+from tests.test_processes import clean_environment, dev_arguments
 from worker.dev.redis_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -132,18 +132,7 @@ def start_dev(port: int, sandbox_port: int, directory: Path, cycle: int) -> Dev:
     log = directory / f"dev-{cycle}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker.cli",
-                "dev",
-                "--port",
-                str(port),
-                "--sandbox-port",
-                str(sandbox_port),
-                "--concurrency",
-                "2",
-            ],
+            [sys.executable, "-m", "worker.cli", *dev_arguments(port, sandbox_port, 2)],
             env=clean_environment(),
             cwd=directory,
             stdin=subprocess.DEVNULL,
