@@ -320,7 +320,9 @@ class _Execution:
         if not self.runtime.store.claims.release(self.operation, self.claim):
             log.error("%s: %s; the claim is another execution's now", self.key, held)
             return Outcome.LOST_CLAIM
-        self.runtime.store.holds.hold(self.operation, held.reason)
+        if not self.runtime.store.holds.hold(self.operation, held.reason):
+            log.info("%s: no longer held (released meanwhile); again soon", self.key)
+            raise RetryLater(held, self.claim.attempts - 1, delay=1.0) from held
         log.warning("%s: %s", self.key, held, extra={"outcome": Outcome.HELD.value})
         return Outcome.HELD
 

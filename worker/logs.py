@@ -25,6 +25,8 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pythonjsonlogger.json import JsonFormatter
 
+from worker import redaction
+
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -85,6 +87,11 @@ class JsonLines(JsonFormatter):
         for celery_only in ("task_name", "data"):
             if log_data.get(celery_only) in ("???", None):
                 log_data.pop(celery_only, None)
+        # The record was redacted when it was made; bound fields, and objects that only
+        # `str` renders, join the line here, so every value is redacted once more. (The
+        # serialized line itself is not: a mask could swallow a JSON escape.)
+        for name, value in log_data.items():
+            log_data[name] = _redacted(value)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         """ISO 8601 in UTC with milliseconds: sortable, and what log pipelines parse."""
@@ -92,6 +99,20 @@ class JsonLines(JsonFormatter):
 
         moment = datetime.fromtimestamp(record.created, UTC)
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _redacted(value: Any) -> Any:
+    """`value` with every string in it redacted; anything JSON cannot hold as it is, as its
+    redacted `str`."""
+    if isinstance(value, str):
+        return redaction.redact(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(key): _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return redaction.redact(str(value))
 
 
 def _celery_task_id() -> str | None:

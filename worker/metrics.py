@@ -48,7 +48,7 @@ RETRIES = Counter(
 RECONCILIATIONS = Counter(
     "crmhook_reconciliations",
     "In-doubt irreversible operations checked through crm-get, by action and what it showed "
-    "(done: it had taken effect; still_booked: sent again; unknown: dead-lettered)",
+    "(done: it had taken effect; still_booked: sent again)",
     ["action", "result"],
 )
 CALLS = Histogram(

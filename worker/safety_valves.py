@@ -28,7 +28,7 @@ from worker.operator import Outcome, Result
 from worker.store import Store, keys
 from worker.store.audit import AuditEntry
 from worker.store.connection import text
-from worker.store.holds import HeldOperation
+from worker.store.holds import DROPPED_FROM, HeldOperation
 from worker.tasks.publish import publish
 
 
@@ -96,7 +96,8 @@ class SafetyValves:
         return [found[key] for key in dict.fromkeys(keys) if key in found], missing
 
     def release(self, chosen: list[HeldOperation]) -> list[Result]:
-        """Send `chosen`, each past the guard once. Refused while paused."""
+        """Send `chosen`, each once, what the guard held past the guard. Refused while
+        paused: they would only be held again."""
         if self.paused() is not None:
             raise IrreversiblePaused(
                 "irreversible calls are paused: `crmhook resume` first (it sends what the "
@@ -106,27 +107,29 @@ class SafetyValves:
 
     def drop(self, chosen: list[HeldOperation]) -> list[Result]:
         """Make `chosen` dead letters that say who dropped them (`crmhook failed`), sending
-        nothing; `crmhook replay` can still send one later."""
+        nothing; `crmhook replay` can still send one later. The record is failed before
+        the hold ends, so that no copy can slip out in between."""
         results = []
-        taken = self.store.holds.take(chosen)
-        for entry in taken:
+        for entry in chosen:
             before = self.store.holds.drop(entry, self.actor)
-            if before in ("succeeded", "failed", "busy", "missing"):
-                results.append(Result(entry.key, Outcome.SKIPPED, f"was {before}", entry.key))
-            else:
+            if before in DROPPED_FROM:
                 detail = f"dead letter (held: {entry.reason})"
                 results.append(Result(entry.key, Outcome.DROPPED, detail, entry.key))
+            else:
+                results.append(Result(entry.key, Outcome.SKIPPED, f"was {before}", entry.key))
         self.store.audit.write(
             [AuditEntry(self.actor, "drop-held", r.key, r.outcome.value) for r in results]
         )
-        return results + _not_held(chosen, taken)
+        return results
 
     def _send(self, chosen: list[HeldOperation], what: str) -> list[Result]:
+        """Send `chosen`: in the pending index first (should this process die part way,
+        the sweeper sends what it stamped), past the guard when the guard held them, then
+        no longer held, then published."""
+        self.store.pending.stamp([entry.operation for entry in chosen])
+        self.store.holds.pass_guard(entry for entry in chosen if entry.reason == "guard")
         taken = self.store.holds.take(chosen)
-        operations = [entry.operation for entry in taken]
-        self.store.holds.pass_guard_once(entry for entry in taken if entry.reason == "guard")
-        self.store.pending.stamp(operations)
-        publish(self._app, operations)
+        publish(self._app, [entry.operation for entry in taken])
         results = [
             Result(entry.key, Outcome.QUEUED, f"held: {entry.reason}", entry.key) for entry in taken
         ]

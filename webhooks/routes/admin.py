@@ -160,7 +160,7 @@ def held() -> Response:
 def release_held() -> Response:
     valves = _valves("write")
     body = _body(HeldRequest)
-    chosen, missing = valves.choose(body.keys, everything=body.all, reason="guard")
+    chosen, missing = valves.choose(body.keys, everything=body.all)
     return _results(lambda: valves.release(chosen) + missing)
 
 

@@ -459,7 +459,7 @@ DOCUMENT: dict[str, Any] = {
         },
         "/admin/held/release": {
             "post": {
-                "summary": "Send operations the blast-radius guard held, each once",
+                "summary": "Send held operations, each once (what the guard held, past it)",
                 "security": [{"admin": []}],
                 "requestBody": _body("HeldRequest"),
                 "responses": {

@@ -77,28 +77,33 @@ return hold_ms(KEYS[1], KEYS[2])
 """
 )
 
-# KEYS: pause, breaker, limiter, irreversible pause, guard's minute, guard's released.
+# KEYS: pause, breaker, limiter, irreversible pause, guard's minute, guard's released, held.
 # ARGV groups: breaker_admit's, limiter_reserve's, the guard's {identity of an irreversible
-# operation ('' for any other request), calls allowed a minute (0: no guard)}.
+# operation ('' for any other request), operations allowed a minute (0: no guard)}.
 # Returns {verdict, wait ms, hold ms}: verdict 'closed' or 'trial' (a trial permit taken) is
-# go after `wait`; 'operator pause' and 'guard' hold the operation for an operator; any
-# other is why the call is deferred ('paused', 'circuit open', 'circuit half-open', 'rate
-# limit'), for `wait`. A paused gate takes no trial permit, and a trial whose slot is too
-# far gives its permit back, as before the steps were one script. The guard counts the
-# irreversible requests let through in the last 60 s; one an operator released passes once.
+# go after `wait`; 'operator pause', 'held' (a copy of an operation already held) and
+# 'guard' hold the operation for an operator; any other is why the call is deferred
+# ('paused', 'circuit open', 'circuit half-open', 'rate limit'), for `wait`. A paused gate
+# takes no trial permit, and a trial whose slot is too far gives its permit back, as before
+# the steps were one script. The guard counts the irreversible operations let through in
+# the last 60 s (each once, however many requests it takes); an operation an operator
+# released passes it until its release expires.
 _ENTER = (
     _LIBRARY
     + """
 local args = groups(ARGV)
 local function answer(verdict, wait) return {verdict, wait, hold_ms(KEYS[1], KEYS[2])} end
 local identity, limit = args[3][1], tonumber(args[3][2])
-local released = 0
 if identity ~= '' then
   if redis.call('EXISTS', KEYS[4]) == 1 then return answer('operator pause', 0) end
-  released = redis.call('SISMEMBER', KEYS[6], identity)
-  if limit > 0 and released == 0 then
+  if redis.call('HEXISTS', KEYS[7], identity) == 1 then return answer('held', 0) end
+  local released = tonumber(redis.call('ZSCORE', KEYS[6], identity) or '0') > now
+  if limit > 0 and not released then
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 60000)
-    if redis.call('ZCARD', KEYS[5]) >= limit then return answer('guard', 0) end
+    if not redis.call('ZSCORE', KEYS[5], identity)
+       and redis.call('ZCARD', KEYS[5]) >= limit then
+      return answer('guard', 0)
+    end
   end
 end
 local paused = hold_ms(KEYS[1])
@@ -110,12 +115,9 @@ if slot[1] == 0 then
   if admission[3] == 'trial' then breaker_return({KEYS[2]}) end
   return answer('rate limit', slot[2])
 end
-if identity ~= '' then
-  if limit > 0 then
-    redis.call('ZADD', KEYS[5], now, identity .. '@' .. now)
-    redis.call('PEXPIRE', KEYS[5], 61000)
-  end
-  if released == 1 then redis.call('SREM', KEYS[6], identity) end
+if identity ~= '' and limit > 0 then
+  redis.call('ZADD', KEYS[5], now, identity)
+  redis.call('PEXPIRE', KEYS[5], 61000)
 end
 return answer(admission[3], slot[2])
 """
@@ -134,7 +136,7 @@ return {state, hold_ms(KEYS[2], KEYS[3])}
 )
 
 _GO = ("closed", "trial")
-HELD_VERDICTS = {"operator pause": "paused", "guard": "guard"}
+HELD_VERDICTS = {"operator pause": "paused", "held": "held", "guard": "guard"}
 _ENTER_KEYS = [
     keys.GATE_PAUSE,
     keys.GATE_BREAKER,
@@ -142,6 +144,7 @@ _ENTER_KEYS = [
     keys.GATE_IRREVERSIBLE_PAUSE,
     keys.GATE_GUARD_SENT,
     keys.GATE_GUARD_RELEASED,
+    keys.HELD,
 ]
 _OUTCOME_KEYS = [keys.GATE_LIMITER, keys.GATE_PAUSE, keys.GATE_BREAKER, keys.GATE_BREAKER_WINDOW]
 

@@ -74,12 +74,12 @@ def _chosen(
 
 @main.command(name="release-held")
 @click.argument("keys", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every operation the guard holds.")
+@click.option("--all", "everything", is_flag=True, help="Every held operation.")
 def release_held(keys: tuple[str, ...], everything: bool) -> None:
-    """Send operations the blast-radius guard held (KEYS as `crmhook held` lists them, or
-    --all), each once and past the guard. Audited."""
+    """Send held operations (KEYS as `crmhook held` lists them, or --all), each once; what
+    the blast-radius guard held goes past it. Refused during a pause. Audited."""
     valves = _valves()
-    chosen, missing = _chosen(valves, keys, everything, "guard")
+    chosen, missing = _chosen(valves, keys, everything, None)
     try:
         results = valves.release(chosen)
     except IrreversiblePaused as exc:

@@ -75,6 +75,8 @@ class DevStack:
         env.setdefault("SALESFORCE_ORG_IDS", SAMPLE_ORG_ID)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("LOG_FORMAT", "text")  # a terminal, not a log pipeline
+        # The worker's grace ends before this runner's own 10 s wait for it (`stop`).
+        env.setdefault("WORKER_SHUTDOWN_GRACE_SECONDS", "5")
         env.update(self.procfile_settings())
         return env
 

@@ -25,9 +25,13 @@ from worker.store.connection import text
 from worker.store.dead_letters import DeadLetters
 from worker.store.retention import Retention
 
+# Why an operation is held: the operator's pause, or the guard. (The gate also answers
+# `held` for a copy of an operation held already; that keeps the first entry's reason.)
 REASONS = ("paused", "guard")
-# How long a release lets its operations past the guard, at most.
-RELEASED_SECONDS = 24 * 3600
+# How long a release lets its operations past the guard.
+RELEASED_SECONDS = 3600
+# The states `lua.DROP` turns into a dead letter.
+DROPPED_FROM = ("queued", "retrying", "in_doubt", "running")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,19 @@ class HeldOperation:
         }
 
 
+# KEYS: held, irreversible pause. ARGV: identity, entry JSON, reason. Keeps the entry (an
+# earlier one for the same operation stays as it was). 0, holding nothing, when what held
+# it has gone since the gate answered: the pause was lifted, or the held copy released or
+# dropped; the caller then runs the operation again rather than leave it held with nobody
+# to release it.
+_HOLD = """
+if ARGV[3] == 'paused' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[3] == 'held' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 class Holds:
     def __init__(
         self, client: redis.Redis, dead_letters: DeadLetters, retention: Retention
@@ -54,29 +71,32 @@ class Holds:
         self._redis = client
         self._dead_letters = dead_letters
         self._retention = retention
+        self._hold = client.register_script(_HOLD)
         self._drop = client.register_script(lua.DROP)
 
-    def hold(self, operation: Operation, reason: str) -> None:
-        """Keep `operation` for an operator (its claim already handed back)."""
-        key = keys.operation(operation)
+    def hold(self, operation: Operation, reason: str) -> bool:
+        """Keep `operation` for an operator (its claim already handed back); False when
+        what held it has gone meanwhile (see `_HOLD`): then it is not held. Out of the
+        pending index once held, so that no sweeper sends it; the gate holds any copy."""
         entry = {"operation": operation.to_message(), "reason": reason, "at": time.time()}
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.HELD, key, json.dumps(entry))
-            pipe.zrem(keys.PENDING, key)
-            pipe.execute()
+        held = self._hold(
+            keys=[keys.HELD, keys.GATE_IRREVERSIBLE_PAUSE],
+            args=[operation.identity, json.dumps(entry), reason],
+        )
+        if held:
+            self._redis.zrem(keys.PENDING, keys.operation(operation))
+        return bool(held)
 
     def all(self) -> list[HeldOperation]:
         """Every held operation, oldest first."""
-        held = self._redis.hgetall(keys.HELD)
-        found = [_entry(text(key), text(raw)) for key, raw in held.items()]
+        found = [_entry(text(raw)) for raw in self._redis.hvals(keys.HELD)]
         return sorted(found, key=lambda entry: entry.at)
 
     def counts(self) -> dict[str, int]:
         """How many are held, by reason (for the metrics)."""
         counted = dict.fromkeys(REASONS, 0)
-        for raw in self._redis.hvals(keys.HELD):
-            reason = json.loads(raw).get("reason", "guard")
-            counted[reason] = counted.get(reason, 0) + 1
+        for entry in self.all():
+            counted[entry.reason] = counted.get(entry.reason, 0) + 1
         return counted
 
     def take(self, chosen: Iterable[HeldOperation]) -> list[HeldOperation]:
@@ -85,32 +105,35 @@ class Holds:
         entries = list(chosen)
         with self._redis.pipeline(transaction=False) as pipe:
             for entry in entries:
-                pipe.hdel(keys.HELD, entry.key)
+                pipe.hdel(keys.HELD, entry.operation.identity)
             removed = pipe.execute()
         return [entry for entry, gone in zip(entries, removed, strict=True) if gone]
 
-    def pass_guard_once(self, entries: Iterable[HeldOperation]) -> None:
-        """Let each of these through the guard once: an operator released them."""
-        identities = [entry.operation.identity for entry in entries]
-        if identities:
+    def pass_guard(self, entries: Iterable[HeldOperation]) -> None:
+        """Let each of these past the guard (its retries included) for `RELEASED_SECONDS`:
+        an operator released them."""
+        until = (time.time() + RELEASED_SECONDS) * 1000  # the gate reckons in ms
+        released = {entry.operation.identity: until for entry in entries}
+        if released:
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(keys.GATE_GUARD_RELEASED, *identities)
-                # One that never reaches the gate (done meanwhile) must not stay exempt.
-                pipe.expire(keys.GATE_GUARD_RELEASED, RELEASED_SECONDS)
+                pipe.zadd(keys.GATE_GUARD_RELEASED, released)
+                pipe.zremrangebyscore(keys.GATE_GUARD_RELEASED, "-inf", time.time() * 1000)
                 pipe.execute()
 
     def drop(self, entry: HeldOperation, actor: str) -> str:
-        """Make a held operation a dead letter; answers its state before (see `lua.DROP`)."""
+        """Make a held operation a dead letter, then stop holding it; answers its state
+        before (see `lua.DROP`). One a live claim holds ('busy') stays held."""
         before = str(self._drop(keys=[entry.key], args=[actor, entry.reason, 0]))
-        if before in ("queued", "retrying", "in_doubt", "running"):
+        if before in DROPPED_FROM:
             with self._redis.pipeline(transaction=False) as pipe:
                 self._dead_letters.add(pipe, entry.key, keep_seconds=self._retention.action_seconds)
                 pipe.execute()
+        if before != "busy":
+            self.take([entry])
         return before
 
 
-def _entry(key: str, raw: str) -> HeldOperation:
+def _entry(raw: str) -> HeldOperation:
     data = json.loads(raw)
-    return HeldOperation(
-        key, Operation.from_message(data["operation"]), data["reason"], float(data["at"])
-    )
+    operation = Operation.from_message(data["operation"])
+    return HeldOperation(keys.operation(operation), operation, data["reason"], float(data["at"]))

@@ -44,8 +44,9 @@ GATE_PAUSE = f"{PREFIX}:{{chilipiper}}:paused_until"
 GATE_IRREVERSIBLE_PAUSE = f"{PREFIX}:{{chilipiper}}:irreversible_paused"
 GATE_GUARD_SENT = f"{PREFIX}:{{chilipiper}}:guard_sent"
 GATE_GUARD_RELEASED = f"{PREFIX}:{{chilipiper}}:guard_released"
-# Operations the valves held back, waiting for an operator: operation key -> JSON.
-HELD = f"{PREFIX}:held"
+# Operations the valves held back, waiting for an operator: operation identity -> JSON. With
+# the gate's keys too: the gate holds again any copy of an operation held here.
+HELD = f"{PREFIX}:{{chilipiper}}:held"
 GATE_BREAKER = f"{PREFIX}:{{chilipiper}}:breaker"
 GATE_BREAKER_WINDOW = f"{PREFIX}:{{chilipiper}}:breaker:window"
 

@@ -276,7 +276,10 @@ return due
 
 # KEYS: record. ARGV: actor, why it was held, offset. An operator drops an operation the
 # safety valves held: unless it succeeded, failed already or a live claim holds it, it
-# becomes a dead letter (replayable) that says who dropped it; a doubt it carried stays.
+# becomes a dead letter (replayable) that says who dropped it. A doubt it carried stays;
+# one whose holder died mid-run (a running record whose lease ran out) is in doubt from its
+# send marker, or from its lease's end when it left none (the marker may be what a Redis
+# crash lost), so that a replay asks crm-get before anything is sent again.
 # Returns the state before ('missing' when there is no record); dropped when that state
 # is queued, retrying, in_doubt, or running under a lease that ran out.
 DROP = (
@@ -285,7 +288,13 @@ DROP = (
 local state = get('state')
 if not state then return 'missing' end
 if state == 'succeeded' or state == 'failed' then return state end
-if state == 'running' and tonumber(get('lease_until') or '0') > now then return 'busy' end
+if state == 'running' then
+  local lease_until = tonumber(get('lease_until') or '0')
+  if lease_until > now then return 'busy' end
+  if not get('doubt_since') then
+    redis.call('HSET', key, 'doubt_since', get('call_started_at') or lease_until)
+  end
+end
 redis.call('HSET', key, 'state', 'failed', 'updated_at', now,
            'last_error', 'dropped by ' .. ARGV[1] .. ' (held: ' .. ARGV[2] .. ')')
 redis.call('HDEL', key, 'lease_until', 'call_started_at', 'owner', unpack(_PRIOR))
