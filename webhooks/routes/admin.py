@@ -31,6 +31,7 @@ from worker.errors import InvalidSalesforceId, MalformedRequest, NotFound
 from worker.operator import Filters, Operator, Result, summarize
 from worker.safety_valves import SafetyValves
 from worker.settings import AdminScope
+from worker.store.holds import HeldOperation
 from worker.tasks.runtime import build_store
 
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
@@ -158,18 +159,20 @@ def held() -> Response:
 
 @blueprint.post("/held/release")
 def release_held() -> Response:
-    valves = _valves("write")
-    body = _body(HeldRequest)
-    chosen, missing = valves.choose(body.keys, everything=body.all)
-    return _results(lambda: valves.release(chosen) + missing)
+    return _on_held(SafetyValves.release)
 
 
 @blueprint.post("/held/drop")
 def drop_held() -> Response:
+    return _on_held(SafetyValves.drop)
+
+
+def _on_held(act: Callable[[SafetyValves, list[HeldOperation]], list[Result]]) -> Response:
+    """`act` on the held operations the body names (`keys`, or `all`)."""
     valves = _valves("write")
     body = _body(HeldRequest)
     chosen, missing = valves.choose(body.keys, everything=body.all)
-    return _results(lambda: valves.drop(chosen) + missing)
+    return _results(lambda: act(valves, chosen) + missing)
 
 
 # --- helpers -----------------------------------------------------------------------------
