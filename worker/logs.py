@@ -28,7 +28,6 @@ from pythonjsonlogger.json import JsonFormatter
 from worker import redaction
 
 LogFormat = Literal["json", "text"]
-LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
 # The fields a line may carry to say what it is about (ARCHITECTURE.md, "Operations").

@@ -89,6 +89,13 @@ class Operation:
             return f"{self.action}:{self.crm_event_id}"
         return f"{self.action}:{self.crm_event_id}:{self.source_id}"
 
+    @property
+    def notification_id(self) -> str | None:
+        """The Salesforce notification that asked for it (its canonical ID), or None when
+        the source is an API request, a manual task or a replay of one: those sources are
+        `kind:…`, never a bare Salesforce ID."""
+        return None if ":" in self.source_id else self.source_id
+
     def to_message(self) -> dict[str, Any]:
         """Task arguments: IDs only, never payloads (broker messages are stored in Redis),
         and the message layout's version."""

@@ -97,6 +97,7 @@ def perform_task(self: RuntimeTask, operation: dict[str, Any]) -> str:
     parsed = Operation.from_message(operation)
     with logs.bound(
         event_id=parsed.crm_event_id,
+        notification_id=parsed.notification_id,
         action=parsed.action.value,
         operation_key=keys.operation(parsed),
         task_id=self.request.id,

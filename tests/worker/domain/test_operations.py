@@ -31,3 +31,10 @@ def test_a_fan_out_message_round_trips_with_its_version() -> None:
     assert message["v"] == MESSAGE_VERSION
     del message["v"]  # as the previous release wrote it
     assert Batch.from_message(message).operations == batch.operations
+
+
+def test_the_notification_id_is_the_source_only_when_salesforce_sent_it() -> None:
+    sent = Operation(Action.CANCEL, "00U5g00000MnOpQEAV", "04l5g00000QrStUAAV")
+    assert sent.notification_id == "04l5g00000QrStUAAV"
+    for source in ("api:3f9a:5e1c", "cli:0d6f2b", "admin:ops:1"):
+        assert Operation(Action.CANCEL, "00U5g00000MnOpQEAV", source).notification_id is None
