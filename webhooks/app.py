@@ -16,7 +16,7 @@ from webhooks.routes import admin, events, health, openapi, outbound
 from worker import redaction
 from worker.errors import ConfigError
 from worker.settings import Settings, load_settings
-from worker.store.connection import redis_client
+from worker.store.connection import store_client
 from worker.store.idempotency import Idempotency
 from worker.store.ingests import Ingests
 from worker.tasks.app import make_celery
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     app = Flask("webhooks")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    client = redis_client(settings.redis_url)
+    client = store_client(settings)
     shared = Edge(
         settings=settings,
         celery=make_celery(settings),

@@ -119,13 +119,18 @@ def _decoded(text: str) -> str:
 
 def secret_values(settings: Settings) -> list[str]:
     """Every secret the settings hold: webhook tokens, admin token secrets, the ChiliPiper
-    token, the Scalekit client secret, and the passwords of the Redis and broker URLs."""
+    token, the Scalekit client secret, the sentinels' password, and the passwords of the
+    Redis and broker URLs."""
     values = [token.get_secret_value() for token in settings.webhook_tokens]
     values += [
         parse_admin_token(entry, index).secret.get_secret_value()
         for index, entry in enumerate(settings.admin_tokens)
     ]
-    for secret in (settings.chilipiper_api_token, settings.scalekit_client_secret):
+    for secret in (
+        settings.chilipiper_api_token,
+        settings.scalekit_client_secret,
+        settings.redis_sentinel_password,
+    ):
         if secret is not None:
             values.append(secret.get_secret_value())
     for url in (settings.redis_url, settings.celery_broker_url):

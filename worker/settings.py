@@ -9,9 +9,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url as parse_redis_url
 
 from worker.domain.salesforce_ids import canonical_id
 from worker.errors import ConfigError, InvalidSalesforceId
@@ -42,8 +51,16 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    redis_url: str
+    # The store's Redis (and the broker's, unless CELERY_BROKER_URL says otherwise). With
+    # REDIS_SENTINELS, its password and database number (if given) are used on the master
+    # the sentinels name; the URL may then be left out.
+    redis_url: str | None = None
     celery_broker_url: str | None = None
+    # High availability (issue 15): `host:port,host:port` of Redis Sentinels and the name of
+    # the master they watch; store and broker follow whichever node is master now.
+    redis_sentinels: CommaList = ()
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
 
     # Required by the web process only (see `require_web`).
     webhook_tokens: SecretList = ()
@@ -113,6 +130,7 @@ class Settings(BaseSettings):
     irreversible_guard_per_minute: int | None = Field(default=None, ge=1)
 
     _split_lists = field_validator(
+        "redis_sentinels",
         "webhook_tokens",
         "admin_tokens",
         "salesforce_org_ids",
@@ -125,6 +143,34 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         """`NAME=` in `.env` means unset, as for the other optional settings."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_addresses(cls, sentinels: tuple[str, ...]) -> tuple[str, ...]:
+        for sentinel in sentinels:
+            parse_address(sentinel)
+        return sentinels
+
+    @field_validator("redis_sentinel_master", "redis_sentinel_password", mode="before")
+    @classmethod
+    def _blank_text_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _redis_is_reachable(self) -> Settings:
+        """REDIS_URL, or the sentinels and their master's name: one of the two, whole."""
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError(
+                "REDIS_SENTINEL_MASTER: is not set (the master name the sentinels in "
+                "REDIS_SENTINELS watch)"
+            )
+        if self.redis_sentinel_master and not self.redis_sentinels:
+            raise ValueError("REDIS_SENTINELS: is not set (host:port,host:port of the sentinels)")
+        if not self.redis_url and not self.redis_sentinels:
+            raise ValueError(
+                "REDIS_URL: is not set (or set REDIS_SENTINELS and REDIS_SENTINEL_MASTER)"
+            )
+        return self
 
     @field_validator("webhook_tokens")
     @classmethod
@@ -258,12 +304,40 @@ class Settings(BaseSettings):
     def countdown_limit_seconds(self) -> float:
         """Retries due sooner wait in the broker as Celery countdowns; later ones wait in
         Redis by due time, since a countdown held past the visibility timeout is delivered
-        again and again (kombu#337)."""
+        again and again (kombu#337). On RabbitMQ every retry waits in Redis: quorum queues
+        keep no countdowns of their own (Celery holds them unacknowledged in the worker, or
+        needs its native delayed delivery's extra exchanges), so none is asked of them."""
+        if self.broker_is_amqp:
+            return 0.0
         return self.broker_visibility_timeout_seconds / 3
 
     @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(parse_address(sentinel) for sentinel in self.redis_sentinels)
+
+    @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.redis_url
+        """CELERY_BROKER_URL; else the store's Redis: through the sentinels when given
+        (kombu's `sentinel://` transport, one URL per sentinel joined by `;`, carrying the
+        master's password and database from REDIS_URL), else REDIS_URL itself."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        if not self.redis_sentinels:
+            assert self.redis_url is not None  # the model validator saw to it
+            return self.redis_url
+        credentials = redis_url_credentials(self.redis_url)
+        userinfo = ""
+        if credentials.password:
+            userinfo = f"{quote(credentials.username or '', safe='')}:"
+            userinfo += f"{quote(credentials.password, safe='')}@"
+        return ";".join(
+            f"sentinel://{userinfo}{address}/{credentials.db}" for address in self.redis_sentinels
+        )
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """Whether the broker is RabbitMQ (AMQP): quorum queues, no broker countdowns."""
+        return self.broker_url.split("://", 1)[0].lower() in AMQP_SCHEMES
 
     @property
     def chilipiper_url(self) -> str:
@@ -317,6 +391,37 @@ MAX_CONNECT_SECONDS = 5.0
 RATE_LIMIT_MAX_BLOCK_SECONDS = 1.0
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", re.I)
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) as a pair; ValueError names the bad entry."""
+    host, _, port = address.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class RedisCredentials:
+    """What a Redis URL says beyond its address: with sentinels, REDIS_URL gives these for
+    the master (none and database 0 when it is not set)."""
+
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+
+def redis_url_credentials(url: str | None) -> RedisCredentials:
+    if not url:
+        return RedisCredentials()
+    parsed = parse_redis_url(url)  # type: ignore[no-untyped-call]
+    return RedisCredentials(
+        parsed.get("username"), parsed.get("password"), int(parsed.get("db", 0))
+    )
 
 
 def parse_rate(text: str) -> float:
@@ -399,9 +504,10 @@ def _explain(exc: ValidationError) -> str:
     """One line per problem, each naming the environment variable, never echoing secrets."""
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
-        variable = str(error["loc"][0]).upper() if error["loc"] else "configuration"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "is not set"
-        lines.append(f"{variable}: {message}")
+        if error["loc"]:
+            message = f"{str(error['loc'][0]).upper()}: {message}"
+        lines.append(message)  # a check across variables names them itself
     return "invalid configuration: " + "; ".join(lines)

@@ -28,7 +28,7 @@ from worker.errors import (
     UnknownAccount,
 )
 from worker.settings import Settings
-from worker.store.connection import redis_client
+from worker.store.connection import store_client, where
 from worker.tasks.runtime import build_gate
 
 
@@ -101,11 +101,11 @@ def reach_chilipiper(
 
 def shared_limits(settings: Settings, report: Report) -> None:
     """Where the limits every worker shares stand (read from Redis, which workers need)."""
-    client = redis_client(settings.redis_url)
+    client = store_client(settings)
     try:
         report.add(True, f"shared limits: {build_gate(settings, client).limits()}")
     except redis.RedisError as error:
-        report.add(False, f"cannot read the shared limits: Redis at REDIS_URL: {error}")
+        report.add(False, f"cannot read the shared limits: Redis at {where(settings)}: {error}")
     finally:
         client.close()
 

@@ -1,21 +1,79 @@
-"""The Redis client every process builds."""
+"""The Redis client every process builds: on REDIS_URL, or on whichever node the sentinels
+name master (REDIS_SENTINELS), found again after a failover."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import redis
+from redis.sentinel import Sentinel
+
+from worker.settings import Settings, redis_url_credentials
+
+# Explicit timeouts: a dead Redis (or sentinel) fails fast instead of hanging a thread.
+TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "health_check_interval": 25,
+}
+SENTINEL_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client with explicit timeouts: a dead Redis fails fast instead of hanging."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=25,
-        decode_responses=True,
+    """A client of the Redis at `url`."""
+    return redis.Redis.from_url(url, decode_responses=True, **TIMEOUTS)
+
+
+def store_client(settings: Settings) -> redis.Redis:
+    """The store's client: REDIS_URL's Redis, or the sentinels' current master.
+
+    Through Sentinel, redis-py asks the sentinels for the master on every new connection, and
+    drops a connection whose node answers READONLY (a master demoted by a failover), so a
+    command after a failover fails once and the next one reaches the new master. The master's
+    password and database come from REDIS_URL when it is given."""
+    if not settings.redis_sentinels:
+        assert settings.redis_url is not None  # Settings' validator saw to it
+        return redis_client(settings.redis_url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.sentinel_addresses,
+        sentinel_kwargs=sentinel_kwargs(settings),
+        **master_kwargs(settings),
     )
+    assert settings.redis_sentinel_master is not None
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, redis_class=redis.Redis
+    )
+    return master
+
+
+def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """How to reach the sentinels themselves (REDIS_SENTINEL_PASSWORD, short timeouts)."""
+    password = settings.redis_sentinel_password
+    return {
+        **SENTINEL_TIMEOUTS,
+        **({"password": password.get_secret_value()} if password is not None else {}),
+    }
+
+
+def master_kwargs(settings: Settings) -> dict[str, Any]:
+    """How to talk to the master the sentinels name: REDIS_URL's credentials and database."""
+    credentials = redis_url_credentials(settings.redis_url)
+    return {
+        "decode_responses": True,
+        "db": credentials.db,
+        "username": credentials.username,
+        "password": credentials.password,
+        **TIMEOUTS,
+    }
+
+
+def where(settings: Settings) -> str:
+    """Where the store is, for messages: no password, ever."""
+    if settings.redis_sentinels:
+        return f"the master {settings.redis_sentinel_master!r} of sentinels " + ",".join(
+            settings.redis_sentinels
+        )
+    return "REDIS_URL"
 
 
 def text(value: Any) -> str:

@@ -18,6 +18,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 
 from worker import logs, redaction
 from worker.settings import Settings
+from worker.store.connection import sentinel_kwargs
 
 QUEUE = "crmhook"
 PUBLISH_RETRY_POLICY = {
@@ -29,23 +30,12 @@ PUBLISH_RETRY_POLICY = {
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    visibility = settings.broker_visibility_timeout_seconds
-    return {
+    config = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": visibility,
-            "unacked_mutex_expire": max(5, visibility // 3),
-            # kombu sweeps for a dead worker's messages every interval x throttle seconds
-            # (100 s by default): sweep every ~5 s so they return soon after the timeout.
-            "unacked_restore_interval": max(1, visibility // 18),
-            "unacked_restore_throttle": 1,
-            # Fail fast when Redis is down: the edge answers 503 within seconds.
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
-            "retry_on_timeout": False,
-            "health_check_interval": 25,
-        },
+        "broker_transport_options": (
+            amqp_options() if settings.broker_is_amqp else redis_options(settings)
+        ),
         "task_default_queue": QUEUE,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -62,6 +52,50 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_channel_error_retry": True,
     }
+    if settings.broker_is_amqp:
+        config |= QUORUM_QUEUES
+    return config
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """kombu's Redis transport (or its `sentinel://` one): a short visibility timeout, a
+    sweep for dead workers' messages every few seconds, and fail-fast sockets."""
+    visibility = settings.broker_visibility_timeout_seconds
+    options: dict[str, Any] = {
+        "visibility_timeout": visibility,
+        "unacked_mutex_expire": max(5, visibility // 3),
+        # kombu sweeps for a dead worker's messages every interval x throttle seconds
+        # (100 s by default): sweep every ~5 s so they return soon after the timeout.
+        "unacked_restore_interval": max(1, visibility // 18),
+        "unacked_restore_throttle": 1,
+        # Fail fast when Redis is down: the edge answers 503 within seconds.
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "retry_on_timeout": False,
+        "health_check_interval": 25,
+    }
+    if settings.redis_sentinels and not settings.celery_broker_url:
+        options["master_name"] = settings.redis_sentinel_master
+        options["sentinel_kwargs"] = sentinel_kwargs(settings)
+    return options
+
+
+def amqp_options() -> dict[str, Any]:
+    """RabbitMQ: a publish returns once the broker confirmed it (for a quorum queue, once a
+    majority of its nodes has it on disk), so the edge's Ack follows a confirmed message."""
+    return {"confirm_publish": True}
+
+
+# RabbitMQ's replicated queues (Celery's documented settings, 5.5+). Quorum queues refuse a
+# global prefetch, which Celery then sets per consumer (`worker_detect_quorum_queues`), and
+# keep no countdowns: retries wait in the store's schedule instead
+# (`Settings.countdown_limit_seconds`).
+QUORUM_QUEUES: dict[str, Any] = {
+    "task_default_queue_type": "quorum",
+    "task_default_exchange_type": "direct",
+    "worker_detect_quorum_queues": True,
+    "task_create_missing_queues": True,
+}
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -22,7 +22,7 @@ from worker.chilipiper.gate import Gate, GateSettings
 from worker.leases import Heartbeat
 from worker.settings import RATE_LIMIT_MAX_BLOCK_SECONDS, Settings
 from worker.store import Retention, Store
-from worker.store.connection import redis_client
+from worker.store.connection import store_client
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ def retention(settings: Settings) -> Retention:
 
 
 def build_store(settings: Settings, client: redis.Redis | None = None) -> Store:
-    """The store on `REDIS_URL` (or on `client`), kept as long as the settings say."""
-    return Store(client or redis_client(settings.redis_url), retention(settings))
+    """The store on `REDIS_URL` or the sentinels' master (or on `client`), kept as long as
+    the settings say."""
+    return Store(client or store_client(settings), retention(settings))
 
 
 def build_gate(settings: Settings, client: redis.Redis) -> Gate:
