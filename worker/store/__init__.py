@@ -36,5 +36,5 @@ class Store:
         self.schedule = Schedule(client)
         self.quarantine = Quarantine(client, retention.quarantine_seconds)
         self.audit = Audit(client, retention.action_seconds)
-        self.ingests = Ingests(client, retention.notification_seconds)
+        self.ingests = Ingests(client, retention.notification_seconds, self.durability)
         self.holds = Holds(client, self.dead_letters, retention)

@@ -1,20 +1,28 @@
-"""Whether what must survive a Redis crash does, before an irreversible call leaves.
+"""Whether what must survive a Redis crash or a failover does, before it is relied upon.
 
-A claim and its send marker that Redis loses in a crash would let a second worker claim the
-operation afresh and send again: a second e-mail to a customer. Two ways make them durable:
-`appendfsync always` on the store's Redis (every write is on disk before Redis answers, so
-nothing is to be done per call), or a replica that confirms the write (`WAIT`), when the
-Redis has replicas. `durability_warnings` tells operators (through `/readyz` and
-`crmhook check`) when neither holds.
+Two writes are relied upon: the edge's record of an inbound message (Salesforce gets its Ack
+after it, and stops retrying), and the send marker of an irreversible call (the claim is
+written before it, on the same master). Lost in a crash, the first loses a cancellation for
+good; the second lets a second worker claim the operation afresh and send a second e-mail.
+Two ways make them durable: `appendfsync always` on the store's Redis (on disk before Redis
+answers, so nothing is to be done per write), and, where the Redis has replicas, a replica
+that confirms the write (`WAIT 1`) before it counts. Redis replicates asynchronously, so
+without WAIT a failover to a replica (Sentinel, a managed Redis) can roll either back.
+
+WAIT confirms everything the master received before the write, so the send marker's WAIT
+covers the claim before it too: both are on a replica before the call leaves, for one WAIT.
+`durability_warnings` tells operators (through `/readyz` and `crmhook check`) what is missing.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from worker.errors import NotDurable
@@ -22,12 +30,13 @@ from worker.store.connection import text
 
 # How long a write waits for a replica's confirmation before it counts as not durable.
 WAIT_TIMEOUT_MS = 1000
-# How often the number of replicas is read again (INFO replication).
-REPLICAS_REFRESH_SECONDS = 30.0
+# How often the number of replicas is read again (INFO replication); at once after a write
+# that no replica confirmed, or that failed on its connection (a failover, perhaps).
+REPLICAS_REFRESH_SECONDS = 5.0
 
 
 class Durability:
-    """Runs the writes an irreversible call depends on so that they are durable."""
+    """Runs the writes that are relied upon so that they are durable."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
@@ -36,33 +45,64 @@ class Durability:
         self._read_at = float("-inf")
 
     def replicas(self) -> int:
-        """Replicas connected to the store's Redis now (read at most every 30 s)."""
+        """Replicas in sync with the store's Redis now (read at most every few seconds)."""
         with self._lock:
             if time.monotonic() - self._read_at >= REPLICAS_REFRESH_SECONDS:
                 self._replicas = connected_replicas(self._redis)
                 self._read_at = time.monotonic()
             return self._replicas
 
+    def _read_again(self) -> None:
+        with self._lock:
+            self._read_at = float("-inf")
+
     def write(self, script: Script, *, keys: list[str], args: list[Any]) -> Any:
-        """Run `script`; where replicas exist, wait until one confirms it (and everything
-        this Redis received before it). Raises NotDurable when none confirms in time."""
-        replicas = self.replicas()
-        if not replicas:
-            return script(keys=keys, args=args)
+        """Run `script`; where replicas exist and it wrote (a truthy reply), wait until one
+        confirms it. Raises NotDurable when none confirms in time."""
         pipe = self._redis.pipeline(transaction=False)  # WAIT counts this connection's writes
         script(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", 1, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
-        reply, confirmed = pipe.execute()
-        if reply and int(confirmed) < 1:
+        [reply] = self.execute(pipe, required=lambda replies: bool(replies[0]))
+        return reply
+
+    def execute(
+        self, pipe: Pipeline, required: Callable[[list[Any]], bool] | None = None
+    ) -> list[Any]:
+        """Execute the writes queued on `pipe`, then, where replicas exist, `WAIT 1` for one
+        to confirm them (on the same connection, in the same round trip). The replies of
+        the writes; NotDurable when no replica confirmed in time and `required(replies)`
+        (default: always) says the writes mattered."""
+        waiting = self.replicas() > 0
+        if waiting:
+            pipe.execute_command("WAIT", 1, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
+        try:
+            replies: list[Any] = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._read_again()  # the master may have changed
+            raise
+        if not waiting:
+            return replies
+        *replies, confirmed = replies
+        if int(confirmed) < 1 and (required is None or required(replies)):
+            self._read_again()
             raise NotDurable(
                 f"no replica of the store's Redis confirmed the write within {WAIT_TIMEOUT_MS} ms"
             )
-        return reply
+        return replies
 
 
 def connected_replicas(client: redis.Redis) -> int:
+    """Replicas of this Redis that are online (a replica still loading its first copy
+    would confirm nothing), or 0 when it is not a master."""
     info = client.info("replication")
-    return int(info.get("connected_slaves", 0)) if info.get("role") == "master" else 0
+    if info.get("role") != "master":
+        return 0
+    count = int(info.get("connected_slaves", 0))
+    return sum(
+        1
+        for index in range(count)
+        if isinstance(replica := info.get(f"slave{index}"), dict)
+        and replica.get("state") == "online"
+    )
 
 
 def durability_warnings(client: redis.Redis) -> list[str]:
@@ -71,9 +111,10 @@ def durability_warnings(client: redis.Redis) -> list[str]:
 
     The store needs persistence (AOF) and no eviction: an evicted key is a forgotten claim,
     which is a second cancellation e-mail. Exactly-once across a Redis crash also needs each
-    claim on disk before its call (`appendfsync always`) or on a replica (`WAIT`), and an
-    acknowledged message on disk before its Ack (`appendfsync always`: the edge does not
-    wait for replicas). Managed Redis may refuse CONFIG: say so, do not fail.
+    claim and each acknowledged message on disk (`appendfsync always`) or on a replica
+    (`WAIT`); a replica alone does not cover a master that restarts from its own disk before
+    a failover (the replica then copies the master's older data). Managed Redis may refuse
+    CONFIG: say so, do not fail.
     """
     try:
         config = (
@@ -96,9 +137,9 @@ def durability_warnings(client: redis.Redis) -> list[str]:
     elif (fsync := text(config.get("appendfsync", ""))) != "always":
         if connected_replicas(client):
             warnings.append(
-                f"Redis has appendfsync={fsync}: a crash can lose the last second of "
-                "acknowledged Salesforce messages (claims wait for the replica, messages do "
-                "not); set appendfsync always"
+                f"Redis has appendfsync={fsync}: a master that crashes and restarts before "
+                "a failover can lose the last second of acknowledged Salesforce messages and "
+                "claims (its replica then copies them away too); set appendfsync always"
             )
         else:
             warnings.append(

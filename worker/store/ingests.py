@@ -11,6 +11,7 @@ so a fan-out published again is known as the same ingest (`Records.first_sightin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -19,20 +20,31 @@ from typing import Any
 
 import redis
 
+from worker.errors import NotDurable
 from worker.store import keys, lua
 from worker.store.connection import text
+from worker.store.durability import Durability
 
 log = logging.getLogger(__name__)
 
 
 class Ingests:
-    def __init__(self, client: redis.Redis, retention_seconds: int) -> None:
+    def __init__(
+        self, client: redis.Redis, retention_seconds: int, durability: Durability | None = None
+    ) -> None:
         self._redis = client
         self._retention_seconds = retention_seconds
+        self._durability = durability or Durability(client)
         self._take_due = client.register_script(lua.TAKE_DUE)
 
     def record(self, message: dict[str, Any]) -> str:
-        """Keep a fan-out message until `forget`, and return its ingest ID (its task ID)."""
+        """Keep a fan-out message until `forget`, and return its ingest ID (its task ID).
+
+        The record is what the Ack promises, so it is durable before this returns: on a
+        replica when the store has one (`Durability`; NotDurable when none confirmed it in
+        time, and the sender is answered 503: the record is then taken back, though a copy
+        left behind would be harmless, as notification IDs make its fan-out skip what a
+        later delivery queued)."""
         ingest_id = uuid.uuid4().hex
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(
@@ -41,7 +53,12 @@ class Ingests:
             ex=self._retention_seconds,
         )
         pipe.zadd(keys.INGESTS, {ingest_id: time.time()})
-        pipe.execute()
+        try:
+            self._durability.execute(pipe)
+        except NotDurable:
+            with contextlib.suppress(redis.RedisError):
+                self.forget(ingest_id)
+            raise
         return ingest_id
 
     def forget(self, ingest_id: str) -> None:

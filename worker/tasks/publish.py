@@ -13,7 +13,7 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
 from worker.domain.operations import Operation
-from worker.errors import QueueUnavailable
+from worker.errors import NotDurable, QueueUnavailable
 from worker.ingest import Batch
 from worker.store.ingests import Ingests
 
@@ -30,9 +30,10 @@ def submit(app: Celery, batch: Batch, ingests: Ingests) -> None:
     """Hand one inbound message's work to the broker as ONE fan-out task (one publish per
     message, not one per notification, so the edge answers in milliseconds).
 
-    The batch is first recorded in the store (`store.ingests`, one pipelined round trip), so
-    that a fan-out message the broker loses after the Ack is published again. A publish that
-    fails takes the record back: the caller is told 503 and sends again."""
+    The batch is first recorded in the store (`store.ingests`, one pipelined round trip, on a
+    replica too where there is one), so that a fan-out message the broker loses after the
+    Ack, in a failover say, is published again. A record or publish that fails takes the
+    record back: the caller is told 503 and sends again."""
     if not batch.operations and not batch.rejections:
         return
     message = batch.to_message()
@@ -40,6 +41,8 @@ def submit(app: Celery, batch: Batch, ingests: Ingests) -> None:
         ingest_id = ingests.record(message)
     except redis.RedisError as exc:
         raise QueueUnavailable(f"Redis did not record the message: {exc}") from exc
+    except NotDurable as exc:  # on the master only: a failover could forget it after the Ack
+        raise QueueUnavailable(f"Redis did not record the message durably: {exc}") from exc
     try:
         _send_fan_out(app, ingest_id, message)
     except BROKER_ERRORS as exc:

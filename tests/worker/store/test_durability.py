@@ -6,17 +6,29 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 
-from tests.conftest import wait_for
+from tests.conftest import (
+    TOKEN,
+    SandboxServer,
+    make_settings,
+    notification_id,
+    outbound_message,
+    random_event_id,
+    wait_for,
+)
 from tests.worker.store.conftest import RETENTION, cancel
+from webhooks import create_app
 from worker.dev.redis_server import RedisServer
 from worker.errors import NotDurable
 from worker.store import Store, keys
 from worker.store.connection import redis_client
 from worker.store.durability import durability_warnings
+from worker.tasks.app import QUEUE
 
 
 @pytest.fixture
@@ -97,3 +109,45 @@ def test_readyz_warns_when_a_crash_could_forget_a_claim_or_an_acknowledged_messa
         assert "appendfsync=everysec and no replica" in warning
         assert "set appendfsync always" in warning
         lone.close()
+
+
+def master_url(client: redis.Redis) -> str:
+    return f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+
+
+def post_cancel(app: Flask, event_id: str) -> Any:
+    return app.test_client().post(
+        f"/salesforce/outbound/cancel?token={TOKEN}",
+        data=outbound_message([(notification_id(), event_id)]),
+        headers={"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'},
+    )
+
+
+def test_the_edge_acks_a_message_only_once_a_replica_has_its_record(
+    replicated: tuple[redis.Redis, RedisServer], sandbox_server: SandboxServer
+) -> None:
+    client, replica = replicated
+    app = create_app(make_settings(master_url(client), sandbox_server.url))
+    answer = post_cancel(app, random_event_id())
+    assert answer.status_code == 200
+    on_replica = redis.Redis(port=replica.port, decode_responses=True)
+    # Read at once after the Ack: WAIT made the master wait for the replica before it.
+    [ingest_id] = on_replica.zrange(keys.INGESTS, 0, -1)
+    assert on_replica.exists(keys.ingest(ingest_id))
+    on_replica.close()
+
+
+def test_the_edge_answers_503_when_no_replica_confirms_the_record(
+    replicated: tuple[redis.Redis, RedisServer], sandbox_server: SandboxServer
+) -> None:
+    client, replica = replicated
+    app = create_app(make_settings(master_url(client), sandbox_server.url))
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but confirming nothing
+    try:
+        answer = post_cancel(app, random_event_id())
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    assert answer.status_code == 503  # Salesforce sends it again
+    assert client.zcard(keys.INGESTS) == 0  # taken back
+    assert client.llen(QUEUE) == 0  # and never published
