@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from webhooks.extension import edge
+from worker.store.connection import sentinel_warnings
 from worker.store.durability import durability_warnings
 
 blueprint = Blueprint("health", __name__)
@@ -27,7 +28,7 @@ def readyz() -> tuple[Response, int]:
     try:
         current.redis.ping()
         checks["redis"] = "ok"
-        warnings = durability_warnings(current.redis)
+        warnings = durability_warnings(current.redis) + sentinel_warnings(current.settings)
     except redis.RedisError as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:

@@ -28,7 +28,7 @@ from worker.errors import (
     UnknownAccount,
 )
 from worker.settings import Settings
-from worker.store.connection import store_client, where
+from worker.store.connection import sentinel_warnings, store_client, where
 from worker.tasks.runtime import build_gate
 
 
@@ -104,6 +104,8 @@ def shared_limits(settings: Settings, report: Report) -> None:
     client = store_client(settings)
     try:
         report.add(True, f"shared limits: {build_gate(settings, client).limits()}")
+        for warning in sentinel_warnings(settings):
+            report.add(False, f"Redis at {where(settings)}: {warning}")
     except redis.RedisError as error:
         report.add(False, f"cannot read the shared limits: Redis at {where(settings)}: {error}")
     finally:

@@ -42,7 +42,9 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except redis.RedisError as exc:
-            raise click.ClickException(f"Redis did not answer ({exc}); check REDIS_URL") from None
+            raise click.ClickException(
+                f"Redis did not answer ({exc}); check REDIS_URL (or REDIS_SENTINELS)"
+            ) from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +77,7 @@ def main() -> None:
 def dev(port: int, sandbox_port: int, concurrency: int) -> None:
     """Run the whole system here: Redis, sandbox ChiliPiper, web and worker.
 
-    Uses an embedded Redis unless REDIS_URL is set, and the sandbox unless
+    Uses an embedded Redis unless REDIS_URL or REDIS_SENTINELS is set, and the sandbox unless
     CHILIPIPER_TRANSPORT is set. Ctrl-C stops everything it started.
     """
     from worker.dev.runner import DevStack

@@ -1,9 +1,9 @@
 """`crmhook dev`: the whole system on one machine, from a checkout (or beside a Procfile).
 
-Starts an embedded Redis (unless REDIS_URL is set), the sandbox ChiliPiper, and the Procfile's
-`web` (gunicorn, on loopback) and `worker` (Celery); prints where to post and a ready-to-paste
-curl; on Ctrl-C (or when any process dies) stops every process it started, by pid, and nothing
-else.
+Starts an embedded Redis (unless REDIS_URL or REDIS_SENTINELS is set), the sandbox ChiliPiper,
+and the Procfile's `web` (gunicorn, on loopback) and `worker` (Celery); prints where to post and
+a ready-to-paste curl; on Ctrl-C (or when any process dies) stops every process it started, by
+pid, and nothing else.
 
 Each child leads a session (and process group) of its own, so the terminal's Ctrl-C reaches the
 runner alone, and the runner signals each child once: a child that also got the terminal's
@@ -63,11 +63,12 @@ class DevStack:
     _stopped: bool = False
     _relays: list[threading.Thread] = field(default_factory=list)
 
-    def environment(self, redis_url: str) -> dict[str, str]:
+    def environment(self, redis_url: str | None) -> dict[str, str]:
         """The children's environment: the caller's, with development defaults for gaps and
         this runner's values for what the Procfile's lines leave open."""
         env = child_environment(self.environ)
-        env["REDIS_URL"] = redis_url
+        if redis_url:
+            env["REDIS_URL"] = redis_url
         env.setdefault("CHILIPIPER_TRANSPORT", "sandbox")
         env.setdefault("CHILIPIPER_SANDBOX_URL", f"http://127.0.0.1:{self.sandbox_port}/mcp")
         env.setdefault("WEBHOOK_TOKENS", "dev-" + secrets.token_urlsafe(18))
@@ -120,7 +121,9 @@ class DevStack:
 
     def _run(self, commands: Mapping[str, list[str]]) -> int:
         redis_url = self.environ.get("REDIS_URL")
-        if not redis_url:
+        if self._given("REDIS_SENTINELS"):
+            _say("redis", f"through the sentinels {self.environ['REDIS_SENTINELS']}")
+        elif not redis_url:
             self.redis = RedisServer()  # recorded before it starts: stop() stops it whatever
             self.redis.start()
             redis_url = self.redis.url
@@ -154,8 +157,10 @@ class DevStack:
             admin = f"<the secret of ADMIN_TOKENS entry {admin_token(env).name!r}>"
         else:
             admin = admin_secret(env)
-        redis_url = env["REDIS_URL"]
-        if self._given("REDIS_URL") and url_passwords(redis_url):
+        redis_url = env.get("REDIS_URL", "")
+        if self._given("REDIS_SENTINELS"):
+            status = "crmhook status 00U5g00000MnOpQ  # with your REDIS_SENTINELS settings"
+        elif self._given("REDIS_URL") and url_passwords(redis_url):
             status = "crmhook status 00U5g00000MnOpQ  # with your REDIS_URL (password not shown)"
         else:
             status = f"REDIS_URL={redis_url} crmhook status 00U5g00000MnOpQ"

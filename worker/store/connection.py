@@ -76,6 +76,38 @@ def where(settings: Settings) -> str:
     return "REDIS_URL"
 
 
+def sentinel_warnings(settings: Settings) -> list[str]:
+    """What about the sentinels would stop a failover, or make one go astray: sentinels that
+    do not answer (a failover needs a majority of them) or that name different masters."""
+    if not settings.redis_sentinels:
+        return []
+    masters: set[str | None] = set()
+    silent = []
+    for address, (host, port) in zip(
+        settings.redis_sentinels, settings.sentinel_addresses, strict=True
+    ):
+        sentinel = redis.Redis(host, port, decode_responses=True, **sentinel_kwargs(settings))
+        try:
+            found = sentinel.sentinel_get_master_addr_by_name(settings.redis_sentinel_master)
+            masters.add(f"{text(found[0])}:{found[1]}" if isinstance(found, list | tuple) else None)
+        except redis.RedisError as exc:
+            silent.append(f"{address} ({type(exc).__name__})")
+        finally:
+            sentinel.close()
+    warnings = []
+    if silent:
+        warnings.append(
+            f"{len(silent)} of {len(settings.redis_sentinels)} sentinels do not answer: "
+            + ", ".join(silent)
+            + "; a failover needs a majority of them"
+        )
+    if None in masters:
+        warnings.append(f"a sentinel does not know the master {settings.redis_sentinel_master!r}")
+    if len(masters - {None}) > 1:
+        warnings.append("the sentinels name different masters (a failover in progress?)")
+    return warnings
+
+
 def text(value: Any) -> str:
     """A Redis reply as text, whether or not the client decodes responses."""
     return value.decode() if isinstance(value, bytes) else str(value)

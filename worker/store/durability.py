@@ -11,7 +11,7 @@ without WAIT a failover to a replica (Sentinel, a managed Redis) can roll either
 
 WAIT confirms everything the master received before the write, so the send marker's WAIT
 covers the claim before it too: both are on a replica before the call leaves, for one WAIT.
-`durability_warnings` tells operators (through `/readyz` and `crmhook check`) what is missing.
+`durability_warnings` tells operators (through `/readyz` and a worker metric) what is missing.
 """
 
 from __future__ import annotations
