@@ -133,7 +133,8 @@ def secret_values(settings: Settings) -> list[str]:
     ):
         if secret is not None:
             values.append(secret.get_secret_value())
-    for url in (settings.redis_url, settings.celery_broker_url):
+    # The broker URL built for the sentinels quotes REDIS_URL's password its own way.
+    for url in (settings.redis_url, settings.celery_broker_url, settings.broker_url):
         values += url_passwords(url or "")
     return [value for value in values if value]
 

@@ -110,6 +110,19 @@ def test_secret_values_come_from_every_secret_setting() -> None:
     }
 
 
+def test_the_sentinels_password_and_the_masters_are_secrets() -> None:
+    settings = load_settings(
+        redis_url="redis://:master:pass@ignored:1/0",
+        redis_sentinels="127.0.0.1:26379",
+        redis_sentinel_master="crmhook",
+        redis_sentinel_password="sentinel-pass-0123",
+        _env_file=None,
+    )
+    values = set(secret_values(settings))
+    assert {"sentinel-pass-0123", "master:pass", "master%3Apass"} <= values
+    assert all(value not in Redactor(values)(settings.broker_url) for value in values)
+
+
 # --- log records ----------------------------------------------------------------------------
 
 

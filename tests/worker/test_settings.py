@@ -139,3 +139,51 @@ def test_the_rate_limit_is_an_optional_ceiling() -> None:
     assert load_settings(**BASE, chilipiper_rate_limit="").rate_ceiling is None
     assert load_settings(**BASE, chilipiper_rate_limit="30/s").rate_ceiling == 30
     assert load_settings(**BASE, chilipiper_rate_limit="90/m").rate_ceiling == 1.5
+
+
+SENTINELS = {"redis_sentinels": "10.0.0.1:26379, 10.0.0.2:26380", "_env_file": None}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"redis_sentinels": "10.0.0.1:26379"}, "REDIS_SENTINEL_MASTER: is not set"),
+        ({"redis_sentinel_master": "crmhook", "redis_url": "redis://x/0"}, "REDIS_SENTINELS:"),
+        ({**SENTINELS, "redis_sentinel_master": "m", "redis_sentinels": "h:x"}, "'h:x' is not"),
+        ({**SENTINELS, "redis_sentinel_master": "m", "redis_sentinels": "h:0"}, "'h:0' is not"),
+        ({**SENTINELS, "redis_sentinel_master": "m", "redis_sentinels": ":26379"}, "is not"),
+    ],
+)
+def test_sentinel_settings_come_whole(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str], message: str
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(**{"_env_file": None, **overrides})
+
+
+def test_with_sentinels_the_redis_url_is_optional_and_gives_the_masters_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    plain = load_settings(**SENTINELS, redis_sentinel_master="crmhook")
+    assert plain.sentinel_addresses == (("10.0.0.1", 26379), ("10.0.0.2", 26380))
+    assert plain.broker_url == "sentinel://10.0.0.1:26379/0;sentinel://10.0.0.2:26380/0"
+    secured = load_settings(
+        **SENTINELS,
+        redis_sentinel_master="crmhook",
+        redis_url="redis://:p%40ss:w@ignored:1/3",
+    )
+    # kombu reads the master's password and database from each sentinel:// URL.
+    assert secured.broker_url == (
+        "sentinel://:p%40ss%3Aw@10.0.0.1:26379/3;sentinel://:p%40ss%3Aw@10.0.0.2:26380/3"
+    )
+    assert not secured.broker_is_amqp
+    assert secured.countdown_limit_seconds > 0
+
+
+def test_an_amqp_broker_parks_every_retry_in_the_store() -> None:
+    rabbit = load_settings(**BASE, celery_broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    assert rabbit.broker_is_amqp
+    assert rabbit.countdown_limit_seconds == 0  # quorum queues keep no countdowns
+    assert not load_settings(**BASE).broker_is_amqp
