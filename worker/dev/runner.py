@@ -120,15 +120,7 @@ class DevStack:
                     signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def _run(self, commands: Mapping[str, list[str]]) -> int:
-        redis_url = self.environ.get("REDIS_URL")
-        if self._given("REDIS_SENTINELS"):
-            _say("redis", f"through the sentinels {self.environ['REDIS_SENTINELS']}")
-        elif not redis_url:
-            self.redis = RedisServer()  # recorded before it starts: stop() stops it whatever
-            self.redis.start()
-            redis_url = self.redis.url
-            _say("redis", f"embedded redis-server on {redis_url} (AOF in {self.redis.directory})")
-        env = self.environment(redis_url)
+        env = self.environment(self.redis_url())
         for name, command in commands.items():
             if self._signals:
                 return 0
@@ -142,6 +134,19 @@ class DevStack:
                     return 1
             time.sleep(POLL_SECONDS)
         return 0
+
+    def redis_url(self) -> str | None:
+        """The caller's REDIS_URL; else, unless the caller named sentinels, an embedded
+        Redis's, started here."""
+        redis_url = self.environ.get("REDIS_URL")
+        if self._given("REDIS_SENTINELS"):
+            _say("redis", f"through the sentinels {self.environ['REDIS_SENTINELS']}")
+        elif not redis_url:
+            self.redis = RedisServer()  # recorded before it starts: stop() stops it whatever
+            self.redis.start()
+            redis_url = self.redis.url
+            _say("redis", f"embedded redis-server on {redis_url} (AOF in {self.redis.directory})")
+        return redis_url
 
     def banner(self, env: Mapping[str, str]) -> str:
         """Where to post, with a ready-to-paste curl. Tokens this runner generated for the

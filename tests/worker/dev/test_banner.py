@@ -41,3 +41,17 @@ def test_secrets_from_the_environment_are_never_printed() -> None:
     assert '"http://127.0.0.1:8123/salesforce/outbound/cancel?token=${WEBHOOK_TOKENS%%,*}"' in text
     assert "Authorization: Bearer <the secret of ADMIN_TOKENS entry 'ops'>" in text
     assert "crmhook status 00U5g00000MnOpQ  # with your REDIS_URL (password not shown)" in text
+
+
+def test_with_sentinels_no_redis_is_embedded_and_the_children_get_the_sentinels() -> None:
+    environ = {"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "crmhook"}
+    stack = DevStack(port=8123, sandbox_port=8765, concurrency=4, environ=environ)
+    assert stack.redis_url() is None
+    assert stack.redis is None  # nothing started
+    env = stack.environment(None)
+    assert "REDIS_URL" not in env
+    assert env["REDIS_SENTINELS"] == "10.0.0.1:26379"
+    assert env["REDIS_SENTINEL_MASTER"] == "crmhook"
+    assert "crmhook status 00U5g00000MnOpQ  # with your REDIS_SENTINELS settings" in stack.banner(
+        env
+    )
