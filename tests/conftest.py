@@ -39,7 +39,7 @@ from worker.dev.redis_server import RedisServer
 from worker.dev.sandbox import ACTIONS, DEFAULT_CONFIG, Faults, Sandbox, create_sandbox_app
 from worker.settings import Settings, load_settings
 from worker.store import Store
-from worker.store.connection import redis_client
+from worker.store.connection import store_client
 from worker.tasks.runtime import retention
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -134,7 +134,7 @@ def sandbox(sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
     sandbox_server.configure(**DEFAULT_CONFIG)
 
 
-def make_settings(redis_url: str, sandbox_url: str, **overrides: Any) -> Settings:
+def make_settings(redis_url: str | None, sandbox_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "redis_url": redis_url,
         "webhook_tokens": f"{TOKEN},{OTHER_TOKEN}",
@@ -189,9 +189,15 @@ class WorkerProcess:
 
 def worker_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
+    for name in ("REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "CELERY_BROKER_URL"):
+        env.pop(name, None)  # the machine's own, if any, must not reach our workers
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+    if settings.redis_sentinels:
+        env["REDIS_SENTINELS"] = ",".join(settings.redis_sentinels)
+        env["REDIS_SENTINEL_MASTER"] = settings.redis_sentinel_master or ""
     env.update(
         {
-            "REDIS_URL": settings.redis_url,
             "CHILIPIPER_TRANSPORT": "sandbox",
             "CHILIPIPER_SANDBOX_URL": settings.chilipiper_sandbox_url,
             "CHILIPIPER_TIMEOUT_SECONDS": str(settings.chilipiper_timeout_seconds),
@@ -254,7 +260,7 @@ def celery_worker(
 @pytest.fixture
 def worker_redis(celery_worker: WorkerProcess) -> Iterator[redis.Redis]:
     """The Redis (broker and store) the running worker uses."""
-    client = redis_client(celery_worker.settings.redis_url)
+    client = store_client(celery_worker.settings)
     yield client
     client.close()
 

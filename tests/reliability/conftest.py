@@ -33,7 +33,7 @@ from worker.dev.redis_server import RedisServer
 from worker.dev.sandbox import Sandbox, create_sandbox_app
 from worker.settings import Settings
 from worker.store import Store
-from worker.store.connection import redis_client
+from worker.store.connection import store_client
 from worker.tasks.app import QUEUE
 from worker.tasks.runtime import retention
 
@@ -95,7 +95,7 @@ class Stack:
         return killed
 
     def redis(self) -> redis.Redis:
-        return redis_client(self.settings.redis_url)
+        return store_client(self.settings)
 
     def store(self) -> Store:
         return Store(self.redis(), retention(self.settings))

@@ -28,9 +28,10 @@ def store_client(settings: Settings) -> redis.Redis:
     """The store's client: REDIS_URL's Redis, or the sentinels' current master.
 
     Through Sentinel, redis-py asks the sentinels for the master on every new connection, and
-    drops a connection whose node answers READONLY (a master demoted by a failover), so a
-    command after a failover fails once and the next one reaches the new master. The master's
-    password and database come from REDIS_URL when it is given."""
+    drops a connection whose node answers READONLY (a master demoted by a failover). While no
+    master is promoted, commands fail fast (ConnectionError, MasterNotFoundError: the edge
+    answers 503, tasks retry); the first one after the promotion reaches the new master. The
+    master's password and database come from REDIS_URL when it is given."""
     if not settings.redis_sentinels:
         assert settings.redis_url is not None  # Settings' validator saw to it
         return redis_client(settings.redis_url)
