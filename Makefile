@@ -26,7 +26,7 @@ test-fast: $(STAMP) ## Run the tests that need no worker process
 reliability: $(STAMP) ## Run the failure scenarios (kills, restarts, faults, fuzzing)
 	$(BIN)/pytest -m reliability
 
-bench: $(STAMP) ## Measure the whole system on this machine (about 5 minutes; docs/benchmarks.md)
+bench: $(STAMP) ## Measure the whole system on this machine (about 6 minutes; docs/benchmarks.md)
 	$(BIN)/crmhook bench
 
 lint: $(STAMP) ## ruff lint and format check

@@ -18,7 +18,7 @@ from bench import phases, report
 from bench.phases import Plan
 from bench.stack import BenchError, Stack
 
-PHASES = ("ingest", "open_loop", "end_to_end", "memory", "round_trips")
+PHASES = ("ingest", "open_loop", "end_to_end", "memory", "round_trips", "replica")
 
 
 def measure(
@@ -42,6 +42,7 @@ def measure(
         ("end_to_end", "celery_ceiling", lambda: phases.celery_ceiling(stack, plan)),
         ("memory", "memory", lambda: phases.peak_rss(stack, plan)),
         ("round_trips", "round_trips", lambda: phases.round_trips(stack, plan)),
+        ("replica", "replica", lambda: phases.replica(stack, plan)),
     ]
     for phase, name, run in steps:
         if phase not in chosen:
@@ -91,8 +92,9 @@ def main(
     keep_logs: bool,
 ) -> None:
     """Start Redis, the sandbox ChiliPiper, the Procfile's web and workers on loopback, measure
-    ingest, end to end, Redis round trips and memory, each beside a reference measured in the
-    same run, print the table and write the figures as JSON."""
+    ingest, end to end, Redis round trips, memory and the cost of waiting for a replica, each
+    beside a reference measured in the same run, print the table and write the figures as
+    JSON."""
     names = tuple(name.strip() for name in chosen.split(",") if name.strip())
     unknown = sorted(set(names) - set(PHASES))
     if unknown:

@@ -26,7 +26,9 @@ from bench import load, noop
 from bench.load import LoadResult, Post
 from bench.messages import burst, random_event_id
 from bench.redis_proxy import CountingProxy
-from bench.stack import BenchError, Stack, wait_until
+from bench.stack import BenchError, Stack, cpu_seconds, wait_until
+from worker.dev.redis_server import RedisServer
+from worker.store.durability import Durability, connected_replicas
 
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'}
 PER_MESSAGE = 100  # Salesforce's largest batch: the shape of a mass update
@@ -54,6 +56,11 @@ class Plan:
     in_flight: int = 64  # calls in flight while the worker's peak RSS is read
     hold: float = 3.0  # how long ChiliPiper holds each of those calls
     round_trip_operations: int = 1000
+    # Each of the replica phase's four rounds (two without a replica, two with one): an open
+    # loop of these seconds and an end-to-end run of these cancels.
+    replica_seconds: float = 4.0
+    replica_cancels: int = 500
+    replica_writes: int = 500  # timed one at a time, idle, in each of those rounds
     warm_up: float = 2.0
 
     @classmethod
@@ -68,6 +75,9 @@ class Plan:
             in_flight=8,
             hold=1.0,
             round_trip_operations=50,
+            replica_seconds=1.0,
+            replica_cancels=50,
+            replica_writes=20,
             warm_up=0.0,
         )
 
@@ -429,3 +439,199 @@ def script_names() -> dict[str, str]:
 def _server_commands(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return sum(int(entry["calls"]) for entry in stats.values())
+
+
+# --- the cost of waiting for a replica --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Round:
+    """Durable writes timed one at a time, an open loop and an end-to-end run, each with the
+    WAITs Redis ran for it."""
+
+    writes: list[float]
+    write_waits: int
+    ack: LoadResult
+    ack_waits: int
+    end_to_end: Figures
+
+
+def replica(stack: Stack, plan: Plan) -> Figures:
+    """What durability on a replica costs (`worker.store.durability`): with an online replica
+    the edge's record of each message and the worker's send marker before each call wait for
+    its confirmation (`WAIT 1`, queued in the write's own pipeline). The edge's Ack latency
+    at a fixed rate, worker stopped (with it running, the two cores' contention moves p99 by
+    more than a replica could), and one worker's end-to-end rate; without a replica (the
+    reference), with one attached to the stack's Redis, with it again and without it again:
+    a drift over the phase falls on both sides alike, each side's two rounds pooled.
+
+    Web and workers are started afresh after the replica comes and after it goes: each reads
+    the replica count at most every 5 s, and a stale count would measure the wrong side.
+    WAITs are counted by Redis itself (`INFO commandstats`), not at the proxy, which would
+    add latency of its own."""
+    without: list[_Round] = []
+    replicated: list[_Round] = []
+    stack.start_web()
+    without.append(_durability_round(stack, plan))
+    started = time.monotonic()
+    try:
+        with attached_replica(stack.redis_server) as server:
+            attach_seconds = time.monotonic() - started
+            stack.start_web()
+            for _ in range(2):
+                replica_cpu = _cpu(server)
+                measured = _durability_round(stack, plan)
+                effects = max(measured.end_to_end["effects"], 1)
+                measured.end_to_end["cpu_ms_per_effect"]["replica"] = round(
+                    (_cpu(server) - replica_cpu) * 1000 / effects, 2
+                )
+                replicated.append(measured)
+    finally:
+        stack.start_web()  # its cached replica count would otherwise still say 1
+    without.append(_durability_round(stack, plan))
+    figures: Figures = {
+        "without": _pooled_rounds(without, plan.open_rate),
+        "with_replica": _pooled_rounds(replicated, plan.open_rate),
+        "attach_seconds": round(attach_seconds, 2),
+    }
+    for run in ("durable_write", "ack", "end_to_end"):
+        waits = {side: figures[side][run]["waits"] for side in ("without", "with_replica")}
+        if not waits["with_replica"] or waits["without"]:
+            raise BenchError(
+                f"{run}: WAITs run {waits}: the processes did not see the replica as expected"
+            )
+    return figures
+
+
+def _durability_round(stack: Stack, plan: Plan) -> _Round:
+    stack.flush()
+    writes, write_waits = _durable_writes(stack, plan.replica_writes)
+    warm = _posts(stack, INGEST_VIEWS["service"], 16)
+    _require_success(load.post_all("127.0.0.1", stack.web_port, warm, 2))
+    stack.flush()
+    with stack.client() as client:
+        waits = _wait_calls(client)
+        messages = max(1, round(plan.open_rate * plan.replica_seconds))
+        posts = _posts(stack, INGEST_VIEWS["service"], min(messages, 256))
+        ack = load.open_loop(
+            "127.0.0.1", stack.web_port, posts, plan.open_rate, plan.replica_seconds
+        )
+        ack_waits = _wait_calls(client) - waits
+        stack.flush()
+        waits = _wait_calls(client)
+        e2e = end_to_end(stack, plan, plan.replica_cancels)
+        e2e["waits"] = _wait_calls(client) - waits
+    return _Round(writes, write_waits, ack, ack_waits, e2e)
+
+
+def _durable_writes(stack: Stack, count: int) -> tuple[list[float], int]:
+    """Seconds each of `count` writes took, made durable as the store makes its own
+    (`Durability.execute`: with WAIT 1 in the write's pipeline when a replica is online), one
+    after another from here on an otherwise idle Redis: the cost itself, without load. And
+    the WAITs Redis ran for them."""
+    spent = []
+    with stack.client() as client:
+        waits = _wait_calls(client)
+        durability = Durability(client)
+        durability.replicas()  # read now, not inside the first timing
+        for number in range(count):
+            pipe = client.pipeline(transaction=False)
+            pipe.set("bench:durable-write", number)
+            started = time.perf_counter()
+            durability.execute(pipe)
+            spent.append(time.perf_counter() - started)
+        client.delete("bench:durable-write")
+        return spent, _wait_calls(client) - waits
+
+
+def _pooled_rounds(rounds: Sequence[_Round], rate: float) -> Figures:
+    """One side's rounds as one: latency quantiles over every sample, effects over the
+    seconds of every run, CPU and WAITs per effect over every effect."""
+    ack = pooled([r.ack for r in rounds])
+    ack_figures = load_figures(ack)
+    waits = sum(r.ack_waits for r in rounds)
+    runs = [r.end_to_end for r in rounds]
+    effects = sum(run["effects"] for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    parts = runs[0]["cpu_ms_per_effect"]
+    e2e_waits = sum(run["waits"] for run in runs)
+    writes = sorted(spent for r in rounds for spent in r.writes)
+    return {
+        "durable_write": {
+            "writes": len(writes),
+            "p50_ms": round(_quantile(writes, 0.50) * 1000, 3),
+            "p99_ms": round(_quantile(writes, 0.99) * 1000, 3),
+            "waits": sum(r.write_waits for r in rounds),
+        },
+        "ack": ack_figures
+        | {
+            "rate": rate,
+            "waits": waits,
+            "waits_per_message": round(waits / len(ack.samples), 2),
+            "p99_ms_by_round": [latency_ms(r.ack, 0.99) for r in rounds],
+        },
+        "end_to_end": {
+            "cancels": sum(run["cancels"] for run in runs),
+            "runs": len(runs),
+            "effects": effects,
+            "effects_twice": sum(run["effects_twice"] for run in runs),
+            "seconds": round(seconds, 2),
+            "effects_per_s": round(effects / seconds, 1),
+            "effects_per_s_by_run": [run["effects_per_s"] for run in runs],
+            "ack_to_call_p50_ms_by_run": [run["ack_to_call_p50_ms"] for run in runs],
+            "cpu_ms_per_effect": {
+                part: round(
+                    sum(run["cpu_ms_per_effect"][part] * run["effects"] for run in runs) / effects,
+                    2,
+                )
+                for part in parts
+            },
+            "waits": e2e_waits,
+            "waits_per_effect": round(e2e_waits / max(effects, 1), 3),
+        },
+    }
+
+
+@contextmanager
+def attached_replica(master: RedisServer) -> Iterator[RedisServer]:
+    """A replica of `master` (configured as `master` is: AOF, `appendfsync always`), yielded
+    once the master counts it online and its first copy is on its disk; then stopped, removed,
+    and the master left without replicas and with its configuration as found."""
+    with redis.Redis.from_url(master.url) as client:
+        if connected_replicas(client):
+            raise BenchError("the bench's Redis already has a replica")
+        # Stream the first copy at once instead of waiting 5 s for more replicas to join.
+        delay = client.config_get("repl-diskless-sync-delay")["repl-diskless-sync-delay"]
+        client.config_set("repl-diskless-sync-delay", 0)
+        server = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(master.port)))
+        try:
+            server.start()
+            wait_until("the replica in sync", lambda: _in_sync(client, server), 60)
+            yield server
+        finally:
+            server.close()
+            client.config_set("repl-diskless-sync-delay", delay)
+            wait_until("the replica gone", lambda: not connected_replicas(client), 30)
+
+
+def _in_sync(master: redis.Redis, server: RedisServer) -> bool:
+    """Online as the service counts replicas, and neither Redis still forking for the first
+    copy: the replica's AOF rewrite after it, the master's transfer of it."""
+    with redis.Redis.from_url(server.url) as client:
+        link = client.info("replication").get("master_link_status")
+        persistence = client.info("persistence")
+    busy = (
+        persistence.get("loading")
+        or persistence.get("aof_rewrite_in_progress")
+        or persistence.get("aof_rewrite_scheduled")
+        or master.info("persistence").get("rdb_bgsave_in_progress")
+    )
+    return link == "up" and not busy and connected_replicas(master) == 1
+
+
+def _wait_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+def _cpu(server: RedisServer) -> float:
+    return cpu_seconds(server.process.pid) if server.process is not None else 0.0

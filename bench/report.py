@@ -156,6 +156,8 @@ def rows(figures: Mapping[str, Any]) -> list[Row]:
                 trips["bare_celery"]["server_commands"],
             ),
         ]
+    if durable := figures.get("replica"):
+        found += _replica_rows(durable["with_replica"], durable["without"])
     if memory := figures.get("memory"):
         found += [
             Row("peak RSS, one web process", memory["web_mib"], "MiB", target="<= 120"),
@@ -167,6 +169,51 @@ def rows(figures: Mapping[str, Any]) -> list[Row]:
             ),
         ]
     return found
+
+
+def _replica_rows(replica: Mapping[str, Any], without: Mapping[str, Any]) -> list[Row]:
+    """A cost, not a verdict: the service with a replica against itself without one."""
+    write, write_without = replica["durable_write"], without["durable_write"]
+    ack, ack_without = replica["ack"], without["ack"]
+    e2e, e2e_without = replica["end_to_end"], without["end_to_end"]
+    rate = f"{ack['rate'] * 100:g} notifications/s"
+    return [
+        Row(
+            "with a replica (WAIT 1): one durable write, idle, p50",
+            write["p50_ms"],
+            "ms",
+            "no replica",
+            write_without["p50_ms"],
+        ),
+        Row(
+            f"  ack p50 at {rate}, worker stopped",
+            ack["p50_ms"],
+            "ms",
+            "no replica",
+            ack_without["p50_ms"],
+        ),
+        Row("  ack p99", ack["p99_ms"], "ms", "no replica", ack_without["p99_ms"]),
+        Row(
+            f"  end to end, {e2e['cancels']} cancels in {e2e['runs']} runs, one worker (effects/s)",
+            e2e["effects_per_s"],
+            "/s",
+            "no replica",
+            e2e_without["effects_per_s"],
+        ),
+        Row(
+            "  worker and Redis CPU per effect",
+            _worker_and_redis(e2e),
+            "ms",
+            "no replica",
+            _worker_and_redis(e2e_without),
+        ),
+        Row("  WAITs per effect, each in its write's round trip", e2e["waits_per_effect"], ""),
+    ]
+
+
+def _worker_and_redis(e2e: Mapping[str, Any]) -> float:
+    spent = e2e["cpu_ms_per_effect"]
+    return round(float(spent["worker"]) + float(spent["redis"]), 2)
 
 
 def machine() -> dict[str, Any]:

@@ -29,6 +29,9 @@ MEASURES = [
     "commands run by Redis",
     "peak RSS, one web process",
     "peak RSS, worker",
+    "with a replica (WAIT 1): one durable write",
+    "ack p50 at",
+    "WAITs per effect",
 ]
 
 
@@ -49,6 +52,7 @@ def test_a_quick_run_produces_and_writes_every_figure(tmp_path: Path) -> None:
         "end_to_end",
         "memory",
         "round_trips",
+        "replica",
     }
     written = document["rows"]
     for measure in MEASURES:
@@ -61,3 +65,7 @@ def test_a_quick_run_produces_and_writes_every_figure(tmp_path: Path) -> None:
     assert [row["measure"] for row in written] == [r.measure for r in rows(document["figures"])]
     assert document["machine"]["cpus"] >= 1
     assert document["figures"]["end_to_end"]["one_process"]["effects_twice"] == 0
+    # The replica's writes waited for it; the reference's did not.
+    replica = document["figures"]["replica"]
+    assert replica["with_replica"]["end_to_end"]["waits_per_effect"] >= 1
+    assert replica["without"]["end_to_end"]["waits"] == 0
