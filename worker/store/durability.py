@@ -113,14 +113,16 @@ def durability_warnings(client: redis.Redis) -> list[str]:
     which is a second cancellation e-mail. Exactly-once across a Redis crash also needs each
     claim and each acknowledged message on disk (`appendfsync always`) or on a replica
     (`WAIT`); a replica alone does not cover a master that restarts from its own disk before
-    a failover (the replica then copies the master's older data). Managed Redis may refuse
-    CONFIG: say so, do not fail.
+    a failover (the replica then copies the master's older data). A replicated Redis also
+    needs `min-replicas-to-write`: a master cut off from its replicas writes unconfirmed once
+    it has dropped them. Managed Redis may refuse CONFIG: say so, do not fail.
     """
     try:
         config = (
             client.config_get("appendonly")
             | client.config_get("appendfsync")
             | client.config_get("maxmemory-policy")
+            | client.config_get("min-replicas-to-write")
         )
     except redis.RedisError:
         return [
@@ -147,6 +149,13 @@ def durability_warnings(client: redis.Redis) -> list[str]:
                 "second of acknowledged Salesforce messages and of claims, and a lost claim "
                 "can repeat a cancel; set appendfsync always"
             )
+    if connected_replicas(client) and text(config.get("min-replicas-to-write", "0")) == "0":
+        warnings.append(
+            "Redis has replicas and min-replicas-to-write 0: a master cut off from them (a "
+            "network split) keeps taking writes, without waiting once it has dropped them, "
+            "and a failover discards them, a send marker among them; set "
+            "min-replicas-to-write 1 and min-replicas-max-lag 10"
+        )
     policy = text(config.get("maxmemory-policy", ""))
     if policy != "noeviction":
         warnings.append(f"Redis maxmemory-policy is {policy}: keys may be evicted; set noeviction")
