@@ -1,0 +1,73 @@
+"""The whole service on a Sentinel deployment with passwords: it works, `/readyz` tells the
+state of the sentinels, and no password reaches a log line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    TOKEN,
+    SandboxServer,
+    make_settings,
+    notification_id,
+    outbound_message,
+    random_event_id,
+    start_worker,
+    stop_process,
+    wait_for,
+)
+from tests.ha.conftest import MASTER_PASSWORD, REDIS_VARIABLES, SENTINEL_PASSWORD
+from tests.ha.sentinel import SentinelCluster
+from webhooks import create_app
+
+
+def test_a_protected_deployment_serves_reports_its_sentinels_and_logs_no_password(
+    protected_cluster: SentinelCluster,
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for name in REDIS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    env = protected_cluster.settings_env()
+    settings = make_settings(
+        env["REDIS_URL"],  # only the master's password and database
+        sandbox.url,
+        redis_sentinels=env["REDIS_SENTINELS"],
+        redis_sentinel_master=env["REDIS_SENTINEL_MASTER"],
+        redis_sentinel_password=env["REDIS_SENTINEL_PASSWORD"],
+    )
+    log = tmp_path / "worker.log"
+    worker = start_worker(
+        settings, log, concurrency=4, extra_env={"REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
+    )
+    try:
+        client = create_app(settings).test_client()
+        event = random_event_id()
+        answer = client.post(
+            f"/salesforce/outbound/cancel?token={TOKEN}",
+            data=outbound_message([(notification_id(), event)]),
+            headers={"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": '""'},
+        )
+        assert answer.status_code == 200
+        wait_for(lambda: sandbox.calls(event, action="cancel"), timeout=30)
+
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json["checks"] == {"redis": "ok", "broker": "ok"}
+        assert not any("sentinel" in warning for warning in ready.json["warnings"])
+
+        protected_cluster.sentinels[0].stop()
+        ready = client.get("/readyz")
+        assert ready.status_code == 200  # the master still answers
+        [silent] = [w for w in ready.json["warnings"] if "sentinels do not answer" in w]
+        assert silent.startswith("1 of 3 sentinels do not answer")
+    finally:
+        stop_process(worker)
+    written = log.read_text() + caplog.text
+    assert "crmhook.perform" in written  # the worker did log its work
+    assert MASTER_PASSWORD not in written
+    assert SENTINEL_PASSWORD not in written
