@@ -15,10 +15,12 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.worker.consumer import Consumer
 
 from worker import logs, redaction
 from worker.settings import Settings
 from worker.store.connection import sentinel_kwargs
+from worker.tasks.broker import transport_for
 
 QUEUE = "crmhook"
 PUBLISH_RETRY_POLICY = {
@@ -33,6 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
+        # kombu's Redis transports, with a worker that survives losing Redis (see `broker`).
+        "broker_transport": transport_for(settings.broker_url),
         "broker_transport_options": (
             amqp_options() if settings.broker_is_amqp else redis_options(settings)
         ),
@@ -53,7 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_channel_error_retry": True,
     }
     if settings.broker_is_amqp:
-        config |= QUORUM_QUEUES
+        config |= QUORUM_QUEUES | AMQP_HEARTBEAT
     return config
 
 
@@ -82,19 +86,65 @@ def redis_options(settings: Settings) -> dict[str, Any]:
 
 def amqp_options() -> dict[str, Any]:
     """RabbitMQ: a publish returns once the broker confirmed it (for a quorum queue, once a
-    majority of its nodes has it on disk), so the edge's Ack follows a confirmed message."""
-    return {"confirm_publish": True}
+    majority of its nodes has it on disk), so the edge's Ack follows a confirmed message.
+
+    A confirm can fail to come: a broker in a memory or disk alarm stops reading from
+    publishers, a quorum queue without a majority confirms nothing. py-amqp would then wait
+    forever, for the confirm and again to close the connection (celery#2689), and the edge's
+    request with it. Socket timeouts bound both waits, so the publish fails and the edge
+    answers 503 within seconds (the publish retry policy's three tries of about 2 + 2 s).
+    The worker's consumer reads only when its event loop finds data ready, so an idle
+    queue never meets the read timeout."""
+    return {
+        "confirm_publish": True,
+        "read_timeout": AMQP_SOCKET_TIMEOUT_SECONDS,
+        "write_timeout": AMQP_SOCKET_TIMEOUT_SECONDS,
+    }
 
 
-# RabbitMQ's replicated queues (Celery's documented settings, 5.5+). Quorum queues refuse a
-# global prefetch, which Celery then sets per consumer (`worker_detect_quorum_queues`), and
-# keep no countdowns: retries wait in the store's schedule instead
-# (`Settings.countdown_limit_seconds`).
+AMQP_SOCKET_TIMEOUT_SECONDS = 2
+
+
+class QuorumQueueConsumer(Consumer):  # type: ignore[misc]  # Celery is untyped
+    """Celery's worker consumer without its `DelayedDelivery` bootstep.
+
+    Celery switches that step on wherever a queue is a quorum queue: at every worker start
+    it declares 28 topic exchanges and 28 quorum queues (28 Raft groups, replicated to every
+    node) for countdowns routed through topic exchanges, and warns that ours is direct.
+    Nothing here uses them: retries wait in the store's schedule, and the rare countdown
+    left (an infrastructure retry) stays, on a direct exchange, a plain ETA message."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        default_steps = tuple(
+            step
+            for step in Consumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        )
+
+
+# RabbitMQ's replicated queues (Celery's documented settings, 5.5+). Every queue Celery
+# declares for tasks is a quorum queue; quorum queues refuse a global prefetch, which Celery
+# then sets per consumer (`worker_detect_quorum_queues`, "Global QoS is disabled"). They keep
+# no countdowns well, so retries wait in the store's schedule instead
+# (`Settings.countdown_limit_seconds` is 0). The exchange stays direct on purpose: on a topic
+# exchange Celery would route any countdown to native delayed delivery's exchanges, which
+# `QuorumQueueConsumer` does not declare (and an unroutable message is dropped).
 QUORUM_QUEUES: dict[str, Any] = {
     "task_default_queue_type": "quorum",
+    "task_create_missing_queue_type": "quorum",
     "task_default_exchange_type": "direct",
     "worker_detect_quorum_queues": True,
-    "task_create_missing_queues": True,
+    "worker_consumer": f"{__name__}:{QuorumQueueConsumer.__name__}",
+}
+
+# AMQP heartbeats, worker side. RabbitMQ learns of a worker whose host died or was cut off
+# (no TCP reset) only from missed heartbeats, and only then hands its unacknowledged
+# messages to others: after about 2 x 10 s rather than 2 x the 60 s the server offers. The
+# check runs every second (10 s / rate 10), which also bounds how long the worker's event
+# loop sleeps, so a SIGTERM's warm shutdown begins within a second, not up to ten.
+AMQP_HEARTBEAT: dict[str, Any] = {
+    "broker_heartbeat": 10,
+    "broker_heartbeat_checkrate": 10,
 }
 
 
