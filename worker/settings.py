@@ -20,7 +20,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from redis.connection import parse_url as parse_redis_url
 
 from worker.domain.salesforce_ids import canonical_id
 from worker.errors import ConfigError, InvalidSalesforceId
@@ -418,7 +417,11 @@ class RedisCredentials:
 def redis_url_credentials(url: str | None) -> RedisCredentials:
     if not url:
         return RedisCredentials()
-    parsed = parse_redis_url(url)  # type: ignore[no-untyped-call]
+    # Imported here, not above: gunicorn's master loads this module (through its logger
+    # class) before the gevent worker patches sockets, and redis must be imported after.
+    from redis.connection import parse_url
+
+    parsed = parse_url(url)  # type: ignore[no-untyped-call]
     return RedisCredentials(
         parsed.get("username"), parsed.get("password"), int(parsed.get("db", 0))
     )
