@@ -459,14 +459,14 @@ class _Round:
 def replica(stack: Stack, plan: Plan) -> Figures:
     """What durability on a replica costs (`worker.store.durability`): with an online replica
     the edge's record of each message and the worker's send marker before each call wait for
-    its confirmation (`WAIT 1`, queued in the write's own pipeline). The edge's Ack latency
+    its confirmation (`WAIT`, queued in the write's own pipeline). The edge's Ack latency
     at a fixed rate, worker stopped (with it running, the two cores' contention moves p99 by
     more than a replica could), and one worker's end-to-end rate; without a replica (the
     reference), with one attached to the stack's Redis, with it again and without it again:
     a drift over the phase falls on both sides alike, each side's two rounds pooled.
 
     Web and workers are started afresh after the replica comes and after it goes: each reads
-    the replica count at most every 5 s, and a stale count would measure the wrong side.
+    the replica count at most every second, and a stale count would measure the wrong side.
     WAITs are counted by Redis itself (`INFO commandstats`), not at the proxy, which would
     add latency of its own."""
     without: list[_Round] = []
@@ -526,7 +526,7 @@ def _durability_round(stack: Stack, plan: Plan) -> _Round:
 
 def _durable_writes(stack: Stack, count: int) -> tuple[list[float], int]:
     """Seconds each of `count` writes took, made durable as the store makes its own
-    (`Durability.execute`: with WAIT 1 in the write's pipeline when a replica is online), one
+    (`Durability.execute`: with WAIT in the write's pipeline when a replica is online), one
     after another from here on an otherwise idle Redis: the cost itself, without load. And
     the WAITs Redis ran for them."""
     spent = []

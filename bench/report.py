@@ -179,7 +179,7 @@ def _replica_rows(replica: Mapping[str, Any], without: Mapping[str, Any]) -> lis
     rate = f"{ack['rate'] * 100:g} notifications/s"
     return [
         Row(
-            "with a replica (WAIT 1): one durable write, idle, p50",
+            "with a replica (WAIT): one durable write, idle, p50",
             write["p50_ms"],
             "ms",
             "no replica",

@@ -165,6 +165,16 @@ class Settings(BaseSettings):
             )
         if self.redis_sentinel_master and not self.redis_sentinels:
             raise ValueError("REDIS_SENTINELS: is not set (host:port,host:port of the sentinels)")
+        if (
+            self.redis_sentinels
+            and self.redis_url
+            and not self.redis_url.lower().startswith("redis://")
+        ):
+            raise ValueError(
+                "REDIS_URL: with REDIS_SENTINELS it gives only the master's password and "
+                "database, as redis://[:password@]any-host/db; TLS through Sentinel is not "
+                "supported"
+            )
         if not self.redis_url and not self.redis_sentinels:
             raise ValueError(
                 "REDIS_URL: is not set (or set REDIS_SENTINELS and REDIS_SENTINEL_MASTER)"

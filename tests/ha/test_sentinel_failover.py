@@ -155,6 +155,9 @@ def test_a_master_killed_mid_run_loses_no_acknowledged_cancel_and_repeats_none(
         )
         acked_before = senders.acked()
         effects_before = len(sandbox.calls(action="cancel"))
+        master = cluster.client(old)
+        waits = int(master.info("commandstats")["cmdstat_wait"]["calls"])
+        master.close()
         killed_at = cluster.kill_master()
         failover = cluster.wait_for_failover(old)
         cluster.start_again(old)  # back after its crash, to be made a replica
@@ -191,6 +194,8 @@ def test_a_master_killed_mid_run_loses_no_acknowledged_cancel_and_repeats_none(
         f"{len(sandbox.calls(action='get'))} crm-get reconciliations; old master a replica "
         f"again {demoted:.0f} s after its restart"
     )
+    # Each Ack and each cancel so far waited for the replica.
+    assert waits >= acked_before + effects_before
     assert set(senders.statuses) <= {"200", "503"}  # refused while failing over, never a 500
     assert len(senders.acked_at) == EVENTS  # every message acknowledged in the end
     assert set(cancels.values()) == {1}  # none lost, none twice

@@ -152,6 +152,10 @@ SENTINELS = {"redis_sentinels": "10.0.0.1:26379, 10.0.0.2:26380", "_env_file": N
         ({**SENTINELS, "redis_sentinel_master": "m", "redis_sentinels": "h:x"}, "'h:x' is not"),
         ({**SENTINELS, "redis_sentinel_master": "m", "redis_sentinels": "h:0"}, "'h:0' is not"),
         ({**SENTINELS, "redis_sentinel_master": "m", "redis_sentinels": ":26379"}, "is not"),
+        (
+            {**SENTINELS, "redis_sentinel_master": "m", "redis_url": "rediss://:pw@h:1/0"},
+            "TLS through Sentinel is not supported",
+        ),
     ],
 )
 def test_sentinel_settings_come_whole(

@@ -29,6 +29,11 @@ def readyz() -> tuple[Response, int]:
         current.redis.ping()
         checks["redis"] = "ok"
         warnings = durability_warnings(current.redis) + sentinel_warnings(current.settings)
+        # Acks and cancels wait for replicas with WAIT: a Redis that refuses it (an ACL,
+        # some managed services) would answer every post 503.
+        current.redis.execute_command("WAIT", 0, 0)  # type: ignore[no-untyped-call]
+    except redis.ResponseError as exc:
+        checks["redis"] = f"refuses WAIT: {exc}"
     except redis.RedisError as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:

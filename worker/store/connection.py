@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from worker.settings import Settings, redis_url_credentials
@@ -16,7 +18,14 @@ TIMEOUTS: dict[str, Any] = {
     "socket_timeout": 5,
     "health_check_interval": 25,
 }
-SENTINEL_TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": 1}
+# A sentinel that does not answer in a second is skipped for the next, at once: redis-py's
+# own retries (ten by default) would make one frozen sentinel host cost each new connection,
+# and each `/readyz`, fifteen seconds and more.
+SENTINEL_TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": 1,
+    "socket_timeout": 1,
+    "retry": Retry(NoBackoff(), 0),
+}
 
 
 def redis_client(url: str) -> redis.Redis:

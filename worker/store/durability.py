@@ -5,12 +5,14 @@ after it, and stops retrying), and the send marker of an irreversible call (the 
 written before it, on the same master). Lost in a crash, the first loses a cancellation for
 good; the second lets a second worker claim the operation afresh and send a second e-mail.
 Two ways make them durable: `appendfsync always` on the store's Redis (on disk before Redis
-answers, so nothing is to be done per write), and, where the Redis has replicas, a replica
-that confirms the write (`WAIT 1`) before it counts. Redis replicates asynchronously, so
-without WAIT a failover to a replica (Sentinel, a managed Redis) can roll either back.
+answers, so nothing is to be done per write), and, where the Redis has replicas, every
+online replica confirming the write (`WAIT n`) before it counts. Redis replicates
+asynchronously, so without WAIT a failover to a replica (Sentinel, a managed Redis) can roll
+either back.
 
 WAIT confirms everything the master received before the write, so the send marker's WAIT
-covers the claim before it too: both are on a replica before the call leaves, for one WAIT.
+covers the claim before it too: both are on the replicas before the call leaves, for one
+WAIT.
 `durability_warnings` tells operators (through `/readyz` and a worker metric) what is missing.
 """
 
@@ -32,7 +34,7 @@ from worker.store.connection import text
 WAIT_TIMEOUT_MS = 1000
 # How often the number of replicas is read again (INFO replication); at once after a write
 # that no replica confirmed, or that failed on its connection (a failover, perhaps).
-REPLICAS_REFRESH_SECONDS = 5.0
+REPLICAS_REFRESH_SECONDS = 1.0
 
 
 class Durability:
@@ -45,7 +47,8 @@ class Durability:
         self._read_at = float("-inf")
 
     def replicas(self) -> int:
-        """Replicas in sync with the store's Redis now (read at most every few seconds)."""
+        """Replicas in sync with the store's Redis now (read at most every second: a replica
+        that has just come online is waited for within a second)."""
         with self._lock:
             if time.monotonic() - self._read_at >= REPLICAS_REFRESH_SECONDS:
                 self._replicas = connected_replicas(self._redis)
@@ -57,10 +60,14 @@ class Durability:
             self._read_at = float("-inf")
 
     def write(self, script: Script, *, keys: list[str], args: list[Any]) -> Any:
-        """Run `script`; where replicas exist and it wrote (a truthy reply), wait until one
-        confirms it. Raises NotDurable when none confirms in time."""
+        """Run `script`; where replicas are online and it wrote (a truthy reply), wait until
+        they confirm it. NotDurable when they do not in time, or Redis refuses the write
+        for want of replicas (`min-replicas-to-write`) or refuses WAIT itself."""
         if not self.replicas():  # one round trip (a script in a pipeline is checked first)
-            return script(keys=keys, args=args)
+            try:
+                return script(keys=keys, args=args)
+            except redis.ResponseError as exc:
+                raise self._refused(exc) from exc
         pipe = self._redis.pipeline(transaction=False)  # WAIT counts this connection's writes
         script(keys=keys, args=args, client=pipe)
         [reply] = self.execute(pipe, required=lambda replies: bool(replies[0]))
@@ -69,27 +76,43 @@ class Durability:
     def execute(
         self, pipe: Pipeline, required: Callable[[list[Any]], bool] | None = None
     ) -> list[Any]:
-        """Execute the writes queued on `pipe`, then, where replicas exist, `WAIT 1` for one
-        to confirm them (on the same connection, in the same round trip). The replies of
-        the writes; NotDurable when no replica confirmed in time and `required(replies)`
-        (default: always) says the writes mattered."""
-        waiting = self.replicas() > 0
-        if waiting:
-            pipe.execute_command("WAIT", 1, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
+        """Execute the writes queued on `pipe`, then, where replicas are online, `WAIT` for
+        every one of them to confirm the writes (on the same connection, in the same round
+        trip): Sentinel may promote any of them, not always the one that answered first.
+        The replies of the writes; NotDurable when not all confirmed in time (or Redis
+        refused the writes or the WAIT, as `write` says) and `required(replies)` (default:
+        always) says the writes mattered."""
+        wanted = self.replicas()
+        if wanted:
+            pipe.execute_command("WAIT", wanted, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
         try:
-            replies: list[Any] = pipe.execute()
+            replies: list[Any] = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError):
             self._read_again()  # the master may have changed
             raise
-        if not waiting:
+        confirmed = replies.pop() if wanted else None
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._refused(reply)
+        if not wanted or (required is not None and not required(replies)):
             return replies
-        *replies, confirmed = replies
-        if int(confirmed) < 1 and (required is None or required(replies)):
+        if isinstance(confirmed, Exception):  # an ACL or a managed Redis that forbids WAIT
+            raise NotDurable(f"the store's Redis refused WAIT: {confirmed}")
+        if int(str(confirmed)) < wanted:
             self._read_again()
             raise NotDurable(
-                f"no replica of the store's Redis confirmed the write within {WAIT_TIMEOUT_MS} ms"
+                f"{confirmed} of the {wanted} replicas of the store's Redis confirmed the "
+                f"write within {WAIT_TIMEOUT_MS} ms"
             )
         return replies
+
+    def _refused(self, error: Exception) -> Exception:
+        """A write Redis refused for want of replicas is not durable (the caller answers
+        503 or sends nothing); any other error is the caller's as it is."""
+        if isinstance(error, redis.ResponseError) and str(error).startswith("NOREPLICAS"):
+            self._read_again()
+            return NotDurable(f"the store's Redis refused the write: {error}")
+        return error
 
 
 def connected_replicas(client: redis.Redis) -> int:

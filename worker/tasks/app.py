@@ -20,7 +20,7 @@ from celery.worker.consumer import Consumer
 from worker import logs, redaction
 from worker.settings import Settings
 from worker.store.connection import sentinel_kwargs
-from worker.tasks.broker import transport_for
+from worker.tasks import broker
 
 QUEUE = "crmhook"
 PUBLISH_RETRY_POLICY = {
@@ -35,8 +35,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        # kombu's Redis transports, with a worker that survives losing Redis (see `broker`).
-        "broker_transport": transport_for(settings.broker_url),
         "broker_transport_options": (
             amqp_options() if settings.broker_is_amqp else redis_options(settings)
         ),
@@ -154,6 +152,7 @@ def make_celery(settings: Settings) -> Celery:
     Every process that talks to the broker builds its app here (the worker on `celery
     --app worker`, the web app, the CLI), so here its log records start being redacted."""
     redaction.install(settings)
+    broker.install()  # kombu's Redis transports, surviving a lost connection
     _format_celery_logs(settings.log_format)
     app = Celery("crmhook", set_as_current=False)
     app.conf.update(celery_config(settings))

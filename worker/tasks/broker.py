@@ -13,8 +13,10 @@ Redis's unacknowledged hash when it delivered it, and the visibility-timeout swe
 (`unacked_restore_interval`) puts them back in the queue. So where the client is gone, the
 channel leaves them there, says so, and closes; the worker reconnects as it should.
 
-Celery uses these classes through `broker_transport` (`celery_config`), which takes
-precedence over the URL's scheme.
+`install` makes kombu's `redis`, `rediss` and `sentinel` schemes name these classes in this
+process. Celery's `broker_transport` setting would not do: kombu goes back to the URL's
+scheme whenever it switches to the next URL of a fail-over list, which it does on every
+failed connection attempt, so after the first failover the worker ran on kombu's own class.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.transport as kombu_transport
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
@@ -69,11 +73,17 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
-def transport_for(broker_url: str) -> str | None:
-    """The `broker_transport` for a broker URL: ours for `redis://` and `sentinel://`,
-    kombu's own for every other scheme."""
-    scheme = broker_url.split("://", 1)[0].lower()
-    return {
-        "redis": f"{__name__}:Transport",
-        "sentinel": f"{__name__}:SentinelTransport",
-    }.get(scheme)
+SCHEMES = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
+
+
+def install() -> None:
+    """Point kombu's Redis schemes at these transports, in this process: every connection
+    made after, and every reconnection, uses them. kombu caches a scheme's class once
+    resolved, so the cache is cleared of them too."""
+    TRANSPORT_ALIASES.update(SCHEMES)
+    for scheme in SCHEMES:
+        kombu_transport._transport_cache.pop(scheme, None)

@@ -82,7 +82,7 @@ def test_no_call_leaves_when_no_replica_confirms(
     assert replica.process is not None
     os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but confirming nothing
     try:
-        with pytest.raises(NotDurable, match="no replica"):
+        with pytest.raises(NotDurable, match="0 of the 1 replicas"):
             store.claims.mark_sending(operation, claim, 60)
     finally:
         os.kill(replica.process.pid, signal.SIGCONT)
@@ -115,6 +115,10 @@ def test_readyz_warns_when_a_crash_could_forget_a_claim_or_an_acknowledged_messa
         lone.close()
 
 
+def wait_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
 def master_url(client: redis.Redis) -> str:
     return f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
 
@@ -132,8 +136,10 @@ def test_the_edge_acks_a_message_only_once_a_replica_has_its_record(
 ) -> None:
     client, replica = replicated
     app = create_app(make_settings(master_url(client), sandbox_server.url))
+    waits = wait_calls(client)
     answer = post_cancel(app, random_event_id())
     assert answer.status_code == 200
+    assert wait_calls(client) == waits + 1  # the Ack waited for the replica
     on_replica = redis.Redis(port=replica.port, decode_responses=True)
     # Read at once after the Ack: WAIT made the master wait for the replica before it.
     [ingest_id] = on_replica.zrange(keys.INGESTS, 0, -1)
@@ -155,3 +161,65 @@ def test_the_edge_answers_503_when_no_replica_confirms_the_record(
     assert answer.status_code == 503  # Salesforce sends it again
     assert client.zcard(keys.INGESTS) == 0  # taken back
     assert client.llen(QUEUE) == 0  # and never published
+
+
+def test_every_online_replica_must_confirm(
+    replicated: tuple[redis.Redis, RedisServer], tmp_path: Path
+) -> None:
+    """Sentinel may promote any replica, not the quickest to answer: one that is behind
+    makes the write not durable."""
+    client, _ = replicated
+    port = client.connection_pool.connection_kwargs["port"]
+    (tmp_path / "second").mkdir()
+    quick = ("--repl-diskless-sync-delay", "0", "--shutdown-timeout", "0")
+    with RedisServer(
+        directory=tmp_path / "second", extra_args=(*quick, "--replicaof", "127.0.0.1", str(port))
+    ) as second:
+        wait_for(lambda: synced(redis_client(second.url)), timeout=10)
+        store = Store(client, RETENTION)
+        wait_for(lambda: store.durability.replicas() == 2, timeout=5)
+        operation = cancel()
+        claim = store.claims.claim(operation, "e1", lease_seconds=60)
+        assert second.process is not None
+        os.kill(second.process.pid, signal.SIGSTOP)  # the other replica still confirms
+        try:
+            with pytest.raises(NotDurable, match="1 of the 2 replicas"):
+                store.claims.mark_sending(operation, claim, 60)
+        finally:
+            os.kill(second.process.pid, signal.SIGCONT)
+
+
+def test_a_write_refused_for_want_of_replicas_or_a_refused_wait_is_not_durable(
+    replicated: tuple[redis.Redis, RedisServer], sandbox_server: SandboxServer
+) -> None:
+    client, _ = replicated
+    store = Store(client, RETENTION)
+    operation = cancel()
+    claim = store.claims.claim(operation, "e1", lease_seconds=60)
+    client.config_set("min-replicas-to-write", 2)  # one replica: every write is refused
+    try:
+        with pytest.raises(NotDurable, match="NOREPLICAS"):
+            store.claims.mark_sending(operation, claim, 60)
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+    # A user that may not WAIT (an ACL; some managed services forbid it): no call leaves,
+    # no message is acknowledged, and /readyz says the Redis is not ready.
+    client.acl_setuser(
+        "nowait",
+        enabled=True,
+        passwords=["+nowait-pass"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-wait"],
+    )
+    port = client.connection_pool.connection_kwargs["port"]
+    url = f"redis://nowait:nowait-pass@127.0.0.1:{port}/0"
+    limited = Store(redis_client(url), RETENTION)
+    with pytest.raises(NotDurable, match="refused WAIT"):
+        limited.claims.mark_sending(operation, claim, 60)
+    app = create_app(make_settings(url, sandbox_server.url))
+    assert post_cancel(app, random_event_id()).status_code == 503
+    assert client.zcard(keys.INGESTS) == 0  # taken back
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["checks"]["redis"].startswith("refuses WAIT")
