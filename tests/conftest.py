@@ -35,7 +35,7 @@ from tests.scalekit_standin import (
 )
 from webhooks import create_app
 from worker.dev.procfile import Procfile, child_environment
-from worker.dev.redis_server import RedisServer
+from worker.dev.redis_server import RedisServer, terminate
 from worker.dev.sandbox import ACTIONS, DEFAULT_CONFIG, Faults, Sandbox, create_sandbox_app
 from worker.settings import Settings, load_settings
 from worker.store import Store
@@ -233,13 +233,7 @@ def start_worker(
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    terminate(process, timeout=15)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ MEASURES = [
     "commands run by Redis",
     "peak RSS, one web process",
     "peak RSS, worker",
-    "with a replica (WAIT 1): one durable write",
+    "with a replica (WAIT): one durable write",
     "ack p50 at",
     "WAITs per effect",
 ]

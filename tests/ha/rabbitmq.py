@@ -25,7 +25,7 @@ from types import TracebackType
 
 import amqp  # type: ignore[import-untyped]  # py-amqp, kombu's AMQP client
 
-from worker.dev.redis_server import free_port
+from worker.dev.redis_server import free_port, terminate
 
 SEARCH_PATH = f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin{os.pathsep}/usr/lib/rabbitmq/bin"
 # Debian's entry point in /usr/sbin: it re-runs the real script as the `rabbitmq` user.
@@ -248,12 +248,7 @@ class RabbitNode:
                     self.server.wait()
             self.server = None
         if self.epmd is not None:
-            self.epmd.terminate()
-            try:
-                self.epmd.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.epmd.kill()
-                self.epmd.wait()
+            terminate(self.epmd, timeout=5)
             self.epmd = None
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from worker.dev.redis_server import RedisServer, free_port, redis_server_binary
+from worker.dev.redis_server import RedisServer, free_port, redis_server_binary, terminate
 
 Address = tuple[str, int]
 HOST = "127.0.0.1"
@@ -64,12 +64,7 @@ class SentinelProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout=5)
         self.process = None
 
 

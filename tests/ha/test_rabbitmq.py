@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SandboxServer, make_settings, random_event_id, serve, stop_process
+from tests.conftest import SandboxServer, make_settings, random_event_id, serve
 from tests.ha.rabbitmq import NOT_INSTALLED, RabbitNode, rabbitmq_installed
 from tests.reliability.conftest import FAST, Stack, cancels_per_event
 from webhooks import create_app
@@ -51,9 +51,7 @@ def amqp_stack(
     try:
         yield stack
     finally:
-        for process in stack.workers:
-            stop_process(process)
-        web.shutdown()
+        stack.close()
 
 
 def start_amqp_worker(stack: Stack, rabbit: RabbitNode, concurrency: int) -> None:

@@ -134,6 +134,12 @@ class Stack:
     def wait_until(self, predicate: Callable[[], Any], timeout: float = 120) -> Any:
         return wait_for(predicate, timeout=timeout, interval=0.2)
 
+    def close(self) -> None:
+        """Stop the workers this stack started, then its web server."""
+        for process in self.workers:
+            stop_process(process)
+        self.web.shutdown()
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
@@ -148,9 +154,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         try:
             yield stack
         finally:
-            for process in stack.workers:
-                stop_process(process)
-            web.shutdown()
+            stack.close()
             sandbox_http.shutdown()
 
 

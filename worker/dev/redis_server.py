@@ -40,6 +40,18 @@ def free_port() -> int:
         return port
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Stop a child of ours: SIGTERM, then SIGKILL if it is not gone within `timeout`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class RedisServer:
     """`with RedisServer() as server: server.url` — started, then stopped and removed."""
 
@@ -106,12 +118,7 @@ class RedisServer:
         """Stop the server (SIGTERM, then SIGKILL); the data directory is kept for a restart."""
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout=10)
         self.process = None
 
     def close(self) -> None:
