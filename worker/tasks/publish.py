@@ -32,8 +32,8 @@ def submit(app: Celery, batch: Batch, ingests: Ingests) -> None:
 
     The batch is first recorded in the store (`store.ingests`, one pipelined round trip, on a
     replica too where there is one), so that a fan-out message the broker loses after the
-    Ack, in a failover say, is published again. A record or publish that fails takes the
-    record back: the caller is told 503 and sends again."""
+    Ack, in a failover say, is published again. A record no replica confirmed, or a publish
+    that fails, takes the record back: the caller is told 503 and sends again."""
     if not batch.operations and not batch.rejections:
         return
     message = batch.to_message()
