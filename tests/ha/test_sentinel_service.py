@@ -3,12 +3,14 @@ state of the sentinels, and no password reaches a log line."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tests.conftest import (
     TOKEN,
@@ -24,6 +26,7 @@ from tests.conftest import (
 from tests.ha.conftest import MASTER_PASSWORD, REDIS_VARIABLES, SENTINEL_PASSWORD
 from tests.ha.sentinel import SentinelCluster
 from webhooks import create_app
+from worker.cli.commands import main
 
 
 def test_a_protected_deployment_serves_reports_its_sentinels_and_logs_no_password(
@@ -57,6 +60,18 @@ def test_a_protected_deployment_serves_reports_its_sentinels_and_logs_no_passwor
         )
         assert answer.status_code == 200
         wait_for(lambda: sandbox.calls(event, action="cancel"), timeout=30)
+
+        # The CLI reads the same settings from the environment.
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+
+        def state() -> str:
+            shown = CliRunner().invoke(main, ["status", event, "--json"])
+            assert shown.exit_code == 0, shown.output
+            [record] = json.loads(shown.output)
+            return str(record["state"])
+
+        wait_for(lambda: state() == "succeeded", timeout=10)
 
         ready = client.get("/readyz")
         assert ready.status_code == 200
