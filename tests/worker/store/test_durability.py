@@ -223,3 +223,22 @@ def test_a_write_refused_for_want_of_replicas_or_a_refused_wait_is_not_durable(
     ready = app.test_client().get("/readyz")
     assert ready.status_code == 503
     assert ready.json["checks"]["redis"].startswith("refuses WAIT")
+
+
+def test_a_redis_that_refuses_config_gets_one_warning_not_a_failure() -> None:
+    """Managed Redis often refuses CONFIG: /readyz says what to check instead of failing."""
+    with RedisServer() as alone:
+        admin = redis_client(alone.url)
+        admin.acl_setuser(
+            "noconfig",
+            enabled=True,
+            passwords=["+noconfig-pass"],
+            keys=["*"],
+            commands=["+@all", "-config"],
+        )
+        limited = redis_client(f"redis://noconfig:noconfig-pass@127.0.0.1:{alone.port}/0")
+        [warning] = durability_warnings(limited)
+        assert warning.startswith("cannot read the Redis configuration")
+        assert durability_warnings(admin) == []  # the same Redis, read whole
+        limited.close()
+        admin.close()
